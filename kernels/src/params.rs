@@ -1,0 +1,274 @@
+//! Parameters shared by every kernel tier: the fused requantization epilogue, shapes, and the
+//! one rounding rule of the PROM-Q numeric contract (docs/FORMAT.md, "Requantization").
+
+/// Smallest allowed requantization shift.
+///
+/// Shifts below 32 would let `(acc * m) >> s` leave the int32 range; every tier relies on
+/// `s >= 32` to take the high 32 bits of the 64-bit product and shift the rest (see
+/// [`requantize`]). With `m < 2^31` this means the effective scale `m * 2^-s` is below 0.5,
+/// which every MobileNetV2 layer satisfies by a wide margin (typical scales are 2^-5..2^-12).
+pub const MIN_SHIFT: u8 = 32;
+/// Largest allowed requantization shift (the rounding term `2^(s-1)` must fit an i64 sum).
+pub const MAX_SHIFT: u8 = 62;
+
+/// The fused epilogue of a convolution: bias, per-output-channel fixed-point requantization,
+/// output zero point and clamp.
+///
+/// For every output channel `n` and int32 accumulator `acc`:
+/// ```text
+/// x = acc + bias[n]                      (two's complement, wrapping)
+/// y = (x * multiplier[n] + 2^(shift[n]-1)) >> shift[n]   (exact, in i64; >> is floor)
+/// out = clamp(y + output_zero_point, output_min, output_max)
+/// ```
+/// i.e. round half up. Every tier implements exactly this; the scalar tier is the oracle.
+#[derive(Clone, Copy, Debug)]
+pub struct Epilogue<'a> {
+    /// int32 bias per output channel, with the input zero point already folded in.
+    pub bias: &'a [i32],
+    /// Fixed-point multiplier per output channel, in `0..=i32::MAX`.
+    pub multiplier: &'a [i32],
+    /// Right shift per output channel, in `MIN_SHIFT..=MAX_SHIFT`.
+    pub shift: &'a [u8],
+    /// Output zero point.
+    pub output_zero_point: i8,
+    /// Lower clamp bound (quantized), e.g. the zero point for ReLU6.
+    pub output_min: i8,
+    /// Upper clamp bound (quantized).
+    pub output_max: i8,
+}
+
+impl Epilogue<'_> {
+    /// Panics with a message naming the problem unless the epilogue fits `channels` outputs
+    /// and every parameter is inside the numeric contract.
+    ///
+    /// Kernels call this once per call (O(channels), negligible next to the MACs), so a
+    /// contract violation is a loud panic rather than silently different tiers.
+    pub fn check(&self, channels: usize) {
+        assert_eq!(self.bias.len(), channels, "epilogue: bias length != output channels");
+        assert_eq!(
+            self.multiplier.len(),
+            channels,
+            "epilogue: multiplier length != output channels"
+        );
+        assert_eq!(self.shift.len(), channels, "epilogue: shift length != output channels");
+        assert!(
+            self.multiplier.iter().all(|&m| m >= 0),
+            "epilogue: negative multiplier"
+        );
+        assert!(
+            self.shift.iter().all(|&s| (MIN_SHIFT..=MAX_SHIFT).contains(&s)),
+            "epilogue: shift outside {MIN_SHIFT}..={MAX_SHIFT}"
+        );
+        assert!(self.output_min <= self.output_max, "epilogue: output_min > output_max");
+    }
+}
+
+/// The requantization rule of the numeric contract, for one value (scalar reference).
+#[inline]
+pub fn requantize(acc: i32, bias: i32, multiplier: i32, shift: u8, zp: i8, min: i8, max: i8) -> i8 {
+    let x = acc.wrapping_add(bias);
+    let product = i64::from(x) * i64::from(multiplier) + (1i64 << (shift - 1));
+    // |product| < 2^62 + 2^61 and shift >= 32, so the shifted value fits an i32 with room
+    // for the zero point.
+    let y = (product >> shift) as i32 + i32::from(zp);
+    y.clamp(i32::from(min), i32::from(max)) as i8
+}
+
+/// Shape of a pointwise (1x1) convolution: `pixels` rows of `k` input channels to `n` outputs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PointwiseShape {
+    /// Number of pixels (H * W), the rows of the NHWC activation matrix.
+    pub pixels: usize,
+    /// Input channels.
+    pub k: usize,
+    /// Output channels.
+    pub n: usize,
+}
+
+/// Shape of a depthwise 3x3 convolution with padding 1.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DepthwiseShape {
+    /// Input height.
+    pub height: usize,
+    /// Input width.
+    pub width: usize,
+    /// Channels (input = output).
+    pub channels: usize,
+    /// 1 or 2.
+    pub stride: usize,
+}
+
+impl DepthwiseShape {
+    /// Output height: `(height - 1) / stride + 1` (3x3 kernel, padding 1).
+    pub fn out_height(&self) -> usize {
+        conv3x3_out(self.height, self.stride)
+    }
+    /// Output width.
+    pub fn out_width(&self) -> usize {
+        conv3x3_out(self.width, self.stride)
+    }
+}
+
+/// Shape of the stem: full 3x3 stride-2 padding-1 convolution from RGB uint8.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StemShape {
+    /// Input height.
+    pub height: usize,
+    /// Input width.
+    pub width: usize,
+    /// Output channels.
+    pub out_channels: usize,
+}
+
+impl StemShape {
+    /// Input channels of the stem (RGB).
+    pub const IN_CHANNELS: usize = 3;
+    /// Output height.
+    pub fn out_height(&self) -> usize {
+        conv3x3_out(self.height, 2)
+    }
+    /// Output width.
+    pub fn out_width(&self) -> usize {
+        conv3x3_out(self.width, 2)
+    }
+}
+
+/// Output extent of a 3x3 convolution with padding 1.
+pub fn conv3x3_out(extent: usize, stride: usize) -> usize {
+    assert!(extent > 0, "empty input");
+    assert!(stride == 1 || stride == 2, "stride must be 1 or 2");
+    (extent - 1) / stride + 1
+}
+
+/// Parameters of the quantized residual add `out = a + b` with two input scales.
+///
+/// ```text
+/// x = (a - a_zero_point) * a_multiplier + (b - b_zero_point) * b_multiplier   (in i64)
+/// y = (x + 2^(shift-1)) >> shift
+/// out = clamp(y + output_zero_point, output_min, output_max)
+/// ```
+#[derive(Clone, Copy, Debug)]
+pub struct AddParams {
+    /// Zero point of `a`.
+    pub a_zero_point: i8,
+    /// Zero point of `b`.
+    pub b_zero_point: i8,
+    /// Multiplier of `a`, in `0..=ADD_MAX_MULTIPLIER`.
+    pub a_multiplier: i32,
+    /// Multiplier of `b`, in `0..=ADD_MAX_MULTIPLIER`.
+    pub b_multiplier: i32,
+    /// Right shift, in `1..=ADD_MAX_SHIFT`.
+    pub shift: u8,
+    /// Output zero point.
+    pub output_zero_point: i8,
+    /// Lower clamp bound.
+    pub output_min: i8,
+    /// Upper clamp bound.
+    pub output_max: i8,
+}
+
+/// Largest residual-add multiplier: 255 * 2^22 * 2 < 2^31, so the sum fits an i32 too.
+pub const ADD_MAX_MULTIPLIER: i32 = 1 << 22;
+/// Largest residual-add shift.
+pub const ADD_MAX_SHIFT: u8 = 31;
+
+impl AddParams {
+    /// Panics unless the parameters are inside the numeric contract.
+    pub fn check(&self) {
+        assert!(
+            (0..=ADD_MAX_MULTIPLIER).contains(&self.a_multiplier)
+                && (0..=ADD_MAX_MULTIPLIER).contains(&self.b_multiplier),
+            "add: multiplier outside 0..=2^22"
+        );
+        assert!((1..=ADD_MAX_SHIFT).contains(&self.shift), "add: shift outside 1..=31");
+        assert!(self.output_min <= self.output_max, "add: output_min > output_max");
+    }
+}
+
+/// Parameters of global average pooling with requantization:
+/// `acc[c] = sum over pixels of (q - input_zero_point)`, then the [`requantize`] rule with a
+/// per-tensor multiplier and shift (which carry the `1 / pixels` factor).
+#[derive(Clone, Copy, Debug)]
+pub struct PoolParams {
+    /// Input zero point.
+    pub input_zero_point: i8,
+    /// Fixed-point multiplier, `0..=i32::MAX`.
+    pub multiplier: i32,
+    /// Right shift, `MIN_SHIFT..=MAX_SHIFT`.
+    pub shift: u8,
+    /// Output zero point.
+    pub output_zero_point: i8,
+    /// Lower clamp bound.
+    pub output_min: i8,
+    /// Upper clamp bound.
+    pub output_max: i8,
+}
+
+impl PoolParams {
+    /// Panics unless the parameters are inside the numeric contract.
+    pub fn check(&self) {
+        assert!(self.multiplier >= 0, "pool: negative multiplier");
+        assert!((MIN_SHIFT..=MAX_SHIFT).contains(&self.shift), "pool: shift out of range");
+        assert!(self.output_min <= self.output_max, "pool: output_min > output_max");
+    }
+}
+
+/// Computes a (multiplier, shift) pair in the contract's ranges approximating `scale`
+/// (`0 < scale < 0.5`), with the multiplier normalised to `[2^30, 2^31)` for full precision.
+///
+/// Returns `None` when the scale is not representable. Used at model build time only.
+pub fn quantize_scale(scale: f64) -> Option<(i32, u8)> {
+    if !(scale.is_finite() && scale > 0.0) {
+        return None;
+    }
+    let mut shift: i32 = 31;
+    let mut m = scale * 2f64.powi(shift);
+    while m < f64::from(1u32 << 30) {
+        m *= 2.0;
+        shift += 1;
+    }
+    while m >= f64::from(1u32 << 31) {
+        m /= 2.0;
+        shift -= 1;
+    }
+    let mut mi = m.round() as i64;
+    if mi == 1i64 << 31 {
+        mi >>= 1;
+        shift -= 1;
+    }
+    if !(i32::from(MIN_SHIFT)..=i32::from(MAX_SHIFT)).contains(&shift) {
+        return None;
+    }
+    Some((mi as i32, shift as u8))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requantize_rounds_half_up_and_clamps() {
+        // scale 2^30 * 2^-32 = 0.25: 6 * 0.25 = 1.5 -> 2, -6 * 0.25 = -1.5 -> -1 (half up)
+        assert_eq!(requantize(6, 0, 1 << 30, 32, 0, -128, 127), 2);
+        assert_eq!(requantize(-6, 0, 1 << 30, 32, 0, -128, 127), -1);
+        assert_eq!(requantize(-7, 0, 1 << 30, 32, 0, -128, 127), -2);
+        assert_eq!(requantize(5, -1, 1 << 30, 32, 3, -128, 127), 4);
+        assert_eq!(requantize(1000, 0, 1 << 30, 32, 0, -128, 127), 127);
+        assert_eq!(requantize(-1000, 0, 1 << 30, 32, 0, 0, 127), 0);
+        // the bias add wraps: MAX + 1 = -2^31, times ~2^31 >> 62 rounds to -1
+        assert_eq!(requantize(i32::MAX, 1, i32::MAX, 62, 5, -128, 127), 4);
+    }
+
+    #[test]
+    fn quantize_scale_round_trips() {
+        for &s in &[0.4999, 0.25, 0.1, 1e-3, 3.3e-5, 1e-9] {
+            let (m, sh) = quantize_scale(s).unwrap();
+            let back = f64::from(m) / 2f64.powi(i32::from(sh));
+            assert!(((back - s) / s).abs() < 1e-8, "{s} -> {m} >> {sh}");
+            assert!(m >= 1 << 30);
+        }
+        assert!(quantize_scale(0.6).is_none());
+        assert!(quantize_scale(0.0).is_none());
+        assert!(quantize_scale(1e-30).is_none());
+    }
+}
