@@ -135,8 +135,11 @@ impl ChannelParams {
 #[derive(Clone, Copy)]
 pub(super) struct OutputParams {
     zero_point: __m256i,
+    zero_point16: __m256i,
     min: __m128i,
     max: __m128i,
+    min256: __m256i,
+    max256: __m256i,
 }
 
 impl OutputParams {
@@ -145,9 +148,28 @@ impl OutputParams {
     pub(super) fn new(zero_point: i8, min: i8, max: i8) -> Self {
         OutputParams {
             zero_point: _mm256_set1_epi32(i32::from(zero_point)),
+            zero_point16: _mm256_set1_epi16(i16::from(zero_point)),
             min: _mm_set1_epi8(min),
             max: _mm_set1_epi8(max),
+            min256: _mm256_set1_epi8(min),
+            max256: _mm256_set1_epi8(max),
         }
+    }
+
+    /// Narrows four vectors of 8 int32 (`a`, `b`, `c`, `d` in output order) to 32 int8 with
+    /// the zero point and clamp. The zero point is added with int16 saturation after the
+    /// first narrowing: every saturation happens only beyond the int8 range, where the clamp
+    /// gives the same answer as for the exact value.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    pub(super) fn narrow32(&self, a: __m256i, b: __m256i, c: __m256i, d: __m256i) -> __m256i {
+        let ab = _mm256_adds_epi16(_mm256_packs_epi32(a, b), self.zero_point16);
+        let cd = _mm256_adds_epi16(_mm256_packs_epi32(c, d), self.zero_point16);
+        // per 128-bit lane: [a0-3 b0-3 c0-3 d0-3 | a4-7 b4-7 c4-7 d4-7] as 4-byte groups
+        let bytes = _mm256_packs_epi16(ab, cd);
+        let ordered =
+            _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        _mm256_min_epi8(_mm256_max_epi8(ordered, self.min256), self.max256)
     }
 
     /// Adds the zero point to 16 int32 values (`lo` = first 8) and narrows them, clamped, to
@@ -165,5 +187,28 @@ impl OutputParams {
             _mm256_extracti128_si256::<1>(packed),
         );
         _mm_min_epi8(_mm_max_epi8(bytes, self.min), self.max)
+    }
+}
+
+impl LaneParams {
+    /// Same result as [`LaneParams::apply`], for kernels whose parameters stay in registers
+    /// across a loop: the odd lanes are moved down with `vpshufd` rather than 64-bit shifts.
+    /// With `apply`, LLVM may hoist a sign extension of the shifted multiplier out of such a
+    /// loop and then lower the product as a full 64-bit multiply (three `vpmuludq`); here both
+    /// products stay single `vpmuldq`s.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    pub(super) fn apply_dup(&self, acc: __m256i) -> __m256i {
+        let x = _mm256_add_epi32(acc, self.bias);
+        let even = _mm256_add_epi64(_mm256_mul_epi32(x, self.multiplier), self.round_even);
+        let odd = _mm256_add_epi64(
+            _mm256_mul_epi32(
+                _mm256_shuffle_epi32::<0b11_11_01_01>(x),
+                _mm256_shuffle_epi32::<0b11_11_01_01>(self.multiplier),
+            ),
+            self.round_odd,
+        );
+        let high = _mm256_blend_epi32::<0b1010_1010>(_mm256_srli_epi64::<32>(even), odd);
+        _mm256_srav_epi32(high, self.post_shift)
     }
 }

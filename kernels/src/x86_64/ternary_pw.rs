@@ -1,18 +1,25 @@
 //! AVX2 ternary pointwise convolution by partial-sum tables (add-only).
 //!
-//! Pixels are processed in tiles of 16, as int16 lanes of one ymm register. For each group of
-//! four input channels the kernel builds, once per tile, the table of all 81 signed sums
-//! `T[code] = sum_j w_j * x_j` (w in {-1, 0, 1}) from two 9-entry half tables; the packed
-//! ternary weight byte of an output channel *is* its row index in that table (see
-//! [`crate::ternary`]). Each output channel then costs one table load and one `vpaddw` per
-//! four input channels and 16 pixels: 64 MACs per add, with no multiply anywhere.
+//! Pixels are processed in tiles of 16, as int16 lanes of one ymm register (the input tile is
+//! transposed to channel-major first). Two table schemes, chosen per layer by the number of
+//! output channels, because building a table only pays off when many outputs read it:
 //!
-//! Tables are built for [`CHUNK`] groups at a time (so they stay in L1) and the int16 chunk
+//! - **81-entry tables** (many outputs): for each group of four input channels the kernel
+//!   builds, once per tile, all 81 signed sums `T[code] = sum_j w_j * x_j` (w in {-1,0,1});
+//!   the packed weight byte of an output channel *is* its row index (see
+//!   [`crate::ternary`]), so each output channel costs one table load and one `vpaddw` per
+//!   four input channels and 16 pixels: 64 MACs per add.
+//! - **pair tables** (few outputs): per group two 9-entry tables, one per pair of input
+//!   channels; each output adds two rows per group. A tenth of the build work, twice the
+//!   lookups. The per-call weight pre-pass splits each code into the two row indices with a
+//!   constant table (no arithmetic on the weights in the hot loop).
+//!
+//! Tables are built for a chunk of groups at a time (so they stay in L1) and the int16 chunk
 //! sums are widened into int32 accumulators after each chunk.
 //!
-//! Overflow: an entry is at most `4 * 128 = 512` in magnitude, a chunk sum at most
-//! `CHUNK * 512 = 8192 < 2^15`, and the int32 total at most `128 * k` (see
-//! [`crate::MAX_POINTWISE_K`]).
+//! Overflow: a table entry (or a pair of pair-table entries) is at most `4 * 128 = 512` in
+//! magnitude, a chunk sum at most `CHUNK * 512 <= 16384 < 2^15`, and the int32 total at most
+//! `128 * k` (see [`crate::MAX_POINTWISE_K`]).
 
 use super::requant::{ChannelParams, OutputParams};
 use super::Avx2;
@@ -23,37 +30,96 @@ use core::arch::x86_64::*;
 
 /// Pixels per tile (int16 lanes of a ymm register).
 const TILE: usize = 16;
-/// Groups of four input channels per table chunk: 16 * 81 * 32 bytes = 40.5 KiB.
-const CHUNK: usize = 16;
-/// Bytes of one table chunk.
-const TABLES_BYTES: usize = CHUNK * CODES * 32;
+/// Groups per chunk with 81-entry tables: 12 * 81 * 32 bytes = 30.4 KiB (fits L1), and
+/// every row offset of a chunk fits a u16.
+const CHUNK81: usize = 16;
+/// Groups per chunk with pair tables: 32 * 18 * 32 bytes = 18 KiB.
+const CHUNK_PAIRS: usize = 32;
+/// Rows of the two pair tables of one group.
+const PAIR_ROWS: usize = 18;
+/// Layers with at most this many output channels use pair tables.
+const PAIR_TABLES_MAX_N: usize = 48;
+/// Output channels summed side by side (independent add chains).
+const LANES: usize = 4;
+
+/// `SPLIT[code] = [d0 + 3 d1, 9 + d2 + 3 d3]`: the rows of the two pair tables of a group
+/// that together give `T[code]`.
+const SPLIT: [[u8; 2]; CODES] = {
+    let mut t = [[0u8; 2]; CODES];
+    let mut code = 0;
+    while code < CODES {
+        t[code] = [(code % 9) as u8, (9 + code / 9) as u8];
+        code += 1;
+    }
+    t
+};
 
 fn round64(bytes: usize) -> usize {
     bytes.div_ceil(64) * 64
 }
 
-/// Scratch layout: transposed input tile, table chunk, int32 accumulators, output tile.
+/// Which table scheme a layer uses.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Scheme {
+    Table81,
+    Pairs,
+}
+
+impl Scheme {
+    fn for_outputs(n: usize) -> Scheme {
+        if n <= PAIR_TABLES_MAX_N {
+            Scheme::Pairs
+        } else {
+            Scheme::Table81
+        }
+    }
+    /// Groups per chunk.
+    fn chunk(self) -> usize {
+        match self {
+            Scheme::Table81 => CHUNK81,
+            Scheme::Pairs => CHUNK_PAIRS,
+        }
+    }
+    /// Table rows per group.
+    fn rows(self) -> usize {
+        match self {
+            Scheme::Table81 => CODES,
+            Scheme::Pairs => PAIR_ROWS,
+        }
+    }
+}
+
+/// Scratch layout: transposed input tile, table chunk, int32 accumulators, output tile and
+/// the per-call table offsets of every (output channel, group).
 struct Layout {
     xt: usize,
     tables: usize,
     acc: usize,
     otile: usize,
+    offsets: usize,
     total: usize,
 }
 
 impl Layout {
     fn new(k: usize, n: usize) -> Layout {
+        let scheme = Scheme::for_outputs(n);
         let xt = 0;
         let tables = xt + round64(groups(k) * 4 * 32);
-        let acc = tables + TABLES_BYTES;
+        let acc = tables + scheme.chunk() * scheme.rows() * 32;
         let otile = acc + round64(n * 64);
-        let total = otile + round64(n.div_ceil(16) * 16 * 16);
-        Layout { xt, tables, acc, otile, total }
+        let offsets = otile + round64(n.div_ceil(2) * 2 * 16);
+        let offset_bytes = match scheme {
+            Scheme::Table81 => 0, // the codes themselves index the tables
+            Scheme::Pairs => n * groups(k) * 2 * 2,
+        };
+        let total = offsets + round64(offset_bytes);
+        Layout { xt, tables, acc, otile, offsets, total }
     }
 }
 
 pub(super) fn scratch_bytes(max_k: usize, max_n: usize) -> usize {
-    Layout::new(max_k, max_n).total
+    // A smaller n may take the pair scheme, whose layout differs.
+    Layout::new(max_k, max_n).total.max(Layout::new(max_k, max_n.min(PAIR_TABLES_MAX_N)).total)
 }
 
 pub(super) fn run(
@@ -73,6 +139,29 @@ pub(super) fn run(
     unsafe { run_avx2(shape, input, w.codes, epi, output, scratch.as_mut_ptr(), &layout) }
 }
 
+/// For the pair scheme: turns each code into the byte offsets of its two pair-table rows
+/// inside the chunk's table block (row-major like the codes, two offsets per group), so the
+/// lookup loop is one u16 load and one `vpaddw` per lookup. Cheap: pair tables serve layers
+/// with few output channels.
+fn pair_offsets(codes: &[u8], g: usize, offsets: &mut [u16]) {
+    const GROUP_BYTES: usize = PAIR_ROWS * 32;
+    for (row, out) in codes.chunks_exact(g).zip(offsets.chunks_exact_mut(g * 2)) {
+        let mut base = 0usize;
+        let mut in_chunk = 0;
+        for (&code, dst) in row.iter().zip(out.chunks_exact_mut(2)) {
+            let [lo, hi] = SPLIT[usize::from(code)];
+            dst[0] = (base + (usize::from(lo) << 5)) as u16;
+            dst[1] = (base + (usize::from(hi) << 5)) as u16;
+            in_chunk += 1;
+            base += GROUP_BYTES;
+            if in_chunk == CHUNK_PAIRS {
+                in_chunk = 0;
+                base = 0;
+            }
+        }
+    }
+}
+
 /// # Safety
 /// AVX2 must be available; `input`, `codes`, `output` and `epi` must match `shape` (as
 /// checked by `Kernels::ternary_pointwise`), every code must be below 81, and `scratch` must
@@ -89,24 +178,34 @@ unsafe fn run_avx2(
 ) {
     let PointwiseShape { pixels, k, n } = shape;
     let g = groups(k);
+    let scheme = Scheme::for_outputs(n);
     // SAFETY: offsets lie inside the scratch (layout.total bytes) and are 64-byte aligned.
-    let (xt, tables, acc, otile) = unsafe {
+    let (xt, tables, acc, otile, offsets) = unsafe {
         (
             scratch.add(layout.xt).cast::<__m256i>(),
-            scratch.add(layout.tables).cast::<__m256i>(),
+            scratch.add(layout.tables),
             scratch.add(layout.acc).cast::<__m256i>(),
             scratch.add(layout.otile),
+            scratch.add(layout.offsets).cast::<u16>(),
         )
     };
+    if scheme == Scheme::Pairs {
+        // SAFETY: the layout reserved n * g * 2 offsets for the pair scheme.
+        pair_offsets(codes, g, unsafe { std::slice::from_raw_parts_mut(offsets, n * g * 2) });
+    }
     let out_params = OutputParams::new(epi.output_zero_point, epi.output_min, epi.output_max);
     let mut start = 0;
     while start < pixels {
         let valid = TILE.min(pixels - start);
         // SAFETY: rows start..start+valid exist in input and output; the scratch regions
-        // have the sizes the layout computed for k and n; codes are < 81 (caller).
+        // have the sizes the layout computed for k and n; every offset addresses a row of
+        // its chunk's tables (codes < 81, chunk sizes as in `table_offsets`).
         unsafe {
             transpose_input(input.as_ptr().add(start * k), k, valid, g * 4, xt);
-            ternary_pw_16x4c__avx2_mac(xt, codes.as_ptr(), g, n, tables, acc);
+            match scheme {
+                Scheme::Table81 => ternary_pw_16x4c__avx2_mac(xt, codes.as_ptr(), g, n, tables, acc),
+                Scheme::Pairs => ternary_pw_16x2c__avx2_mac(xt, offsets, g, n, tables, acc),
+            }
             requantize_tile(acc, epi, &out_params, n, otile);
             store_output(otile, n, valid, output.as_mut_ptr().add(start * n));
         }
@@ -114,13 +213,37 @@ unsafe fn run_avx2(
     }
 }
 
-/// Add-only MAC of one 16-pixel tile against all output channels: for every output
-/// channel `c`, `acc[2c]` and `acc[2c + 1]` receive the int32 sums of pixels 0..8 and 8..16.
+/// Widens an int16 chunk sum into the two int32 accumulators at `a` (stores on the first
+/// chunk, adds afterwards).
 ///
 /// # Safety
-/// AVX2; `xt` holds `groups * 4` vectors (transposed input, int16); `codes` holds `n` rows of
-/// `groups` codes, each below 81; `tables` has room for `CHUNK * 81` vectors; `acc` for
-/// `2 * n` vectors; all 32-byte aligned.
+/// AVX2; `a` points at two aligned, writable vectors.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn ternary_widen_acc__avx2(sum: __m256i, a: *mut __m256i, first: bool) {
+    let lo = _mm256_cvtepi16_epi32(_mm256_castsi256_si128(sum));
+    let hi = _mm256_cvtepi16_epi32(_mm256_extracti128_si256::<1>(sum));
+    // SAFETY: (caller) two aligned vectors at `a`.
+    unsafe {
+        if first {
+            _mm256_store_si256(a, lo);
+            _mm256_store_si256(a.add(1), hi);
+        } else {
+            _mm256_store_si256(a, _mm256_add_epi32(_mm256_load_si256(a), lo));
+            _mm256_store_si256(a.add(1), _mm256_add_epi32(_mm256_load_si256(a.add(1)), hi));
+        }
+    }
+}
+
+/// Add-only MAC of one 16-pixel tile with 81-entry tables: per chunk of groups, build the
+/// tables, then each output channel adds the row its code selects in each group's table.
+/// Output channel `c` receives the int32 sums of pixels 0..8 and 8..16 in `acc[2c]`,
+/// `acc[2c + 1]`.
+///
+/// # Safety
+/// AVX2; `xt` holds `groups * 4` aligned vectors (transposed input, int16); `codes` holds
+/// `n` rows of `groups` codes below 81; `tables` has room for `CHUNK81 * 81` aligned vectors;
+/// `acc` for `2 * n` aligned vectors.
 #[inline(never)]
 #[target_feature(enable = "avx2")]
 unsafe fn ternary_pw_16x4c__avx2_mac(
@@ -128,18 +251,17 @@ unsafe fn ternary_pw_16x4c__avx2_mac(
     codes: *const u8,
     groups: usize,
     n: usize,
-    tables: *mut __m256i,
+    tables: *mut u8,
     acc: *mut __m256i,
 ) {
     let mut gs = 0;
     while gs < groups {
-        let len = CHUNK.min(groups - gs);
-        // SAFETY: groups gs..gs+len exist in xt, the chunk fits the table area, and every
-        // code row has `groups` entries, so `codes + gs + j` (j < len) stays inside row 0 and
-        // each later row is reached by adding `groups`.
+        let len = CHUNK81.min(groups - gs);
+        // SAFETY: groups gs..gs+len exist in xt and their tables fit the table area; each
+        // code row has `groups` codes, of which this chunk reads `len` from `gs`.
         unsafe {
             let mut x = xt.add(gs * 4);
-            let mut t = tables;
+            let mut t = tables.cast::<__m256i>();
             for _ in 0..len {
                 ternary_table81__avx2(x, t);
                 x = x.add(4);
@@ -147,68 +269,141 @@ unsafe fn ternary_pw_16x4c__avx2_mac(
             }
             let mut row = codes.add(gs);
             let mut a = acc;
-            for _ in 0..n {
-                let sum = if len == CHUNK {
-                    ternary_lookup_chunk__avx2(tables, row)
-                } else {
-                    ternary_lookup_partial__avx2(tables, row, len)
-                };
-                let lo = _mm256_cvtepi16_epi32(_mm256_castsi256_si128(sum));
-                let hi = _mm256_cvtepi16_epi32(_mm256_extracti128_si256::<1>(sum));
-                if gs == 0 {
-                    _mm256_store_si256(a, lo);
-                    _mm256_store_si256(a.add(1), hi);
-                } else {
-                    _mm256_store_si256(a, _mm256_add_epi32(_mm256_load_si256(a), lo));
-                    _mm256_store_si256(a.add(1), _mm256_add_epi32(_mm256_load_si256(a.add(1)), hi));
+            let mut c = 0;
+            while c < n {
+                // Four channels side by side (the last rows repeat when n % 4 != 0; their
+                // duplicate sums are dropped).
+                let rows: [*const u8; LANES] =
+                    std::array::from_fn(|i| row.add(groups * i.min(n - 1 - c)));
+                let sums = ternary_gather81x4__avx2(tables, rows, len);
+                for s in sums.into_iter().take(n - c) {
+                    ternary_widen_acc__avx2(s, a, gs == 0);
+                    a = a.add(2);
                 }
-                a = a.add(2);
-                row = row.add(groups);
+                row = row.add(LANES * groups);
+                c += LANES;
             }
         }
         gs += len;
     }
 }
 
-/// Sum of one table row per group over a full chunk (unrolled by the compiler).
+/// Four channels' sums over `len` groups of 81-entry tables: group `j` adds row `code` of
+/// table `j`. Four independent add chains keep the adders busy.
 ///
 /// # Safety
-/// AVX2; `tables` holds `CHUNK` tables of 81 vectors; `row` has `CHUNK` codes below 81.
+/// AVX2; `tables` holds `len` tables of 81 aligned rows; each `rows[i]` has `len` codes
+/// below 81.
 #[inline]
 #[target_feature(enable = "avx2")]
-unsafe fn ternary_lookup_chunk__avx2(tables: *const __m256i, row: *const u8) -> __m256i {
-    // SAFETY: (caller) each code selects a row of its own 81-row table.
-    unsafe {
-        let mut s0 = _mm256_setzero_si256();
-        let mut s1 = _mm256_setzero_si256();
-        let mut t = tables;
-        for j in 0..CHUNK / 2 {
-            let c0 = usize::from(*row.add(2 * j));
-            let c1 = usize::from(*row.add(2 * j + 1));
-            s0 = _mm256_add_epi16(s0, _mm256_load_si256(t.add(c0)));
-            s1 = _mm256_add_epi16(s1, _mm256_load_si256(t.add(CODES + c1)));
-            t = t.add(2 * CODES);
+unsafe fn ternary_gather81x4__avx2(tables: *const u8, rows: [*const u8; LANES], len: usize) -> [__m256i; LANES] {
+    let mut s = [_mm256_setzero_si256(); LANES];
+    let mut t = tables;
+    for j in 0..len {
+        for (acc, row) in s.iter_mut().zip(rows) {
+            // SAFETY: (caller) the code selects an aligned row of table j.
+            unsafe {
+                let off = usize::from(*row.add(j)) << 5;
+                *acc = _mm256_add_epi16(*acc, _mm256_load_si256(t.add(off).cast()));
+            }
         }
-        _mm256_add_epi16(s0, s1)
+        // SAFETY: stays within (or one past) the `len` tables.
+        t = unsafe { t.add(CODES * 32) };
+    }
+    s
+}
+
+/// Add-only MAC of one 16-pixel tile with pair tables (two lookups per group through the
+/// precomputed byte offsets of `pair_offsets`); same outputs as the 81-entry kernel.
+///
+/// # Safety
+/// AVX2; `xt` as above; `offsets` holds `n` rows of `2 * groups` offsets from
+/// `pair_offsets`; `tables` has room for `CHUNK_PAIRS * 18` aligned vectors; `acc` for
+/// `2 * n` aligned vectors.
+#[inline(never)]
+#[target_feature(enable = "avx2")]
+unsafe fn ternary_pw_16x2c__avx2_mac(
+    xt: *const __m256i,
+    offsets: *const u16,
+    groups: usize,
+    n: usize,
+    tables: *mut u8,
+    acc: *mut __m256i,
+) {
+    let row_len = groups * 2;
+    let mut gs = 0;
+    while gs < groups {
+        let len = CHUNK_PAIRS.min(groups - gs);
+        // SAFETY: groups gs..gs+len exist in xt and their tables fit the table area; each
+        // offset row has `row_len` entries, of which this chunk reads `2 * len` from `2 * gs`.
+        unsafe {
+            let mut x = xt.add(gs * 4);
+            let mut t = tables.cast::<__m256i>();
+            for _ in 0..len {
+                ternary_pair_tables__avx2(x, t);
+                x = x.add(4);
+                t = t.add(PAIR_ROWS);
+            }
+            let mut row = offsets.add(gs * 2);
+            let mut a = acc;
+            let mut c = 0;
+            while c < n {
+                let rows: [*const u16; LANES] =
+                    std::array::from_fn(|i| row.add(row_len * i.min(n - 1 - c)));
+                let sums = ternary_gather_offsets_x4__avx2(tables, rows, 2 * len);
+                for s in sums.into_iter().take(n - c) {
+                    ternary_widen_acc__avx2(s, a, gs == 0);
+                    a = a.add(2);
+                }
+                row = row.add(LANES * row_len);
+                c += LANES;
+            }
+        }
+        gs += len;
     }
 }
 
-/// Same as [`ternary_lookup_chunk__avx2`] for a chunk of `len < CHUNK` groups.
+/// Four channels' sums of the table rows at `lookups` byte offsets each.
 ///
 /// # Safety
-/// As for the full chunk, with `len` tables and codes.
+/// AVX2; each `rows[i]` holds `lookups` offsets of aligned rows inside `tables`.
 #[inline]
 #[target_feature(enable = "avx2")]
-unsafe fn ternary_lookup_partial__avx2(tables: *const __m256i, row: *const u8, len: usize) -> __m256i {
-    // SAFETY: (caller) each code selects a row of its own 81-row table.
-    unsafe {
-        let mut s = _mm256_setzero_si256();
-        let mut t = tables;
-        for j in 0..len {
-            s = _mm256_add_epi16(s, _mm256_load_si256(t.add(usize::from(*row.add(j)))));
-            t = t.add(CODES);
+unsafe fn ternary_gather_offsets_x4__avx2(
+    tables: *const u8,
+    rows: [*const u16; LANES],
+    lookups: usize,
+) -> [__m256i; LANES] {
+    let mut s = [_mm256_setzero_si256(); LANES];
+    for j in 0..lookups {
+        for (acc, row) in s.iter_mut().zip(rows) {
+            // SAFETY: (caller) the offset addresses an aligned table row.
+            unsafe {
+                let off = usize::from(*row.add(j));
+                *acc = _mm256_add_epi16(*acc, _mm256_load_si256(tables.add(off).cast()));
+            }
         }
-        s
+    }
+    s
+}
+
+/// Builds the two 9-row pair tables of a group (rows 0..9 from channels 0, 1; rows 9..18
+/// from channels 2, 3).
+///
+/// # Safety
+/// AVX2; `x` holds 4 vectors and `t` room for 18, both 32-byte aligned.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn ternary_pair_tables__avx2(x: *const __m256i, t: *mut __m256i) {
+    // SAFETY: (caller) 4 readable and 18 writable aligned vectors.
+    unsafe {
+        let low = ternary_table9__avx2(_mm256_load_si256(x), _mm256_load_si256(x.add(1)));
+        let high = ternary_table9__avx2(_mm256_load_si256(x.add(2)), _mm256_load_si256(x.add(3)));
+        let mut dst = t;
+        for v in low.into_iter().chain(high) {
+            _mm256_store_si256(dst, v);
+            dst = dst.add(1);
+        }
     }
 }
 
@@ -285,11 +480,11 @@ unsafe fn transpose_input(input: *const i8, k: usize, valid: usize, kpad: usize,
 }
 
 /// Requantizes the tile's accumulators: channel `c`'s 16 pixels become 16 bytes at
-/// `otile + 16 c`.
+/// `otile + 16 c` (two channels per 32-byte store).
 ///
 /// # Safety
-/// AVX2; `acc` holds `2 n` aligned vectors; `otile` is writable for `16 n` bytes;
-/// the epilogue has `n` entries with shifts in the contract's range.
+/// AVX2; `acc` holds `2 n` aligned vectors; `otile` is writable for `16 * round_up(n, 2)`
+/// bytes; the epilogue has `n` entries with shifts in the contract's range.
 #[target_feature(enable = "avx2")]
 unsafe fn requantize_tile(
     acc: *const __m256i,
@@ -298,14 +493,25 @@ unsafe fn requantize_tile(
     n: usize,
     otile: *mut u8,
 ) {
-    for c in 0..n {
-        let p = ChannelParams::new(epi.bias[c], epi.multiplier[c], epi.shift[c]);
-        // SAFETY: (caller) c < n keeps both reads and the 16-byte write in bounds.
+    let param = |c: usize| ChannelParams::new(epi.bias[c], epi.multiplier[c], epi.shift[c]);
+    let mut c = 0;
+    while c < n {
+        let p0 = param(c);
+        // An odd last channel is paired with itself; its second copy lands in the spare
+        // 16 bytes the layout reserves.
+        let p1 = if c + 1 < n { param(c + 1) } else { p0 };
+        let c1 = if c + 1 < n { c + 1 } else { c };
+        // SAFETY: (caller) c, c1 < n keep the reads and the 32-byte write in bounds.
         unsafe {
-            let lo = p.apply(_mm256_load_si256(acc.add(2 * c)));
-            let hi = p.apply(_mm256_load_si256(acc.add(2 * c + 1)));
-            _mm_storeu_si128(otile.add(16 * c).cast(), out.narrow16(lo, hi));
+            let bytes = out.narrow32(
+                p0.apply(_mm256_load_si256(acc.add(2 * c))),
+                p0.apply(_mm256_load_si256(acc.add(2 * c + 1))),
+                p1.apply(_mm256_load_si256(acc.add(2 * c1))),
+                p1.apply(_mm256_load_si256(acc.add(2 * c1 + 1))),
+            );
+            _mm256_storeu_si256(otile.add(16 * c).cast(), bytes);
         }
+        c += 2;
     }
 }
 
