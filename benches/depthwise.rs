@@ -23,9 +23,12 @@ fn depthwise(c: &mut Criterion) {
         let mut out = vec![0i8; ho * wo * ch];
         group.throughput(Throughput::Elements((ho * wo * ch * 9) as u64));
         for kern in tiers {
-            let id = BenchmarkId::new(format!("dw-{}", kern.tier()), format!("{h}x{w}x{ch}s{stride}"));
+            let id =
+                BenchmarkId::new(format!("dw-{}", kern.tier()), format!("{h}x{w}x{ch}s{stride}"));
             group.bench_function(id, |b| {
-                b.iter(|| kern.depthwise3x3(shape, &input, -128, &weights, &epi.view(), 0..ho, &mut out))
+                b.iter(|| {
+                    kern.depthwise3x3(shape, &input, -128, &weights, &epi.view(), 0..ho, &mut out)
+                })
             });
         }
     }

@@ -61,10 +61,13 @@ fn main() -> ExitCode {
         let only = std::env::var("PROM_PROFILE_ONLY").unwrap_or_default();
         for _ in 0..5 {
             if only != "int8" {
-                t = t.min(best_seconds(repeat, || layer.run_ternary(&simd, &mut out, &mut scratch)));
+                t = t
+                    .min(best_seconds(repeat, || layer.run_ternary(&simd, &mut out, &mut scratch)));
             }
             if only != "ternary" {
-                ti = ti.min(best_seconds(repeat, || layer.run_int8(&simd, &w, &mut out, &mut scratch)));
+                ti = ti.min(best_seconds(repeat, || {
+                    layer.run_int8(&simd, &w, &mut out, &mut scratch)
+                }));
             }
         }
         let g = |t: f64| layer.macs() as f64 / t / 1e9;

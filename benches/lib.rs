@@ -159,7 +159,14 @@ impl PointwiseLayer {
 
     /// Runs the ternary kernel of `kern` into `out`.
     pub fn run_ternary(&self, kern: &Kernels, out: &mut [i8], scratch: &mut Scratch) {
-        kern.ternary_pointwise(self.shape, &self.input, self.ternary_weights(), &self.epi.view(), out, scratch);
+        kern.ternary_pointwise(
+            self.shape,
+            &self.input,
+            self.ternary_weights(),
+            &self.epi.view(),
+            out,
+            scratch,
+        );
     }
 
     /// Runs the int8 kernel of `kern` into `out`.

@@ -23,7 +23,10 @@ fn stem(c: &mut Criterion) {
         let mut out = vec![0i8; ho * wo * out_channels];
         group.throughput(Throughput::Elements((ho * wo * out_channels * 27) as u64));
         for kern in tiers {
-            let id = BenchmarkId::new(format!("stem-{}", kern.tier()), format!("224x224x3to{out_channels}"));
+            let id = BenchmarkId::new(
+                format!("stem-{}", kern.tier()),
+                format!("224x224x3to{out_channels}"),
+            );
             group.bench_function(id, |b| {
                 b.iter(|| kern.stem3x3s2(shape, &input, 0, &weights, &epi.view(), 0..ho, &mut out))
             });

@@ -1,37 +1,85 @@
 #!/usr/bin/env bash
-# Installs what the test suite needs on a fresh Debian machine, only when it is missing:
-# the aarch64 (and, when Debian has it, armv7) Rust targets, the cross linkers and libcs,
-# qemu-user to run the cross-built tests, and binutils for the add-only disassembly check.
+# Installs what the test suite (scripts/test.sh) needs on a fresh Debian 12 machine, only
+# when it is missing, so a second run is a quick no-op:
+#   - gcc-aarch64-linux-gnu + libc6-dev-arm64-cross: linker and libc for aarch64 tests;
+#   - binutils-aarch64-linux-gnu, binutils: objdump/readelf for scripts/check-add-only.sh;
+#   - qemu-user: qemu-aarch64 / qemu-arm run the cross-built tests (.cargo/config.toml);
+#   - gcc-arm-linux-gnueabihf + libc6-dev-armhf-cross: optional armv7 tests (skipped, loudly,
+#     by scripts/test.sh when they cannot be installed);
+#   - dbus: dbus-daemon for the D-Bus integration tests;
+#   - rustup targets aarch64-unknown-linux-gnu, armv7-unknown-linux-gnueabihf and the
+#     clippy and rustfmt components.
+# apt-get runs directly as root, through sudo otherwise. Rust itself (rustup + cargo) must
+# already be installed (https://rustup.rs); this script does not download installers.
 set -euo pipefail
 
+log() { echo "install-prereqs: $*" >&2; }
+
 need_apt=()
-command -v aarch64-linux-gnu-gcc >/dev/null || need_apt+=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross)
-command -v aarch64-linux-gnu-objdump >/dev/null || need_apt+=(binutils-aarch64-linux-gnu)
-command -v qemu-aarch64 >/dev/null || need_apt+=(qemu-user)
-command -v objdump >/dev/null || need_apt+=(binutils)
-command -v arm-linux-gnueabihf-gcc >/dev/null || need_apt+=(gcc-arm-linux-gnueabihf libc6-dev-armhf-cross)
-command -v dbus-daemon >/dev/null || need_apt+=(dbus)
+want() { local p; for p in "$@"; do [[ " ${need_apt[*]-} " == *" $p "* ]] || need_apt+=("$p"); done; }
+
+command -v aarch64-linux-gnu-gcc >/dev/null || want gcc-aarch64-linux-gnu
+[ -e /usr/aarch64-linux-gnu/lib/libc.so ] || [ -e /usr/aarch64-linux-gnu/lib/libc.so.6 ] \
+  || want libc6-dev-arm64-cross
+[ -e /usr/aarch64-linux-gnu/include/stdio.h ] || want libc6-dev-arm64-cross
+command -v aarch64-linux-gnu-objdump >/dev/null || want binutils-aarch64-linux-gnu
+command -v qemu-aarch64 >/dev/null || want qemu-user
+command -v qemu-arm >/dev/null || want qemu-user
+command -v objdump >/dev/null || want binutils
+command -v readelf >/dev/null || want binutils
+command -v arm-linux-gnueabihf-gcc >/dev/null || want gcc-arm-linux-gnueabihf libc6-dev-armhf-cross
+[ -e /usr/arm-linux-gnueabihf/include/stdio.h ] || want libc6-dev-armhf-cross
+command -v dbus-daemon >/dev/null || want dbus
+
+optional_apt=(gcc-arm-linux-gnueabihf libc6-dev-armhf-cross)
 
 if [ ${#need_apt[@]} -gt 0 ]; then
-  sudo_cmd=()
-  [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
-  echo "install-prereqs: apt-get install ${need_apt[*]}" >&2
-  "${sudo_cmd[@]}" apt-get update -qq
-  # armv7 cross tools are optional (the armv7 tests are skipped, loudly, without them).
-  if ! DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${need_apt[@]}"; then
-    echo "install-prereqs: retrying without the optional armv7 toolchain" >&2
-    filtered=()
-    for p in "${need_apt[@]}"; do
-      case "$p" in gcc-arm-linux-gnueabihf|libc6-dev-armhf-cross) ;; *) filtered+=("$p") ;; esac
-    done
-    DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${filtered[@]}"
+  command -v apt-get >/dev/null || {
+    log "missing: ${need_apt[*]}; no apt-get here: install the equivalents by hand"
+    exit 1
+  }
+  as_root=()
+  if [ "$(id -u)" -ne 0 ]; then
+    command -v sudo >/dev/null || { log "need root or sudo to apt-get install ${need_apt[*]}"; exit 1; }
+    as_root=(sudo)
   fi
+  apt() { "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get -y -qq -o Dpkg::Use-Pty=0 "$@"; }
+  log "apt-get install ${need_apt[*]}"
+  apt update
+  if ! apt install --no-install-recommends "${need_apt[@]}"; then
+    # The armv7 cross toolchain is optional (scripts/test.sh skips armv7 loudly without it).
+    required=()
+    for p in "${need_apt[@]}"; do
+      [[ " ${optional_apt[*]} " == *" $p "* ]] || required+=("$p")
+    done
+    log "retrying without the optional armv7 toolchain: ${required[*]-}"
+    [ ${#required[@]} -eq 0 ] || apt install --no-install-recommends "${required[@]}"
+  fi
+else
+  log "system packages: all present"
 fi
 
-installed_targets=$(rustup target list --installed)
-for t in aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf; do
-  grep -qx "$t" <<<"$installed_targets" || rustup target add "$t"
-done
-for c in clippy rustfmt; do
-  rustup component list --installed | grep -q "^$c" || rustup component add "$c"
-done
+if ! command -v cargo >/dev/null; then
+  log "cargo not found: install Rust with rustup (https://rustup.rs) first"
+  exit 1
+fi
+if command -v rustup >/dev/null; then
+  installed_targets=$(rustup target list --installed)
+  for t in aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf; do
+    grep -qx "$t" <<<"$installed_targets" || { log "rustup target add $t"; rustup target add "$t"; }
+  done
+  installed_components=$(rustup component list --installed)
+  for c in clippy rustfmt; do
+    grep -q "^$c" <<<"$installed_components" || { log "rustup component add $c"; rustup component add "$c"; }
+  done
+else
+  # A distribution Rust without rustup: the targets' standard libraries must already exist.
+  for t in aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf; do
+    libdir=$(rustc --print target-libdir --target "$t" 2>/dev/null || true)
+    if ! ls "$libdir"/libstd-*.rlib >/dev/null 2>&1; then
+      log "no rustup and no Rust standard library for $t; install rustup (https://rustup.rs)"
+      [ "$t" != aarch64-unknown-linux-gnu ] || exit 1
+    fi
+  done
+fi
+log "ready"

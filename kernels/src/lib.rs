@@ -102,7 +102,9 @@ pub enum TierError {
 impl std::fmt::Display for TierError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            TierError::Unavailable(t) => write!(f, "kernel tier `{t}` is not available on this CPU"),
+            TierError::Unavailable(t) => {
+                write!(f, "kernel tier `{t}` is not available on this CPU")
+            }
             TierError::UnknownName(n) => {
                 write!(f, "{TIER_ENV}={n:?} names no kernel tier (scalar, avx2, neon)")
             }
@@ -293,7 +295,9 @@ impl Kernels {
                 scratch.buf.as_i32_mut(shape.n),
             ),
             #[cfg(target_arch = "x86_64")]
-            Imp::Avx2(t) => x86_64::ternary_pointwise(t, shape, input, weights, epi, output, scratch),
+            Imp::Avx2(t) => {
+                x86_64::ternary_pointwise(t, shape, input, weights, epi, output, scratch)
+            }
             #[cfg(target_arch = "aarch64")]
             Imp::Neon(t) => {
                 aarch64::ternary_pointwise(t, shape, input, weights, epi, output, scratch)
@@ -333,7 +337,13 @@ impl Kernels {
         match self.imp {
             Imp::Scalar => {
                 let _ = scratch;
-                scalar::int8_pointwise(shape, input, weights.data.as_i8(shape.n * shape.k), epi, output)
+                scalar::int8_pointwise(
+                    shape,
+                    input,
+                    weights.data.as_i8(shape.n * shape.k),
+                    epi,
+                    output,
+                )
             }
             #[cfg(target_arch = "x86_64")]
             Imp::Avx2(t) => {
@@ -368,37 +378,17 @@ impl Kernels {
         epi.check(c);
         self.count();
         match self.imp {
-            Imp::Scalar => scalar::depthwise3x3(
-                shape,
-                input,
-                input_zero_point,
-                weights,
-                epi,
-                rows,
-                output,
-            ),
+            Imp::Scalar => {
+                scalar::depthwise3x3(shape, input, input_zero_point, weights, epi, rows, output)
+            }
             #[cfg(target_arch = "x86_64")]
-            Imp::Avx2(t) => x86_64::depthwise3x3(
-                t,
-                shape,
-                input,
-                input_zero_point,
-                weights,
-                epi,
-                rows,
-                output,
-            ),
+            Imp::Avx2(t) => {
+                x86_64::depthwise3x3(t, shape, input, input_zero_point, weights, epi, rows, output)
+            }
             #[cfg(target_arch = "aarch64")]
-            Imp::Neon(t) => aarch64::depthwise3x3(
-                t,
-                shape,
-                input,
-                input_zero_point,
-                weights,
-                epi,
-                rows,
-                output,
-            ),
+            Imp::Neon(t) => {
+                aarch64::depthwise3x3(t, shape, input, input_zero_point, weights, epi, rows, output)
+            }
         }
     }
 
@@ -455,7 +445,13 @@ impl Kernels {
     }
 
     /// Global average pool of `pixels x channels` int8 to `channels` int8.
-    pub fn global_avg_pool(&self, input: &[i8], channels: usize, params: &PoolParams, out: &mut [i8]) {
+    pub fn global_avg_pool(
+        &self,
+        input: &[i8],
+        channels: usize,
+        params: &PoolParams,
+        out: &mut [i8],
+    ) {
         assert!(channels > 0 && input.len() % channels == 0, "pool: input not pixels x channels");
         assert!(!input.is_empty(), "pool: empty input");
         assert!(input.len() / channels <= 1 << 16, "pool: more than 65536 pixels");

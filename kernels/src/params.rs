@@ -51,10 +51,7 @@ impl Epilogue<'_> {
             "epilogue: multiplier length != output channels"
         );
         assert_eq!(self.shift.len(), channels, "epilogue: shift length != output channels");
-        assert!(
-            self.multiplier.iter().all(|&m| m >= 0),
-            "epilogue: negative multiplier"
-        );
+        assert!(self.multiplier.iter().all(|&m| m >= 0), "epilogue: negative multiplier");
         assert!(
             self.shift.iter().all(|&s| (MIN_SHIFT..=MAX_SHIFT).contains(&s)),
             "epilogue: shift outside {MIN_SHIFT}..={MAX_SHIFT}"

@@ -43,10 +43,7 @@ impl TernaryWeights<'_> {
     pub fn check(&self) {
         let expected = self.n.checked_mul(groups(self.k)).expect("ternary weights: size overflow");
         assert_eq!(self.codes.len(), expected, "ternary weights: code count != n * ceil(k/4)");
-        assert!(
-            self.codes.iter().all(|&c| usize::from(c) < CODES),
-            "ternary weights: code >= 81"
-        );
+        assert!(self.codes.iter().all(|&c| usize::from(c) < CODES), "ternary weights: code >= 81");
     }
 }
 
@@ -171,10 +168,7 @@ mod tests {
 
     #[test]
     fn rejects_non_ternary_and_bad_length() {
-        assert_eq!(
-            pack(&[0, 2, 0, 0], 1, 4),
-            Err(PackError::NotTernary { n: 0, k: 1, value: 2 })
-        );
+        assert_eq!(pack(&[0, 2, 0, 0], 1, 4), Err(PackError::NotTernary { n: 0, k: 1, value: 2 }));
         assert_eq!(pack(&[0; 5], 2, 3), Err(PackError::Length { expected: 6, actual: 5 }));
     }
 }

@@ -51,7 +51,14 @@ impl Pw {
         let w = TernaryWeights { n: self.shape.n, k: self.shape.k, codes: &codes };
         let mut out = vec![0i8; self.shape.pixels * self.shape.n];
         let mut scratch = kern.scratch(self.shape.k, self.shape.n);
-        kern.ternary_pointwise(self.shape, &self.input, w, &self.epi.view(), &mut out, &mut scratch);
+        kern.ternary_pointwise(
+            self.shape,
+            &self.input,
+            w,
+            &self.epi.view(),
+            &mut out,
+            &mut scratch,
+        );
         out
     }
 
@@ -427,11 +434,25 @@ mod scalar_oracle {
                 let mut out = vec![0i8; 1];
                 let mut scratch = tier.scratch(k, 1);
                 let shape = PointwiseShape { pixels: 1, k, n: 1 };
-                tier.ternary_pointwise(shape, &vec![-128; k], weights, &epi.view(), &mut out, &mut scratch);
+                tier.ternary_pointwise(
+                    shape,
+                    &vec![-128; k],
+                    weights,
+                    &epi.view(),
+                    &mut out,
+                    &mut scratch,
+                );
                 assert_eq!(out[0], 0, "ternary acc != {expected} on {}", tier.tier());
                 // one off in either direction is visible: scale 1/4 rounds +-4 to +-1
                 let epi = Epi { bias: vec![-expected + 4], ..epi };
-                tier.ternary_pointwise(shape, &vec![-128; k], weights, &epi.view(), &mut out, &mut scratch);
+                tier.ternary_pointwise(
+                    shape,
+                    &vec![-128; k],
+                    weights,
+                    &epi.view(),
+                    &mut out,
+                    &mut scratch,
+                );
                 assert_eq!(out[0], 1);
             }
         }
@@ -467,7 +488,10 @@ mod scalar_oracle {
                 + (i64::from(b[0]) - i64::from(p.b_zero_point)) * i64::from(p.b_multiplier);
             let y = (real as f64 / 2f64.powi(i32::from(p.shift)) + 0.5).floor() as i64
                 + i64::from(p.output_zero_point);
-            assert_eq!(i64::from(out[0]), y.clamp(i64::from(p.output_min), i64::from(p.output_max)));
+            assert_eq!(
+                i64::from(out[0]),
+                y.clamp(i64::from(p.output_min), i64::from(p.output_max))
+            );
         }
         let x = vec![10i8, 20, 30, 40]; // 2 pixels x 2 channels
         let p = prom_kernels::PoolParams {

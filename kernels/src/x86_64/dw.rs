@@ -70,25 +70,11 @@ pub(super) fn run(
     let (c, wo) = (shape.channels, shape.out_width());
     // Cheap restatements of `Kernels::depthwise3x3`'s checks: the pointer arithmetic below
     // relies on them.
-    assert!(
-        c > 0 && (shape.stride == 1 || shape.stride == 2),
-        "depthwise: bad shape"
-    );
-    assert_eq!(
-        input.len(),
-        shape.height * shape.width * c,
-        "depthwise: input length"
-    );
+    assert!(c > 0 && (shape.stride == 1 || shape.stride == 2), "depthwise: bad shape");
+    assert_eq!(input.len(), shape.height * shape.width * c, "depthwise: input length");
     assert_eq!(weights.len(), 9 * c, "depthwise: weights length");
-    assert!(
-        rows.start <= rows.end && rows.end <= shape.out_height(),
-        "depthwise: rows"
-    );
-    assert_eq!(
-        output.len(),
-        rows.len() * wo * c,
-        "depthwise: output length"
-    );
+    assert!(rows.start <= rows.end && rows.end <= shape.out_height(), "depthwise: rows");
+    assert_eq!(output.len(), rows.len() * wo * c, "depthwise: output length");
     epi.check(c);
     if rows.is_empty() {
         return;
@@ -180,10 +166,7 @@ unsafe fn block<const FULL: bool>(
         ];
     }
     // The padding column reads the zero-point row in all three rows.
-    let pad_rows = Rows {
-        ptr: [pad_row.as_ptr(); 3],
-        step: [0; 3],
-    };
+    let pad_rows = Rows { ptr: [pad_row.as_ptr(); 3], step: [0; 3] };
     // SAFETY: the padding row has 16 bytes and a step of 0.
     let pad_col = unsafe { column::<true>(&pad_rows, 0, NC) };
     Block {
@@ -220,10 +203,7 @@ unsafe fn band_avx2<const FULL: bool>(
     let (h, w, c, s) = (shape.height, shape.width, shape.channels, shape.stride);
     let wo = shape.out_width();
     for oy in band {
-        let mut rows = Rows {
-            ptr: [pad_row.as_ptr(); 3],
-            step: [0; 3],
-        };
+        let mut rows = Rows { ptr: [pad_row.as_ptr(); 3], step: [0; 3] };
         for ky in 0..3 {
             let iy = (oy * s + ky).wrapping_sub(1);
             if iy < h {
@@ -299,10 +279,7 @@ unsafe fn dw3x3s2_s8_16c__avx2<const FULL: bool>(
         for ox in 0..w / 2 {
             let even = column::<FULL>(rows, 2 * ox, b.width);
             let odd = column::<FULL>(rows, 2 * ox + 1, b.width);
-            let done = add(
-                add(cur, contrib(&even, &b.taps[1])),
-                contrib(&odd, &b.taps[2]),
-            );
+            let done = add(add(cur, contrib(&even, &b.taps[1])), contrib(&odd, &b.taps[2]));
             cur = contrib(&odd, &b.taps[0]);
             store::<FULL>(out.add(ox * c), finish(done, b), b.width);
         }
@@ -365,10 +342,7 @@ unsafe fn column<const FULL: bool>(rows: &Rows, ix: usize, width: usize) -> Col 
         let p2 = rows.ptr[2].add(ix * rows.step[2]);
         let (r2lo, r2hi) = if FULL {
             // Two 8-byte loads fold into `vpmovsxbd ymm, m64`.
-            (
-                _mm_loadl_epi64(p2.cast()),
-                _mm_loadl_epi64(p2.add(8).cast()),
-            )
+            (_mm_loadl_epi64(p2.cast()), _mm_loadl_epi64(p2.add(8).cast()))
         } else {
             let r2 = load16::<FULL>(p2, width);
             (r2, _mm_srli_si128::<8>(r2))
@@ -393,14 +367,8 @@ unsafe fn column<const FULL: bool>(rows: &Rows, ix: usize, width: usize) -> Col 
 #[target_feature(enable = "avx2")]
 fn contrib(col: &Col, taps: &Col) -> Acc {
     [
-        _mm256_add_epi32(
-            _mm256_madd_epi16(col[0], taps[0]),
-            _mm256_madd_epi16(col[2], taps[2]),
-        ),
-        _mm256_add_epi32(
-            _mm256_madd_epi16(col[1], taps[1]),
-            _mm256_madd_epi16(col[3], taps[3]),
-        ),
+        _mm256_add_epi32(_mm256_madd_epi16(col[0], taps[0]), _mm256_madd_epi16(col[2], taps[2])),
+        _mm256_add_epi32(_mm256_madd_epi16(col[1], taps[1]), _mm256_madd_epi16(col[3], taps[3])),
     ]
 }
 
@@ -414,6 +382,5 @@ fn add(a: Acc, b: Acc) -> Acc {
 #[inline]
 #[target_feature(enable = "avx2")]
 fn finish(acc: Acc, b: &Block) -> __m128i {
-    b.out
-        .narrow16(b.lo.apply_dup(acc[0]), b.hi.apply_dup(acc[1]))
+    b.out.narrow16(b.lo.apply_dup(acc[0]), b.hi.apply_dup(acc[1]))
 }

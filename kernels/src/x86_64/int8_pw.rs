@@ -101,10 +101,18 @@ unsafe fn run_avx2(
                 let hi = LaneParams::load(epi.bias, epi.multiplier, epi.shift, c0 + 8);
                 let width = NR.min(n - c0);
                 match rows {
-                    4 => tile::<4>(xw.as_ptr(), stride, w, kp, &lo, &hi, &out_params, out, n, width),
-                    3 => tile::<3>(xw.as_ptr(), stride, w, kp, &lo, &hi, &out_params, out, n, width),
-                    2 => tile::<2>(xw.as_ptr(), stride, w, kp, &lo, &hi, &out_params, out, n, width),
-                    _ => tile::<1>(xw.as_ptr(), stride, w, kp, &lo, &hi, &out_params, out, n, width),
+                    4 => {
+                        tile::<4>(xw.as_ptr(), stride, w, kp, &lo, &hi, &out_params, out, n, width)
+                    }
+                    3 => {
+                        tile::<3>(xw.as_ptr(), stride, w, kp, &lo, &hi, &out_params, out, n, width)
+                    }
+                    2 => {
+                        tile::<2>(xw.as_ptr(), stride, w, kp, &lo, &hi, &out_params, out, n, width)
+                    }
+                    _ => {
+                        tile::<1>(xw.as_ptr(), stride, w, kp, &lo, &hi, &out_params, out, n, width)
+                    }
                 }
             }
         }

@@ -167,8 +167,7 @@ impl OutputParams {
         let cd = _mm256_adds_epi16(_mm256_packs_epi32(c, d), self.zero_point16);
         // per 128-bit lane: [a0-3 b0-3 c0-3 d0-3 | a4-7 b4-7 c4-7 d4-7] as 4-byte groups
         let bytes = _mm256_packs_epi16(ab, cd);
-        let ordered =
-            _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        let ordered = _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
         _mm256_min_epi8(_mm256_max_epi8(ordered, self.min256), self.max256)
     }
 
@@ -182,10 +181,8 @@ impl OutputParams {
         let hi = _mm256_add_epi32(hi, self.zero_point);
         // packs works per 128-bit lane: [lo0-3 hi0-3 | lo4-7 hi4-7] -> reorder quadwords.
         let packed = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_packs_epi32(lo, hi));
-        let bytes = _mm_packs_epi16(
-            _mm256_castsi256_si128(packed),
-            _mm256_extracti128_si256::<1>(packed),
-        );
+        let bytes =
+            _mm_packs_epi16(_mm256_castsi256_si128(packed), _mm256_extracti128_si256::<1>(packed));
         _mm_min_epi8(_mm_max_epi8(bytes, self.min), self.max)
     }
 }

@@ -58,21 +58,10 @@ pub(super) fn run(
     // Cheap restatements of `Kernels::stem3x3s2`'s checks: the pointer arithmetic below
     // relies on them.
     assert!(co > 0, "stem: no output channels");
-    assert_eq!(
-        input.len(),
-        shape.height * shape.width * 3,
-        "stem: input length"
-    );
+    assert_eq!(input.len(), shape.height * shape.width * 3, "stem: input length");
     assert_eq!(weights.len(), 27 * co, "stem: weights length");
-    assert!(
-        rows.start <= rows.end && rows.end <= shape.out_height(),
-        "stem: rows"
-    );
-    assert_eq!(
-        output.len(),
-        rows.len() * shape.out_width() * co,
-        "stem: output length"
-    );
+    assert!(rows.start <= rows.end && rows.end <= shape.out_height(), "stem: rows");
+    assert_eq!(output.len(), rows.len() * shape.out_width() * co, "stem: output length");
     epi.check(co);
     if rows.is_empty() {
         return;
@@ -196,11 +185,8 @@ impl Pass<'_> {
         for (l, &off) in lp.iter_mut().zip(&self.offsets) {
             *l = LaneParams::load(self.epi.bias, self.epi.multiplier, self.epi.shift, off);
         }
-        let out = OutputParams::new(
-            self.epi.output_zero_point,
-            self.epi.output_min,
-            self.epi.output_max,
-        );
+        let out =
+            OutputParams::new(self.epi.output_zero_point, self.epi.output_min, self.epi.output_max);
         let mut win: Window = [[0; ROW_PAIRS]; 3];
         for oy in self.rows.clone() {
             let mut ox0 = 0;
@@ -210,11 +196,8 @@ impl Pass<'_> {
                 for ox in ox0..ox1 {
                     let acc = stem3x3s2_u8s8_8c__avx2::<G>(&win, 3 * (ox - ox0), &self.packed);
                     // SAFETY: pixel ox of output row oy - rows.start exists.
-                    let dst = unsafe {
-                        output
-                            .as_mut_ptr()
-                            .add(((oy - self.rows.start) * wo + ox) * co)
-                    };
+                    let dst =
+                        unsafe { output.as_mut_ptr().add(((oy - self.rows.start) * wo + ox) * co) };
                     let mut g = 0;
                     while g < G {
                         let h = (g + 1).min(G - 1);

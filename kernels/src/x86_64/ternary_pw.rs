@@ -30,10 +30,15 @@ use core::arch::x86_64::*;
 
 /// Pixels per tile (int16 lanes of a ymm register).
 const TILE: usize = 16;
-/// Groups per chunk with 81-entry tables: 12 * 81 * 32 bytes = 30.4 KiB (fits L1), and
-/// every row offset of a chunk fits a u16.
-const CHUNK81: usize = 16;
-/// Groups per chunk with pair tables: 32 * 18 * 32 bytes = 18 KiB.
+/// Tiles processed together: every weight code loaded serves both tiles' tables, whose rows
+/// sit side by side in one 64-byte line.
+const MAX_TILES: usize = 2;
+/// Bytes of one table row (one vector per tile).
+const ROW_BYTES: usize = 32 * MAX_TILES;
+/// Groups per chunk with 81-entry tables: 8 * 81 * 64 bytes = 40.5 KiB.
+const CHUNK81: usize = 8;
+/// Groups per chunk with pair tables: 32 * 18 * 64 bytes = 36 KiB, and every row offset
+/// inside a chunk fits a u16.
 const CHUNK_PAIRS: usize = 32;
 /// Rows of the two pair tables of one group.
 const PAIR_ROWS: usize = 18;
@@ -73,26 +78,13 @@ impl Scheme {
             Scheme::Table81
         }
     }
-    /// Groups per chunk.
-    fn chunk(self) -> usize {
-        match self {
-            Scheme::Table81 => CHUNK81,
-            Scheme::Pairs => CHUNK_PAIRS,
-        }
-    }
-    /// Table rows per group.
-    fn rows(self) -> usize {
-        match self {
-            Scheme::Table81 => CODES,
-            Scheme::Pairs => PAIR_ROWS,
-        }
-    }
 }
 
-/// Scratch layout: transposed input tile, table chunk, int32 accumulators, output tile and
-/// the per-call table offsets of every (output channel, group).
+/// Scratch layout: transposed input tiles, table chunk, int32 accumulators, output tile and
+/// (pair scheme) the per-call table offsets of every (output channel, group).
 struct Layout {
     xt: usize,
+    xt_stride: usize,
     tables: usize,
     acc: usize,
     otile: usize,
@@ -102,18 +94,19 @@ struct Layout {
 
 impl Layout {
     fn new(k: usize, n: usize) -> Layout {
-        let scheme = Scheme::for_outputs(n);
         let xt = 0;
-        let tables = xt + round64(groups(k) * 4 * 32);
-        let acc = tables + scheme.chunk() * scheme.rows() * 32;
-        let otile = acc + round64(n * 64);
+        let xt_stride = round64(groups(k) * 4 * 32);
+        let tables = xt + MAX_TILES * xt_stride;
+        let table_bytes = (CHUNK81 * CODES).max(CHUNK_PAIRS * PAIR_ROWS) * ROW_BYTES;
+        let acc = tables + table_bytes;
+        let otile = acc + round64(n * 64 * MAX_TILES);
         let offsets = otile + round64(n.div_ceil(2) * 2 * 16);
-        let offset_bytes = match scheme {
+        let offset_bytes = match Scheme::for_outputs(n) {
             Scheme::Table81 => 0, // the codes themselves index the tables
             Scheme::Pairs => n * groups(k) * 2 * 2,
         };
         let total = offsets + round64(offset_bytes);
-        Layout { xt, tables, acc, otile, offsets, total }
+        Layout { xt, xt_stride, tables, acc, otile, offsets, total }
     }
 }
 
@@ -141,17 +134,17 @@ pub(super) fn run(
 
 /// For the pair scheme: turns each code into the byte offsets of its two pair-table rows
 /// inside the chunk's table block (row-major like the codes, two offsets per group), so the
-/// lookup loop is one u16 load and one `vpaddw` per lookup. Cheap: pair tables serve layers
-/// with few output channels.
+/// lookup loop is one u16 load and one `vpaddw` per tile and lookup. Cheap: pair tables
+/// serve layers with few output channels.
 fn pair_offsets(codes: &[u8], g: usize, offsets: &mut [u16]) {
-    const GROUP_BYTES: usize = PAIR_ROWS * 32;
+    const GROUP_BYTES: usize = PAIR_ROWS * ROW_BYTES;
     for (row, out) in codes.chunks_exact(g).zip(offsets.chunks_exact_mut(g * 2)) {
         let mut base = 0usize;
         let mut in_chunk = 0;
         for (&code, dst) in row.iter().zip(out.chunks_exact_mut(2)) {
             let [lo, hi] = SPLIT[usize::from(code)];
-            dst[0] = (base + (usize::from(lo) << 5)) as u16;
-            dst[1] = (base + (usize::from(hi) << 5)) as u16;
+            dst[0] = (base + (usize::from(lo) << 6)) as u16;
+            dst[1] = (base + (usize::from(hi) << 6)) as u16;
             in_chunk += 1;
             base += GROUP_BYTES;
             if in_chunk == CHUNK_PAIRS {
@@ -182,7 +175,7 @@ unsafe fn run_avx2(
     // SAFETY: offsets lie inside the scratch (layout.total bytes) and are 64-byte aligned.
     let (xt, tables, acc, otile, offsets) = unsafe {
         (
-            scratch.add(layout.xt).cast::<__m256i>(),
+            scratch.add(layout.xt),
             scratch.add(layout.tables),
             scratch.add(layout.acc).cast::<__m256i>(),
             scratch.add(layout.otile),
@@ -196,58 +189,91 @@ unsafe fn run_avx2(
     let out_params = OutputParams::new(epi.output_zero_point, epi.output_min, epi.output_max);
     let mut start = 0;
     while start < pixels {
-        let valid = TILE.min(pixels - start);
-        // SAFETY: rows start..start+valid exist in input and output; the scratch regions
-        // have the sizes the layout computed for k and n; every offset addresses a row of
-        // its chunk's tables (codes < 81, chunk sizes as in `table_offsets`).
+        let remaining = pixels - start;
+        let tiles = if remaining > TILE { 2 } else { 1 };
+        // SAFETY: rows start..start+remaining exist in input and output; the scratch regions
+        // have the sizes the layout computed for k and n; codes are < 81 and the pair
+        // offsets address rows of their chunk's tables.
         unsafe {
-            transpose_input(input.as_ptr().add(start * k), k, valid, g * 4, xt);
-            match scheme {
-                Scheme::Table81 => ternary_pw_16x4c__avx2_mac(xt, codes.as_ptr(), g, n, tables, acc),
-                Scheme::Pairs => ternary_pw_16x2c__avx2_mac(xt, offsets, g, n, tables, acc),
+            for t in 0..tiles {
+                let first = start + t * TILE;
+                let valid = TILE.min(pixels.saturating_sub(first));
+                let xt_t = xt.add(t * layout.xt_stride).cast::<__m256i>();
+                transpose_input(input.as_ptr().add(first.min(pixels) * k), k, valid, g * 4, xt_t);
             }
-            requantize_tile(acc, epi, &out_params, n, otile);
-            store_output(otile, n, valid, output.as_mut_ptr().add(start * n));
+            let xt0 = xt.cast::<__m256i>();
+            let xt1 = xt.add(layout.xt_stride).cast::<__m256i>();
+            match (scheme, tiles) {
+                (Scheme::Table81, 2) => {
+                    ternary_pw_table81__avx2_mac::<2>([xt0, xt1], codes.as_ptr(), g, n, tables, acc)
+                }
+                (Scheme::Table81, _) => {
+                    ternary_pw_table81__avx2_mac::<1>([xt0], codes.as_ptr(), g, n, tables, acc)
+                }
+                (Scheme::Pairs, 2) => {
+                    ternary_pw_pairs__avx2_mac::<2>([xt0, xt1], offsets, g, n, tables, acc)
+                }
+                (Scheme::Pairs, _) => {
+                    ternary_pw_pairs__avx2_mac::<1>([xt0], offsets, g, n, tables, acc)
+                }
+            }
+            for t in 0..tiles {
+                let first = start + t * TILE;
+                let valid = TILE.min(pixels.saturating_sub(first));
+                if valid == 0 {
+                    break;
+                }
+                requantize_tile(acc.add(2 * t), 2 * tiles, epi, &out_params, n, otile);
+                store_output(otile, n, valid, output.as_mut_ptr().add(first * n));
+            }
         }
-        start += valid;
+        start += (tiles * TILE).min(remaining);
     }
 }
 
-/// Widens an int16 chunk sum into the two int32 accumulators at `a` (stores on the first
-/// chunk, adds afterwards).
+/// Widens the int16 chunk sums of `T` tiles into their int32 accumulators at `a` (stores on
+/// the first chunk, adds afterwards). Accumulators of a channel: `[tile0 lo, tile0 hi,
+/// tile1 lo, tile1 hi]`.
 ///
 /// # Safety
-/// AVX2; `a` points at two aligned, writable vectors.
+/// AVX2; `a` points at `2 T` aligned, writable vectors.
 #[inline]
 #[target_feature(enable = "avx2")]
-unsafe fn ternary_widen_acc__avx2(sum: __m256i, a: *mut __m256i, first: bool) {
-    let lo = _mm256_cvtepi16_epi32(_mm256_castsi256_si128(sum));
-    let hi = _mm256_cvtepi16_epi32(_mm256_extracti128_si256::<1>(sum));
-    // SAFETY: (caller) two aligned vectors at `a`.
-    unsafe {
-        if first {
-            _mm256_store_si256(a, lo);
-            _mm256_store_si256(a.add(1), hi);
-        } else {
-            _mm256_store_si256(a, _mm256_add_epi32(_mm256_load_si256(a), lo));
-            _mm256_store_si256(a.add(1), _mm256_add_epi32(_mm256_load_si256(a.add(1)), hi));
+unsafe fn ternary_widen_acc__avx2<const T: usize>(
+    sums: [__m256i; T],
+    a: *mut __m256i,
+    first: bool,
+) {
+    for (t, sum) in sums.into_iter().enumerate() {
+        let lo = _mm256_cvtepi16_epi32(_mm256_castsi256_si128(sum));
+        let hi = _mm256_cvtepi16_epi32(_mm256_extracti128_si256::<1>(sum));
+        // SAFETY: (caller) 2 T aligned vectors at `a`.
+        unsafe {
+            let a = a.add(2 * t);
+            if first {
+                _mm256_store_si256(a, lo);
+                _mm256_store_si256(a.add(1), hi);
+            } else {
+                _mm256_store_si256(a, _mm256_add_epi32(_mm256_load_si256(a), lo));
+                _mm256_store_si256(a.add(1), _mm256_add_epi32(_mm256_load_si256(a.add(1)), hi));
+            }
         }
     }
 }
 
-/// Add-only MAC of one 16-pixel tile with 81-entry tables: per chunk of groups, build the
-/// tables, then each output channel adds the row its code selects in each group's table.
-/// Output channel `c` receives the int32 sums of pixels 0..8 and 8..16 in `acc[2c]`,
-/// `acc[2c + 1]`.
+/// Add-only MAC of `T` 16-pixel tiles with 81-entry tables: per chunk of groups, build the
+/// tables, then each output channel adds the row its code selects in each group's table
+/// (one code load serves all `T` tiles). Channel `c` receives its int32 sums in
+/// `acc[2T c..2T (c + 1)]`.
 ///
 /// # Safety
-/// AVX2; `xt` holds `groups * 4` aligned vectors (transposed input, int16); `codes` holds
-/// `n` rows of `groups` codes below 81; `tables` has room for `CHUNK81 * 81` aligned vectors;
-/// `acc` for `2 * n` aligned vectors.
+/// AVX2; each `xt[t]` holds `groups * 4` aligned vectors (transposed input, int16); `codes`
+/// holds `n` rows of `groups` codes below 81; `tables` has room for `CHUNK81 * 81` rows of
+/// `ROW_BYTES`; `acc` for `2 T n` aligned vectors.
 #[inline(never)]
 #[target_feature(enable = "avx2")]
-unsafe fn ternary_pw_16x4c__avx2_mac(
-    xt: *const __m256i,
+unsafe fn ternary_pw_table81__avx2_mac<const T: usize>(
+    xt: [*const __m256i; T],
     codes: *const u8,
     groups: usize,
     n: usize,
@@ -257,15 +283,17 @@ unsafe fn ternary_pw_16x4c__avx2_mac(
     let mut gs = 0;
     while gs < groups {
         let len = CHUNK81.min(groups - gs);
-        // SAFETY: groups gs..gs+len exist in xt and their tables fit the table area; each
-        // code row has `groups` codes, of which this chunk reads `len` from `gs`.
+        // SAFETY: groups gs..gs+len exist in each xt and their tables fit the table area;
+        // each code row has `groups` codes, of which this chunk reads `len` from `gs`.
         unsafe {
-            let mut x = xt.add(gs * 4);
-            let mut t = tables.cast::<__m256i>();
-            for _ in 0..len {
-                ternary_table81__avx2(x, t);
-                x = x.add(4);
-                t = t.add(CODES);
+            for (tile, x) in xt.iter().enumerate() {
+                let mut x = x.add(gs * 4);
+                let mut t = tables.add(32 * tile);
+                for _ in 0..len {
+                    ternary_table81__avx2(x, t);
+                    x = x.add(4);
+                    t = t.add(CODES * ROW_BYTES);
+                }
             }
             let mut row = codes.add(gs);
             let mut a = acc;
@@ -275,10 +303,10 @@ unsafe fn ternary_pw_16x4c__avx2_mac(
                 // duplicate sums are dropped).
                 let rows: [*const u8; LANES] =
                     std::array::from_fn(|i| row.add(groups * i.min(n - 1 - c)));
-                let sums = ternary_gather81x4__avx2(tables, rows, len);
+                let sums = ternary_gather81__avx2::<T>(tables, rows, len);
                 for s in sums.into_iter().take(n - c) {
-                    ternary_widen_acc__avx2(s, a, gs == 0);
-                    a = a.add(2);
+                    ternary_widen_acc__avx2::<T>(s, a, gs == 0);
+                    a = a.add(2 * T);
                 }
                 row = row.add(LANES * groups);
                 c += LANES;
@@ -288,42 +316,49 @@ unsafe fn ternary_pw_16x4c__avx2_mac(
     }
 }
 
-/// Four channels' sums over `len` groups of 81-entry tables: group `j` adds row `code` of
-/// table `j`. Four independent add chains keep the adders busy.
+/// Four channels' sums over `len` groups of 81-entry tables for `T` tiles: group `j` adds
+/// row `code` of table `j`. Independent add chains keep the adders busy.
 ///
 /// # Safety
-/// AVX2; `tables` holds `len` tables of 81 aligned rows; each `rows[i]` has `len` codes
-/// below 81.
+/// AVX2; `tables` holds `len` tables of 81 rows of `ROW_BYTES`; each `rows[i]` has `len`
+/// codes below 81.
 #[inline]
 #[target_feature(enable = "avx2")]
-unsafe fn ternary_gather81x4__avx2(tables: *const u8, rows: [*const u8; LANES], len: usize) -> [__m256i; LANES] {
-    let mut s = [_mm256_setzero_si256(); LANES];
-    let mut t = tables;
+unsafe fn ternary_gather81__avx2<const T: usize>(
+    tables: *const u8,
+    rows: [*const u8; LANES],
+    len: usize,
+) -> [[__m256i; T]; LANES] {
+    let mut s = [[_mm256_setzero_si256(); T]; LANES];
+    let mut tab = tables;
     for j in 0..len {
         for (acc, row) in s.iter_mut().zip(rows) {
-            // SAFETY: (caller) the code selects an aligned row of table j.
+            // SAFETY: (caller) the code selects a row of table j; tile t's vector is at
+            // byte 32 t of the row.
             unsafe {
-                let off = usize::from(*row.add(j)) << 5;
-                *acc = _mm256_add_epi16(*acc, _mm256_load_si256(t.add(off).cast()));
+                let r = tab.add(usize::from(*row.add(j)) << 6);
+                for (t, a) in acc.iter_mut().enumerate() {
+                    *a = _mm256_add_epi16(*a, _mm256_load_si256(r.add(32 * t).cast()));
+                }
             }
         }
         // SAFETY: stays within (or one past) the `len` tables.
-        t = unsafe { t.add(CODES * 32) };
+        tab = unsafe { tab.add(CODES * ROW_BYTES) };
     }
     s
 }
 
-/// Add-only MAC of one 16-pixel tile with pair tables (two lookups per group through the
+/// Add-only MAC of `T` tiles with pair tables (two lookups per group through the
 /// precomputed byte offsets of `pair_offsets`); same outputs as the 81-entry kernel.
 ///
 /// # Safety
 /// AVX2; `xt` as above; `offsets` holds `n` rows of `2 * groups` offsets from
-/// `pair_offsets`; `tables` has room for `CHUNK_PAIRS * 18` aligned vectors; `acc` for
-/// `2 * n` aligned vectors.
+/// `pair_offsets`; `tables` has room for `CHUNK_PAIRS * 18` rows of `ROW_BYTES`; `acc` for
+/// `2 T n` aligned vectors.
 #[inline(never)]
 #[target_feature(enable = "avx2")]
-unsafe fn ternary_pw_16x2c__avx2_mac(
-    xt: *const __m256i,
+unsafe fn ternary_pw_pairs__avx2_mac<const T: usize>(
+    xt: [*const __m256i; T],
     offsets: *const u16,
     groups: usize,
     n: usize,
@@ -334,15 +369,18 @@ unsafe fn ternary_pw_16x2c__avx2_mac(
     let mut gs = 0;
     while gs < groups {
         let len = CHUNK_PAIRS.min(groups - gs);
-        // SAFETY: groups gs..gs+len exist in xt and their tables fit the table area; each
-        // offset row has `row_len` entries, of which this chunk reads `2 * len` from `2 * gs`.
+        // SAFETY: groups gs..gs+len exist in each xt and their tables fit the table area;
+        // each offset row has `row_len` entries, of which this chunk reads `2 len` from
+        // `2 gs`.
         unsafe {
-            let mut x = xt.add(gs * 4);
-            let mut t = tables.cast::<__m256i>();
-            for _ in 0..len {
-                ternary_pair_tables__avx2(x, t);
-                x = x.add(4);
-                t = t.add(PAIR_ROWS);
+            for (tile, x) in xt.iter().enumerate() {
+                let mut x = x.add(gs * 4);
+                let mut t = tables.add(32 * tile);
+                for _ in 0..len {
+                    ternary_pair_tables__avx2(x, t);
+                    x = x.add(4);
+                    t = t.add(PAIR_ROWS * ROW_BYTES);
+                }
             }
             let mut row = offsets.add(gs * 2);
             let mut a = acc;
@@ -350,10 +388,10 @@ unsafe fn ternary_pw_16x2c__avx2_mac(
             while c < n {
                 let rows: [*const u16; LANES] =
                     std::array::from_fn(|i| row.add(row_len * i.min(n - 1 - c)));
-                let sums = ternary_gather_offsets_x4__avx2(tables, rows, 2 * len);
+                let sums = ternary_gather_offsets__avx2::<T>(tables, rows, 2 * len);
                 for s in sums.into_iter().take(n - c) {
-                    ternary_widen_acc__avx2(s, a, gs == 0);
-                    a = a.add(2);
+                    ternary_widen_acc__avx2::<T>(s, a, gs == 0);
+                    a = a.add(2 * T);
                 }
                 row = row.add(LANES * row_len);
                 c += LANES;
@@ -363,24 +401,26 @@ unsafe fn ternary_pw_16x2c__avx2_mac(
     }
 }
 
-/// Four channels' sums of the table rows at `lookups` byte offsets each.
+/// Four channels' sums of the table rows at `lookups` byte offsets each, for `T` tiles.
 ///
 /// # Safety
-/// AVX2; each `rows[i]` holds `lookups` offsets of aligned rows inside `tables`.
+/// AVX2; each `rows[i]` holds `lookups` offsets of rows inside `tables`.
 #[inline]
 #[target_feature(enable = "avx2")]
-unsafe fn ternary_gather_offsets_x4__avx2(
+unsafe fn ternary_gather_offsets__avx2<const T: usize>(
     tables: *const u8,
     rows: [*const u16; LANES],
     lookups: usize,
-) -> [__m256i; LANES] {
-    let mut s = [_mm256_setzero_si256(); LANES];
+) -> [[__m256i; T]; LANES] {
+    let mut s = [[_mm256_setzero_si256(); T]; LANES];
     for j in 0..lookups {
         for (acc, row) in s.iter_mut().zip(rows) {
-            // SAFETY: (caller) the offset addresses an aligned table row.
+            // SAFETY: (caller) the offset addresses a table row.
             unsafe {
-                let off = usize::from(*row.add(j));
-                *acc = _mm256_add_epi16(*acc, _mm256_load_si256(tables.add(off).cast()));
+                let r = tables.add(usize::from(*row.add(j)));
+                for (t, a) in acc.iter_mut().enumerate() {
+                    *a = _mm256_add_epi16(*a, _mm256_load_si256(r.add(32 * t).cast()));
+                }
             }
         }
     }
@@ -388,21 +428,21 @@ unsafe fn ternary_gather_offsets_x4__avx2(
 }
 
 /// Builds the two 9-row pair tables of a group (rows 0..9 from channels 0, 1; rows 9..18
-/// from channels 2, 3).
+/// from channels 2, 3), rows `ROW_BYTES` apart.
 ///
 /// # Safety
-/// AVX2; `x` holds 4 vectors and `t` room for 18, both 32-byte aligned.
+/// AVX2; `x` holds 4 aligned vectors; `t` is 32-byte aligned with room for 18 rows.
 #[inline]
 #[target_feature(enable = "avx2")]
-unsafe fn ternary_pair_tables__avx2(x: *const __m256i, t: *mut __m256i) {
-    // SAFETY: (caller) 4 readable and 18 writable aligned vectors.
+unsafe fn ternary_pair_tables__avx2(x: *const __m256i, t: *mut u8) {
+    // SAFETY: (caller) 4 readable vectors and 18 writable rows.
     unsafe {
         let low = ternary_table9__avx2(_mm256_load_si256(x), _mm256_load_si256(x.add(1)));
         let high = ternary_table9__avx2(_mm256_load_si256(x.add(2)), _mm256_load_si256(x.add(3)));
         let mut dst = t;
         for v in low.into_iter().chain(high) {
-            _mm256_store_si256(dst, v);
-            dst = dst.add(1);
+            _mm256_store_si256(dst.cast(), v);
+            dst = dst.add(ROW_BYTES);
         }
     }
 }
@@ -411,19 +451,20 @@ unsafe fn ternary_pair_tables__avx2(x: *const __m256i, t: *mut __m256i) {
 /// `t[d0 + 3 d1 + 9 d2 + 27 d3] = sum_j (d_j - 1) * x_j`.
 ///
 /// # Safety
-/// AVX2; `x` holds 4 vectors and `t` room for 81, both 32-byte aligned.
+/// AVX2; `x` holds 4 aligned vectors; `t` is 32-byte aligned with room for 81 rows of
+/// `ROW_BYTES`.
 #[inline]
 #[target_feature(enable = "avx2")]
-unsafe fn ternary_table81__avx2(x: *const __m256i, t: *mut __m256i) {
-    // SAFETY: (caller) 4 readable and 81 writable aligned vectors.
+unsafe fn ternary_table81__avx2(x: *const __m256i, t: *mut u8) {
+    // SAFETY: (caller) 4 readable vectors and 81 writable rows.
     unsafe {
         let low = ternary_table9__avx2(_mm256_load_si256(x), _mm256_load_si256(x.add(1)));
         let high = ternary_table9__avx2(_mm256_load_si256(x.add(2)), _mm256_load_si256(x.add(3)));
         let mut dst = t;
         for h in high {
             for l in low {
-                _mm256_store_si256(dst, _mm256_add_epi16(l, h));
-                dst = dst.add(1);
+                _mm256_store_si256(dst.cast(), _mm256_add_epi16(l, h));
+                dst = dst.add(ROW_BYTES);
             }
         }
     }
@@ -483,11 +524,13 @@ unsafe fn transpose_input(input: *const i8, k: usize, valid: usize, kpad: usize,
 /// `otile + 16 c` (two channels per 32-byte store).
 ///
 /// # Safety
-/// AVX2; `acc` holds `2 n` aligned vectors; `otile` is writable for `16 * round_up(n, 2)`
-/// bytes; the epilogue has `n` entries with shifts in the contract's range.
+/// AVX2; `acc` holds `n` channels of two aligned vectors, `stride` vectors apart; `otile`
+/// is writable for `16 * round_up(n, 2)` bytes; the epilogue has `n` entries with shifts in
+/// the contract's range.
 #[target_feature(enable = "avx2")]
 unsafe fn requantize_tile(
     acc: *const __m256i,
+    stride: usize,
     epi: &Epilogue<'_>,
     out: &OutputParams,
     n: usize,
@@ -503,11 +546,12 @@ unsafe fn requantize_tile(
         let c1 = if c + 1 < n { c + 1 } else { c };
         // SAFETY: (caller) c, c1 < n keep the reads and the 32-byte write in bounds.
         unsafe {
+            let (a0, a1) = (acc.add(stride * c), acc.add(stride * c1));
             let bytes = out.narrow32(
-                p0.apply(_mm256_load_si256(acc.add(2 * c))),
-                p0.apply(_mm256_load_si256(acc.add(2 * c + 1))),
-                p1.apply(_mm256_load_si256(acc.add(2 * c1))),
-                p1.apply(_mm256_load_si256(acc.add(2 * c1 + 1))),
+                p0.apply(_mm256_load_si256(a0)),
+                p0.apply(_mm256_load_si256(a0.add(1))),
+                p1.apply(_mm256_load_si256(a1)),
+                p1.apply(_mm256_load_si256(a1.add(1))),
             );
             _mm256_storeu_si256(otile.add(16 * c).cast(), bytes);
         }
