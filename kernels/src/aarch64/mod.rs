@@ -1,4 +1,27 @@
-//! aarch64 NEON tier. PLACEHOLDER: delegates to scalar until the NEON kernels land.
+//! aarch64 NEON tier.
+//!
+//! Every SIMD function here is a `#[target_feature(enable = "neon")]` function; the unsafe
+//! ones are reachable only through the safe entry points below, which take a [`Neon`] token
+//! that can only be constructed when the CPU has NEON. That token plus the length checks done
+//! by [`crate::Kernels`] is the whole safety argument.
+//!
+//! Naming: kernels follow XNNPACK's `op_types_tile__isa`. Every add-only function of the
+//! ternary pointwise kernel has `ternary` in its name (`ternary_pw_16x4c_lut40__neon_mac`,
+//! ...) and contains no multiply instruction; everything that multiplies (tiling arithmetic,
+//! the weight rewrite and the requantization epilogue) lives in functions without `ternary`
+//! in their symbol, which is why the add-only kernel's module is called `table_pw` and
+//! `ternary_pointwise` below only forwards to an out-of-line function.
+
+// Kernel function names follow XNNPACK's convention `op_tile__isa`.
+#[allow(non_snake_case)]
+mod dw;
+#[allow(non_snake_case)]
+mod int8_pw;
+mod requant;
+#[allow(non_snake_case)]
+mod stem;
+#[allow(non_snake_case)]
+mod table_pw;
 
 use crate::params::{DepthwiseShape, Epilogue, PointwiseShape, StemShape};
 use crate::{AlignedBuf, Scratch, TernaryWeights};
@@ -15,16 +38,16 @@ impl Neon {
     }
 }
 
-pub(crate) fn scratch_bytes(_max_k: usize, max_n: usize) -> usize {
-    max_n * 4
+pub(crate) fn scratch_bytes(max_k: usize, max_n: usize) -> usize {
+    table_pw::scratch_bytes(max_k, max_n).max(int8_pw::scratch_bytes(max_k, max_n))
 }
 
-pub(crate) fn pack_int8_pointwise(weights: &[i8], _n: usize, _k: usize) -> AlignedBuf {
-    AlignedBuf::from_i8(weights)
+pub(crate) fn pack_int8_pointwise(weights: &[i8], n: usize, k: usize) -> AlignedBuf {
+    int8_pw::pack(weights, n, k)
 }
 
 pub(crate) fn ternary_pointwise(
-    _t: Neon,
+    t: Neon,
     shape: PointwiseShape,
     input: &[i8],
     w: TernaryWeights<'_>,
@@ -32,24 +55,24 @@ pub(crate) fn ternary_pointwise(
     output: &mut [i8],
     scratch: &mut Scratch,
 ) {
-    crate::scalar::ternary_pointwise(shape, input, w, epi, output, scratch.buf.as_i32_mut(shape.n))
+    table_pw::run(t, shape, input, w, epi, output, &mut scratch.buf)
 }
 
 pub(crate) fn int8_pointwise(
-    _t: Neon,
+    t: Neon,
     shape: PointwiseShape,
     input: &[i8],
     w: &AlignedBuf,
     epi: &Epilogue<'_>,
     output: &mut [i8],
-    _scratch: &mut Scratch,
+    scratch: &mut Scratch,
 ) {
-    crate::scalar::int8_pointwise(shape, input, w.as_i8(shape.n * shape.k), epi, output)
+    int8_pw::run(t, shape, input, w, epi, output, &mut scratch.buf)
 }
 
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn depthwise3x3(
-    _t: Neon,
+    t: Neon,
     shape: DepthwiseShape,
     input: &[i8],
     input_zero_point: i8,
@@ -58,12 +81,12 @@ pub(crate) fn depthwise3x3(
     rows: Range<usize>,
     output: &mut [i8],
 ) {
-    crate::scalar::depthwise3x3(shape, input, input_zero_point, weights, epi, rows, output)
+    dw::run(t, shape, input, input_zero_point, weights, epi, rows, output)
 }
 
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn stem3x3s2(
-    _t: Neon,
+    t: Neon,
     shape: StemShape,
     input: &[u8],
     input_zero_point: u8,
@@ -72,5 +95,5 @@ pub(crate) fn stem3x3s2(
     rows: Range<usize>,
     output: &mut [i8],
 ) {
-    crate::scalar::stem3x3s2(shape, input, input_zero_point, weights, epi, rows, output)
+    stem::run(t, shape, input, input_zero_point, weights, epi, rows, output)
 }

@@ -32,11 +32,13 @@ use core::arch::x86_64::*;
 const TILE: usize = 16;
 /// Tiles processed together: every weight code loaded serves both tiles' tables, whose rows
 /// sit side by side in one 64-byte line.
-const MAX_TILES: usize = 2;
-/// Bytes of one table row (one vector per tile).
-const ROW_BYTES: usize = 32 * MAX_TILES;
+const MAX_TILES: usize = 1;
+/// Bytes of one table row (one vector per tile), as a shift.
+const ROW_SHIFT: u32 = 5 + MAX_TILES.trailing_zeros();
+/// Bytes of one table row.
+const ROW_BYTES: usize = 1 << ROW_SHIFT;
 /// Groups per chunk with 81-entry tables: 8 * 81 * 64 bytes = 40.5 KiB.
-const CHUNK81: usize = 8;
+const CHUNK81: usize = 12;
 /// Groups per chunk with pair tables: 32 * 18 * 64 bytes = 36 KiB, and every row offset
 /// inside a chunk fits a u16.
 const CHUNK_PAIRS: usize = 32;
@@ -87,6 +89,7 @@ struct Layout {
     xt_stride: usize,
     tables: usize,
     acc: usize,
+    acc16: usize,
     otile: usize,
     offsets: usize,
     total: usize,
@@ -99,14 +102,15 @@ impl Layout {
         let tables = xt + MAX_TILES * xt_stride;
         let table_bytes = (CHUNK81 * CODES).max(CHUNK_PAIRS * PAIR_ROWS) * ROW_BYTES;
         let acc = tables + table_bytes;
-        let otile = acc + round64(n * 64 * MAX_TILES);
+        let acc16 = acc + round64(n * 64 * MAX_TILES);
+        let otile = acc16 + round64(n * 32 * MAX_TILES);
         let offsets = otile + round64(n.div_ceil(2) * 2 * 16);
         let offset_bytes = match Scheme::for_outputs(n) {
             Scheme::Table81 => 0, // the codes themselves index the tables
             Scheme::Pairs => n * groups(k) * 2 * 2,
         };
         let total = offsets + round64(offset_bytes);
-        Layout { xt, xt_stride, tables, acc, otile, offsets, total }
+        Layout { xt, xt_stride, tables, acc, acc16, otile, offsets, total }
     }
 }
 
@@ -143,8 +147,8 @@ fn pair_offsets(codes: &[u8], g: usize, offsets: &mut [u16]) {
         let mut in_chunk = 0;
         for (&code, dst) in row.iter().zip(out.chunks_exact_mut(2)) {
             let [lo, hi] = SPLIT[usize::from(code)];
-            dst[0] = (base + (usize::from(lo) << 6)) as u16;
-            dst[1] = (base + (usize::from(hi) << 6)) as u16;
+            dst[0] = (base + (usize::from(lo) << ROW_SHIFT)) as u16;
+            dst[1] = (base + (usize::from(hi) << ROW_SHIFT)) as u16;
             in_chunk += 1;
             base += GROUP_BYTES;
             if in_chunk == CHUNK_PAIRS {
@@ -177,7 +181,10 @@ unsafe fn run_avx2(
         (
             scratch.add(layout.xt),
             scratch.add(layout.tables),
-            scratch.add(layout.acc).cast::<__m256i>(),
+            Acc {
+                wide: scratch.add(layout.acc).cast::<__m256i>(),
+                narrow: scratch.add(layout.acc16).cast::<__m256i>(),
+            },
             scratch.add(layout.otile),
             scratch.add(layout.offsets).cast::<u16>(),
         )
@@ -190,7 +197,7 @@ unsafe fn run_avx2(
     let mut start = 0;
     while start < pixels {
         let remaining = pixels - start;
-        let tiles = if remaining > TILE { 2 } else { 1 };
+        let tiles = if remaining > TILE && MAX_TILES > 1 { 2 } else { 1 };
         // SAFETY: rows start..start+remaining exist in input and output; the scratch regions
         // have the sizes the layout computed for k and n; codes are < 81 and the pair
         // offsets address rows of their chunk's tables.
@@ -223,7 +230,7 @@ unsafe fn run_avx2(
                 if valid == 0 {
                     break;
                 }
-                requantize_tile(acc.add(2 * t), 2 * tiles, epi, &out_params, n, otile);
+                requantize_tile(acc.wide.add(2 * t), 2 * tiles, epi, &out_params, n, otile);
                 store_output(otile, n, valid, output.as_mut_ptr().add(first * n));
             }
         }
@@ -231,26 +238,101 @@ unsafe fn run_avx2(
     }
 }
 
-/// Widens the int16 chunk sums of `T` tiles into their int32 accumulators at `a` (stores on
-/// the first chunk, adds afterwards). Accumulators of a channel: `[tile0 lo, tile0 hi,
-/// tile1 lo, tile1 hi]`.
+/// Accumulator areas: int32 totals (`2 T` vectors per channel: tile t's pixels 0..8 and
+/// 8..16 at `2t`, `2t + 1`) and int16 running sums (`T` vectors per channel).
+#[derive(Clone, Copy)]
+struct Acc {
+    wide: *mut __m256i,
+    narrow: *mut __m256i,
+}
+
+/// Where a chunk of groups stands in its int16 window: int16 sums run over up to 63 groups
+/// (|sum| <= 63 * 512 < 2^15) before they are widened into the int32 totals.
+#[derive(Clone, Copy)]
+struct Window {
+    /// First chunk of the window: sums start from zero.
+    open: bool,
+    /// Last chunk of the window: sums are widened into the int32 totals.
+    close: bool,
+    /// The window is the first of the tile: the totals are written, not added to.
+    first: bool,
+}
+
+/// Steps through the chunks of a tile, `chunk` groups at a time.
+struct Windows {
+    per_window: usize,
+    in_window: usize,
+    first: bool,
+}
+
+impl Windows {
+    fn new(chunk: usize) -> Windows {
+        Windows { per_window: (63 / chunk).max(1), in_window: 0, first: true }
+    }
+    /// The window state of the next chunk; `last` marks the tile's final chunk.
+    fn next(&mut self, last: bool) -> Window {
+        let w = Window {
+            open: self.in_window == 0,
+            close: last || self.in_window + 1 == self.per_window,
+            first: self.first,
+        };
+        self.in_window += 1;
+        if w.close {
+            self.in_window = 0;
+            self.first = false;
+        }
+        w
+    }
+}
+
+/// The starting int16 sums of `LANES` channels from `c` (zeros when the window opens).
 ///
 /// # Safety
-/// AVX2; `a` points at `2 T` aligned, writable vectors.
+/// AVX2; unless `w.open`, `narrow` holds `T` aligned vectors for each channel `c + i`,
+/// `i < min(LANES, n - c)`.
 #[inline]
 #[target_feature(enable = "avx2")]
-unsafe fn ternary_widen_acc__avx2<const T: usize>(
+unsafe fn ternary_start_sums__avx2<const T: usize>(
+    narrow: *const __m256i,
+    w: Window,
+    live: usize,
+) -> [[__m256i; T]; LANES] {
+    let mut s = [[_mm256_setzero_si256(); T]; LANES];
+    if !w.open {
+        for (i, lane) in s.iter_mut().enumerate().take(live) {
+            for (t, v) in lane.iter_mut().enumerate() {
+                // SAFETY: (caller) channel i's vectors exist.
+                *v = unsafe { _mm256_load_si256(narrow.add(i * T + t)) };
+            }
+        }
+    }
+    s
+}
+
+/// Stores the int16 sums of one channel: kept as int16 inside a window, widened into the
+/// int32 totals when it closes.
+///
+/// # Safety
+/// AVX2; `narrow` points at `T` and `wide` at `2 T` aligned, writable vectors.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn ternary_store_sums__avx2<const T: usize>(
     sums: [__m256i; T],
-    a: *mut __m256i,
-    first: bool,
+    narrow: *mut __m256i,
+    wide: *mut __m256i,
+    w: Window,
 ) {
     for (t, sum) in sums.into_iter().enumerate() {
-        let lo = _mm256_cvtepi16_epi32(_mm256_castsi256_si128(sum));
-        let hi = _mm256_cvtepi16_epi32(_mm256_extracti128_si256::<1>(sum));
-        // SAFETY: (caller) 2 T aligned vectors at `a`.
+        // SAFETY: (caller) the vectors exist.
         unsafe {
-            let a = a.add(2 * t);
-            if first {
+            if !w.close {
+                _mm256_store_si256(narrow.add(t), sum);
+                continue;
+            }
+            let lo = _mm256_cvtepi16_epi32(_mm256_castsi256_si128(sum));
+            let hi = _mm256_cvtepi16_epi32(_mm256_extracti128_si256::<1>(sum));
+            let a = wide.add(2 * t);
+            if w.first {
                 _mm256_store_si256(a, lo);
                 _mm256_store_si256(a.add(1), hi);
             } else {
@@ -278,11 +360,13 @@ unsafe fn ternary_pw_table81__avx2_mac<const T: usize>(
     groups: usize,
     n: usize,
     tables: *mut u8,
-    acc: *mut __m256i,
+    acc: Acc,
 ) {
+    let mut windows = Windows::new(CHUNK81);
     let mut gs = 0;
     while gs < groups {
         let len = CHUNK81.min(groups - gs);
+        let w = windows.next(gs + len == groups);
         // SAFETY: groups gs..gs+len exist in each xt and their tables fit the table area;
         // each code row has `groups` codes, of which this chunk reads `len` from `gs`.
         unsafe {
@@ -296,17 +380,20 @@ unsafe fn ternary_pw_table81__avx2_mac<const T: usize>(
                 }
             }
             let mut row = codes.add(gs);
-            let mut a = acc;
+            let (mut wide, mut narrow) = (acc.wide, acc.narrow);
             let mut c = 0;
             while c < n {
                 // Four channels side by side (the last rows repeat when n % 4 != 0; their
                 // duplicate sums are dropped).
+                let live = LANES.min(n - c);
                 let rows: [*const u8; LANES] =
-                    std::array::from_fn(|i| row.add(groups * i.min(n - 1 - c)));
-                let sums = ternary_gather81__avx2::<T>(tables, rows, len);
-                for s in sums.into_iter().take(n - c) {
-                    ternary_widen_acc__avx2::<T>(s, a, gs == 0);
-                    a = a.add(2 * T);
+                    std::array::from_fn(|i| row.add(groups * i.min(live - 1)));
+                let start = ternary_start_sums__avx2::<T>(narrow, w, live);
+                let sums = ternary_gather81__avx2::<T>(start, tables, rows, len);
+                for s in sums.into_iter().take(live) {
+                    ternary_store_sums__avx2::<T>(s, narrow, wide, w);
+                    wide = wide.add(2 * T);
+                    narrow = narrow.add(T);
                 }
                 row = row.add(LANES * groups);
                 c += LANES;
@@ -325,18 +412,19 @@ unsafe fn ternary_pw_table81__avx2_mac<const T: usize>(
 #[inline]
 #[target_feature(enable = "avx2")]
 unsafe fn ternary_gather81__avx2<const T: usize>(
+    start: [[__m256i; T]; LANES],
     tables: *const u8,
     rows: [*const u8; LANES],
     len: usize,
 ) -> [[__m256i; T]; LANES] {
-    let mut s = [[_mm256_setzero_si256(); T]; LANES];
+    let mut s = start;
     let mut tab = tables;
     for j in 0..len {
         for (acc, row) in s.iter_mut().zip(rows) {
             // SAFETY: (caller) the code selects a row of table j; tile t's vector is at
             // byte 32 t of the row.
             unsafe {
-                let r = tab.add(usize::from(*row.add(j)) << 6);
+                let r = tab.add(usize::from(*row.add(j)) << ROW_SHIFT);
                 for (t, a) in acc.iter_mut().enumerate() {
                     *a = _mm256_add_epi16(*a, _mm256_load_si256(r.add(32 * t).cast()));
                 }
@@ -363,12 +451,14 @@ unsafe fn ternary_pw_pairs__avx2_mac<const T: usize>(
     groups: usize,
     n: usize,
     tables: *mut u8,
-    acc: *mut __m256i,
+    acc: Acc,
 ) {
     let row_len = groups * 2;
+    let mut windows = Windows::new(CHUNK_PAIRS);
     let mut gs = 0;
     while gs < groups {
         let len = CHUNK_PAIRS.min(groups - gs);
+        let w = windows.next(gs + len == groups);
         // SAFETY: groups gs..gs+len exist in each xt and their tables fit the table area;
         // each offset row has `row_len` entries, of which this chunk reads `2 len` from
         // `2 gs`.
@@ -383,15 +473,18 @@ unsafe fn ternary_pw_pairs__avx2_mac<const T: usize>(
                 }
             }
             let mut row = offsets.add(gs * 2);
-            let mut a = acc;
+            let (mut wide, mut narrow) = (acc.wide, acc.narrow);
             let mut c = 0;
             while c < n {
+                let live = LANES.min(n - c);
                 let rows: [*const u16; LANES] =
-                    std::array::from_fn(|i| row.add(row_len * i.min(n - 1 - c)));
-                let sums = ternary_gather_offsets__avx2::<T>(tables, rows, 2 * len);
-                for s in sums.into_iter().take(n - c) {
-                    ternary_widen_acc__avx2::<T>(s, a, gs == 0);
-                    a = a.add(2 * T);
+                    std::array::from_fn(|i| row.add(row_len * i.min(live - 1)));
+                let start = ternary_start_sums__avx2::<T>(narrow, w, live);
+                let sums = ternary_gather_offsets__avx2::<T>(start, tables, rows, 2 * len);
+                for s in sums.into_iter().take(live) {
+                    ternary_store_sums__avx2::<T>(s, narrow, wide, w);
+                    wide = wide.add(2 * T);
+                    narrow = narrow.add(T);
                 }
                 row = row.add(LANES * row_len);
                 c += LANES;
@@ -408,11 +501,12 @@ unsafe fn ternary_pw_pairs__avx2_mac<const T: usize>(
 #[inline]
 #[target_feature(enable = "avx2")]
 unsafe fn ternary_gather_offsets__avx2<const T: usize>(
+    start: [[__m256i; T]; LANES],
     tables: *const u8,
     rows: [*const u16; LANES],
     lookups: usize,
 ) -> [[__m256i; T]; LANES] {
-    let mut s = [[_mm256_setzero_si256(); T]; LANES];
+    let mut s = start;
     for j in 0..lookups {
         for (acc, row) in s.iter_mut().zip(rows) {
             // SAFETY: (caller) the offset addresses a table row.
