@@ -533,10 +533,11 @@ unsafe fn ternary_pair_tables__avx2(x: *const __m256i, t: *mut u8) {
     unsafe {
         let low = ternary_table9__avx2(_mm256_load_si256(x), _mm256_load_si256(x.add(1)));
         let high = ternary_table9__avx2(_mm256_load_si256(x.add(2)), _mm256_load_si256(x.add(3)));
-        let mut dst = t;
-        for v in low.into_iter().chain(high) {
-            _mm256_store_si256(dst.cast(), v);
-            dst = dst.add(ROW_BYTES);
+        for (i, v) in low.into_iter().enumerate() {
+            _mm256_store_si256(t.add(i * ROW_BYTES).cast(), v);
+        }
+        for (i, v) in high.into_iter().enumerate() {
+            _mm256_store_si256(t.add((9 + i) * ROW_BYTES).cast(), v);
         }
     }
 }
