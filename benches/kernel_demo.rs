@@ -53,6 +53,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         };
         let layer = PointwiseLayer::random(p, k, n, 0);
+        let tw = layer.prepared_ternary(&simd);
         let mut out = vec![0i8; p * n];
         let mut scratch = layer.scratch(&simd);
         let w = layer.int8_weights(&simd);
@@ -61,8 +62,9 @@ fn main() -> ExitCode {
         let only = std::env::var("PROM_PROFILE_ONLY").unwrap_or_default();
         for _ in 0..5 {
             if only != "int8" {
-                t = t
-                    .min(best_seconds(repeat, || layer.run_ternary(&simd, &mut out, &mut scratch)));
+                t = t.min(best_seconds(repeat, || {
+                    layer.run_ternary(&simd, &tw, &mut out, &mut scratch)
+                }));
             }
             if only != "ternary" {
                 ti = ti.min(best_seconds(repeat, || {
@@ -85,16 +87,17 @@ fn main() -> ExitCode {
     let mut mismatches = 0;
     for (i, &(p, k, n)) in MOBILENETV2_POINTWISE.iter().enumerate() {
         let layer = PointwiseLayer::random(p, k, n, i as u64);
+        let (tw, sw) = (layer.prepared_ternary(&simd), layer.prepared_ternary(&scalar));
         let (mut out, mut reference) = (vec![0i8; p * n], vec![0i8; p * n]);
         let mut scratch = layer.scratch(&simd);
-        let tt = best_seconds(repeat, || layer.run_ternary(&simd, &mut out, &mut scratch));
+        let tt = best_seconds(repeat, || layer.run_ternary(&simd, &tw, &mut out, &mut scratch));
         let w = layer.int8_weights(&simd);
         let ti = best_seconds(repeat, || layer.run_int8(&simd, &w, &mut out, &mut scratch));
         let mut s_scratch = layer.scratch(&scalar);
         let ts = best_seconds(repeat.min(3), || {
-            layer.run_ternary(&scalar, &mut reference, &mut s_scratch)
+            layer.run_ternary(&scalar, &sw, &mut reference, &mut s_scratch)
         });
-        layer.run_ternary(&simd, &mut out, &mut scratch);
+        layer.run_ternary(&simd, &tw, &mut out, &mut scratch);
         if out != reference {
             mismatches += 1;
             eprintln!("MISMATCH: {p}x{k}x{n} ternary {tier} differs from scalar");

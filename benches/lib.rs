@@ -2,7 +2,8 @@
 //! randomly initialised layers with realistic quantization parameters.
 
 use prom_kernels::{
-    ternary, Epilogue, Int8PointwiseWeights, Kernels, PointwiseShape, Scratch, TernaryWeights,
+    ternary, Epilogue, Int8PointwiseWeights, Kernels, PointwiseShape, PreparedTernary, Scratch,
+    TernaryWeights,
 };
 
 /// Every distinct pointwise (1x1) shape of MobileNetV2-1.0-224 as (pixels = H*W, k, n).
@@ -157,16 +158,20 @@ impl PointwiseLayer {
         kern.scratch(self.shape.k, self.shape.n)
     }
 
+    /// Ternary weights prepared for `kern` (done once, at load time, by the engine).
+    pub fn prepared_ternary(&self, kern: &Kernels) -> PreparedTernary {
+        kern.prepare_ternary(self.ternary_weights())
+    }
+
     /// Runs the ternary kernel of `kern` into `out`.
-    pub fn run_ternary(&self, kern: &Kernels, out: &mut [i8], scratch: &mut Scratch) {
-        kern.ternary_pointwise(
-            self.shape,
-            &self.input,
-            self.ternary_weights(),
-            &self.epi.view(),
-            out,
-            scratch,
-        );
+    pub fn run_ternary(
+        &self,
+        kern: &Kernels,
+        w: &PreparedTernary,
+        out: &mut [i8],
+        scratch: &mut Scratch,
+    ) {
+        kern.ternary_pointwise(self.shape, &self.input, w, &self.epi.view(), out, scratch);
     }
 
     /// Runs the int8 kernel of `kern` into `out`.

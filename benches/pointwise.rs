@@ -23,16 +23,18 @@ fn pointwise(c: &mut Criterion) {
         let mut out = vec![0i8; p * n];
 
         let mut scratch = layer.scratch(&simd);
+        let tw = layer.prepared_ternary(&simd);
         group.bench_function(BenchmarkId::new(format!("ternary-{simd_name}"), &id), |b| {
-            b.iter(|| layer.run_ternary(&simd, &mut out, &mut scratch))
+            b.iter(|| layer.run_ternary(&simd, &tw, &mut out, &mut scratch))
         });
         let w = layer.int8_weights(&simd);
         group.bench_function(BenchmarkId::new(format!("int8-{simd_name}"), &id), |b| {
             b.iter(|| layer.run_int8(&simd, &w, &mut out, &mut scratch))
         });
         let mut scratch = layer.scratch(&scalar);
+        let sw = layer.prepared_ternary(&scalar);
         group.bench_function(BenchmarkId::new("ternary-scalar", &id), |b| {
-            b.iter(|| layer.run_ternary(&scalar, &mut out, &mut scratch))
+            b.iter(|| layer.run_ternary(&scalar, &sw, &mut out, &mut scratch))
         });
     }
     group.finish();

@@ -71,6 +71,8 @@ impl AlignedBuf {
     }
 
     typed_views! {
+        as_u8, as_u8_mut, u8;
+        as_u16, as_u16_mut, u16;
         as_i8, as_i8_mut, i8;
         as_i16, as_i16_mut, i16;
         as_i32, as_i32_mut, i32;

@@ -161,6 +161,38 @@ impl Int8PointwiseWeights {
     }
 }
 
+/// Ternary pointwise weights prepared for one tier's kernel (see
+/// [`Kernels::prepare_ternary`]): the packed codes re-expressed in the form the tier's
+/// add-only kernel reads without any arithmetic on weights (row-offset lists for the SIMD
+/// tiers). Built once at load time; only `prepare_ternary` can make one, so its contents are
+/// always valid for its shape.
+#[derive(Clone, Debug)]
+pub struct PreparedTernary {
+    tier: Tier,
+    n: usize,
+    k: usize,
+    data: AlignedBuf,
+}
+
+impl PreparedTernary {
+    /// Output channels.
+    pub fn n(&self) -> usize {
+        self.n
+    }
+    /// Input channels.
+    pub fn k(&self) -> usize {
+        self.k
+    }
+    /// Tier this preparation is for.
+    pub fn tier(&self) -> Tier {
+        self.tier
+    }
+    /// Bytes of memory the prepared form occupies.
+    pub fn bytes(&self) -> usize {
+        self.data.len()
+    }
+}
+
 /// Per-thread scratch memory for pointwise kernels, sized once by [`Kernels::scratch`].
 #[derive(Clone, Debug)]
 pub struct Scratch {
@@ -267,40 +299,59 @@ impl Kernels {
         Scratch::with_bytes(bytes.max(max_n * 4))
     }
 
+    /// Prepares packed ternary weights (layout in [`ternary`]) for this tier's kernel, once,
+    /// at load time. Panics if the codes do not match the shape or a code is above 80.
+    pub fn prepare_ternary(&self, weights: TernaryWeights<'_>) -> PreparedTernary {
+        weights.check();
+        assert!(weights.k > 0 && weights.n > 0, "ternary weights: empty shape");
+        let (n, k) = (weights.n, weights.k);
+        let data = match self.imp {
+            Imp::Scalar => {
+                let mut buf = AlignedBuf::zeroed(weights.codes.len());
+                buf.as_u8_mut(weights.codes.len()).copy_from_slice(weights.codes);
+                buf
+            }
+            #[cfg(target_arch = "x86_64")]
+            Imp::Avx2(_) => x86_64::prepare_ternary(weights.codes, k, n),
+            #[cfg(target_arch = "aarch64")]
+            Imp::Neon(_) => aarch64::prepare_ternary(weights.codes, k, n),
+        };
+        PreparedTernary { tier: self.tier(), n, k, data }
+    }
+
     /// Ternary pointwise convolution: `input` is `pixels x k` int8, `output` is
-    /// `pixels x n` int8, weights packed as described in [`ternary`]. Add-only MAC work.
+    /// `pixels x n` int8, weights prepared by [`Kernels::prepare_ternary`] of this tier.
+    /// Add-only MAC work.
     ///
     /// Panics if a length or parameter breaks the contract (the engine validates first).
     pub fn ternary_pointwise(
         &self,
         shape: PointwiseShape,
         input: &[i8],
-        weights: TernaryWeights<'_>,
+        weights: &PreparedTernary,
         epi: &Epilogue<'_>,
         output: &mut [i8],
         scratch: &mut Scratch,
     ) {
         check_pointwise(shape, input, output);
         assert!(weights.n == shape.n && weights.k == shape.k, "ternary weights: shape mismatch");
-        weights.check();
+        assert_eq!(weights.tier, self.tier(), "ternary weights prepared for another tier");
         epi.check(shape.n);
         self.count();
         match self.imp {
-            Imp::Scalar => scalar::ternary_pointwise(
-                shape,
-                input,
-                weights,
-                epi,
-                output,
-                scratch.buf.as_i32_mut(shape.n),
-            ),
+            Imp::Scalar => {
+                let codes = weights.data.as_u8(shape.n * ternary::groups(shape.k));
+                let w = TernaryWeights { n: shape.n, k: shape.k, codes };
+                let acc = scratch.buf.as_i32_mut(shape.n);
+                scalar::ternary_pointwise(shape, input, w, epi, output, acc)
+            }
             #[cfg(target_arch = "x86_64")]
             Imp::Avx2(t) => {
-                x86_64::ternary_pointwise(t, shape, input, weights, epi, output, scratch)
+                x86_64::ternary_pointwise(t, shape, input, &weights.data, epi, output, scratch)
             }
             #[cfg(target_arch = "aarch64")]
             Imp::Neon(t) => {
-                aarch64::ternary_pointwise(t, shape, input, weights, epi, output, scratch)
+                aarch64::ternary_pointwise(t, shape, input, &weights.data, epi, output, scratch)
             }
         }
     }

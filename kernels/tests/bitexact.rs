@@ -48,13 +48,17 @@ impl Pw {
 
     fn ternary_out(&self, kern: Kernels) -> Vec<i8> {
         let codes = pack_ternary(&self.ternary, self.shape.n, self.shape.k);
-        let w = TernaryWeights { n: self.shape.n, k: self.shape.k, codes: &codes };
+        let w = kern.prepare_ternary(TernaryWeights {
+            n: self.shape.n,
+            k: self.shape.k,
+            codes: &codes,
+        });
         let mut out = vec![0i8; self.shape.pixels * self.shape.n];
         let mut scratch = kern.scratch(self.shape.k, self.shape.n);
         kern.ternary_pointwise(
             self.shape,
             &self.input,
-            w,
+            &w,
             &self.epi.view(),
             &mut out,
             &mut scratch,
@@ -420,7 +424,7 @@ mod scalar_oracle {
         for (w, expected) in [(-1i8, 128 * 1344), (1, -128 * 1344)] {
             for tier in [Kernels::scalar(), kern] {
                 let codes = pack_ternary(&vec![w; k], 1, k);
-                let weights = TernaryWeights { n: 1, k, codes: &codes };
+                let weights = tier.prepare_ternary(TernaryWeights { n: 1, k, codes: &codes });
                 // multiplier 2^30, shift 62: y = acc / 2^32 rounded; bias moves acc so the
                 // result sits in range: (acc - expected) must be exactly 0.
                 let epi = Epi {
@@ -437,7 +441,7 @@ mod scalar_oracle {
                 tier.ternary_pointwise(
                     shape,
                     &vec![-128; k],
-                    weights,
+                    &weights,
                     &epi.view(),
                     &mut out,
                     &mut scratch,
@@ -448,7 +452,7 @@ mod scalar_oracle {
                 tier.ternary_pointwise(
                     shape,
                     &vec![-128; k],
-                    weights,
+                    &weights,
                     &epi.view(),
                     &mut out,
                     &mut scratch,

@@ -24,7 +24,7 @@ mod stem;
 mod table_pw;
 
 use crate::params::{DepthwiseShape, Epilogue, PointwiseShape, StemShape};
-use crate::{AlignedBuf, Scratch, TernaryWeights};
+use crate::{AlignedBuf, Scratch};
 use std::ops::Range;
 
 /// Capability token: proof that this CPU has NEON (Advanced SIMD).
@@ -46,11 +46,15 @@ pub(crate) fn pack_int8_pointwise(weights: &[i8], n: usize, k: usize) -> Aligned
     int8_pw::pack(weights, n, k)
 }
 
+pub(crate) fn prepare_ternary(codes: &[u8], k: usize, n: usize) -> AlignedBuf {
+    table_pw::prepare(codes, k, n)
+}
+
 pub(crate) fn ternary_pointwise(
     t: Neon,
     shape: PointwiseShape,
     input: &[i8],
-    w: TernaryWeights<'_>,
+    w: &AlignedBuf,
     epi: &Epilogue<'_>,
     output: &mut [i8],
     scratch: &mut Scratch,

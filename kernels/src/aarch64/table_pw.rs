@@ -39,7 +39,7 @@
 use super::requant::{Output, Quad};
 use super::Neon;
 use crate::params::{Epilogue, PointwiseShape};
-use crate::ternary::{groups, TernaryWeights, CODES, TRITS};
+use crate::ternary::{groups, CODES, TRITS};
 use crate::AlignedBuf;
 use core::arch::aarch64::*;
 
@@ -176,14 +176,12 @@ fn round64(bytes: usize) -> usize {
     bytes.div_ceil(64) * 64
 }
 
-/// Scratch layout: transposed input chunk, table chunk, int32 accumulators, output tile,
-/// weight lists.
+/// Scratch layout: transposed input chunk, table chunk, int32 accumulators, output tile.
 struct Layout {
     xt: usize,
     tables: usize,
     acc: usize,
     otile: usize,
-    lists: usize,
     total: usize,
 }
 
@@ -193,15 +191,22 @@ impl Layout {
         let tables = xt + XT_BYTES;
         let acc = tables + round64(TABLES_BYTES);
         let otile = acc + round64(n * TILE * 4);
-        let lists = otile + round64(n * TILE);
-        let total = lists + round64(max_list_entries(k, n) * 2);
-        Layout { xt, tables, acc, otile, lists, total }
+        let total = otile + round64(n * TILE);
+        Layout { xt, tables, acc, otile, total }
     }
 }
 
 pub(super) fn scratch_bytes(max_k: usize, max_n: usize) -> usize {
-    // A smaller n may take lut16, whose lists are up to twice as long per output.
-    Layout::new(max_k, max_n).total.max(Layout::new(max_k, max_n.min(LUT16_MAX_N)).total)
+    Layout::new(max_k, max_n).total
+}
+
+/// Prepares packed ternary codes (`n` rows of `groups(k)`, all below 81) once, at load
+/// time, as the row-offset lists of the scheme `n` selects (see [`pack_lists`]).
+pub(super) fn prepare(codes: &[u8], k: usize, n: usize) -> AlignedBuf {
+    let entries = max_list_entries(k, n);
+    let mut buf = AlignedBuf::zeroed(entries * 2);
+    pack_lists(codes, k, n, Scheme::for_outputs(n), buf.as_u16_mut(entries));
+    buf
 }
 
 /// Kept out of line so that the multiplies of tiling and requantization can never be
@@ -211,31 +216,36 @@ pub(super) fn run(
     _t: Neon,
     shape: PointwiseShape,
     input: &[i8],
-    w: TernaryWeights<'_>,
+    lists: &AlignedBuf,
     epi: &Epilogue<'_>,
     output: &mut [i8],
     scratch: &mut AlignedBuf,
 ) {
     let layout = Layout::new(shape.k, shape.n);
     assert!(scratch.len() >= layout.total, "scratch too small for this pointwise shape");
-    assert_eq!(w.codes.len(), shape.n * groups(shape.k), "ternary weights: code count");
+    let entries = max_list_entries(shape.k, shape.n);
+    assert!(lists.len() >= entries * 2, "prepared ternary weights too short");
     let scheme = Scheme::for_outputs(shape.n);
     // SAFETY: the `Neon` token proves the CPU has NEON. `Kernels::ternary_pointwise` checked
-    // input/output lengths against the shape, that every code is < 81 and the epilogue
-    // lengths; the scratch is 64-byte aligned and large enough (asserted above).
-    unsafe { run_neon(shape, input, w.codes, epi, output, scratch.as_mut_ptr(), &layout, scheme) }
+    // input/output lengths against the shape and the epilogue lengths; the lists were packed
+    // by `prepare` for this k and n (the `PreparedTernary` invariant); the scratch is 64-byte
+    // aligned and large enough (asserted above).
+    unsafe {
+        let lists = lists.as_u16(entries);
+        run_neon(shape, input, lists, epi, output, scratch.as_mut_ptr(), &layout, scheme)
+    }
 }
 
 /// # Safety
-/// NEON; `input`, `codes`, `output` and `epi` must match `shape` (as checked by
-/// `Kernels::ternary_pointwise`), every code must be below 81, and `scratch` must be 64-byte
-/// aligned with at least `layout.total` bytes.
+/// NEON; `input`, `output` and `epi` must match `shape` (as checked by
+/// `Kernels::ternary_pointwise`), `lists` must come from `prepare` for this shape, and
+/// `scratch` must be 64-byte aligned with at least `layout.total` bytes.
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "neon")]
 unsafe fn run_neon(
     shape: PointwiseShape,
     input: &[i8],
-    codes: &[u8],
+    lists: &[u16],
     epi: &Epilogue<'_>,
     output: &mut [i8],
     scratch: *mut u8,
@@ -244,21 +254,15 @@ unsafe fn run_neon(
 ) {
     let PointwiseShape { pixels, k, n } = shape;
     let g = groups(k);
-    // SAFETY: offsets lie inside the scratch (layout.total bytes) and are 64-byte aligned;
-    // the lists region holds `max_list_entries(k, n)` u16 and is not aliased.
-    let (xt, tables, acc, otile, lists) = unsafe {
+    // SAFETY: offsets lie inside the scratch (layout.total bytes) and are 64-byte aligned.
+    let (xt, tables, acc, otile) = unsafe {
         (
             scratch.add(layout.xt),
             scratch.add(layout.tables),
             scratch.add(layout.acc).cast::<i32>(),
             scratch.add(layout.otile).cast::<i8>(),
-            std::slice::from_raw_parts_mut(
-                scratch.add(layout.lists).cast::<u16>(),
-                max_list_entries(k, n),
-            ),
         )
     };
-    pack_lists(codes, k, n, scheme, lists);
     // SAFETY: both halves of the zero row, which no transpose or table build writes.
     unsafe {
         std::ptr::write_bytes(tables.add(ZERO_ROW), 0, HALF_ROW);
@@ -308,7 +312,7 @@ unsafe fn run_neon(
 
 /// Rewrites the codes as row-offset lists, chunk by chunk and output by output:
 /// `[plus pairs, minus pairs, plus offsets.., minus offsets..]`, each list padded to even
-/// length with the zero row. Runs once per call, so it is branch-free per code.
+/// length with the zero row. Runs once, at load time (`prepare`).
 fn pack_lists(codes: &[u8], k: usize, n: usize, scheme: Scheme, out: &mut [u16]) {
     let g = groups(k);
     let (entries, rows) = scheme.entries();

@@ -12,11 +12,12 @@ mod int8_pw;
 mod requant;
 #[allow(non_snake_case)]
 mod stem;
+// Deliberately not named `ternary*`: only its add-only MAC functions carry that word.
 #[allow(non_snake_case)]
-mod ternary_pw;
+mod table_pw;
 
 use crate::params::{DepthwiseShape, Epilogue, PointwiseShape, StemShape};
-use crate::{AlignedBuf, Scratch, TernaryWeights};
+use crate::{AlignedBuf, Scratch};
 use std::ops::Range;
 
 /// Capability token: proof that this CPU supports AVX2.
@@ -31,23 +32,27 @@ impl Avx2 {
 }
 
 pub(crate) fn scratch_bytes(max_k: usize, max_n: usize) -> usize {
-    ternary_pw::scratch_bytes(max_k, max_n).max(int8_pw::scratch_bytes(max_k, max_n))
+    table_pw::scratch_bytes(max_k, max_n).max(int8_pw::scratch_bytes(max_k, max_n))
 }
 
 pub(crate) fn pack_int8_pointwise(weights: &[i8], n: usize, k: usize) -> AlignedBuf {
     int8_pw::pack(weights, n, k)
 }
 
+pub(crate) fn prepare_ternary(codes: &[u8], k: usize, n: usize) -> AlignedBuf {
+    table_pw::prepare(codes, k, n)
+}
+
 pub(crate) fn ternary_pointwise(
     t: Avx2,
     shape: PointwiseShape,
     input: &[i8],
-    w: TernaryWeights<'_>,
+    w: &AlignedBuf,
     epi: &Epilogue<'_>,
     output: &mut [i8],
     scratch: &mut Scratch,
 ) {
-    ternary_pw::run(t, shape, input, w, epi, output, &mut scratch.buf)
+    table_pw::run(t, shape, input, w, epi, output, &mut scratch.buf)
 }
 
 pub(crate) fn int8_pointwise(

@@ -1,0 +1,522 @@
+//! AVX2 ternary pointwise convolution by partial-sum tables (add-only).
+//!
+//! Pixels are processed in tiles of 16, as the int16 lanes of one ymm register (the input
+//! tile is first transposed to channel-major). For each group of four input channels the
+//! kernel builds, once per tile, the table of signed sums `T[code] = sum_j w_j * x_j` of the
+//! packed codes (see [`crate::ternary`]); because `T[80 - c] = -T[c]` and `T[40] = 0`, only
+//! the 40 rows of codes 41..=80 are stored ("lut40"). Each output channel then adds or
+//! subtracts one row per group: 64 MACs per `vpaddw`/`vpsubw`, no multiply anywhere.
+//!
+//! The weights are prepared once, at load time ([`prepare`]), into per-chunk lists of row
+//! byte offsets for every output channel: a plus list (codes above 40) and a minus list
+//! (codes below 40); all-zero groups (code 40) are absent. The lookup loop therefore does no
+//! arithmetic on weights: load two offsets, load two rows, add.
+//!
+//! Tables are built [`CHUNK`] groups at a time, so they stay in L1. Int16 sums wrap, so only
+//! a sum's final value must fit: a run of up to 63 groups is at most `63 * 4 * 128 < 2^15`;
+//! the sums are kept as int16 across chunks for up to [`WINDOW`] groups and then widened
+//! into int32 totals, which are bounded by `128 * k` (see [`crate::MAX_POINTWISE_K`]).
+
+use super::requant::{ChannelParams, OutputParams};
+use super::Avx2;
+use crate::params::{Epilogue, PointwiseShape};
+use crate::ternary::{groups, CODES};
+use crate::AlignedBuf;
+use core::arch::x86_64::*;
+
+/// Pixels per tile (int16 lanes of a ymm register).
+const TILE: usize = 16;
+/// Bytes of one table row.
+const ROW: usize = TILE * 2;
+/// Stored rows per group: codes 41..=80.
+const ROWS: usize = 40;
+/// Groups per chunk: 24 * 40 * 32 bytes = 30 KiB of tables.
+const CHUNK: usize = 24;
+/// Groups an int16 sum may span before it is widened (|sum| <= 48 * 512 < 2^15).
+const WINDOW: usize = 2 * CHUNK;
+/// Byte offset of the all-zero row that pads odd lists.
+const ZERO_ROW: usize = CHUNK * ROWS * ROW;
+const _: () = assert!(ZERO_ROW + ROW <= 1 << 16, "row offsets must fit u16");
+const _: () = assert!(WINDOW * 4 * 128 < 1 << 15 && WINDOW % CHUNK == 0);
+
+/// `ENTRY[code] = (list, row offset)`: list 0 adds, list 1 subtracts, 2 = all-zero group.
+const ENTRY: [(u8, u16); CODES] = {
+    let mut t = [(2u8, 0u16); CODES];
+    let mut code = 0;
+    while code < CODES {
+        if code > 40 {
+            t[code] = (0, ((code - 41) * ROW) as u16);
+        } else if code < 40 {
+            t[code] = (1, ((80 - code - 41) * ROW) as u16);
+        }
+        code += 1;
+    }
+    t
+};
+
+/// Upper bound of the prepared entries (u16) for `k` inputs and `n` outputs: per chunk and
+/// output a 2-entry header and one pad per list, and one entry per group.
+fn prepared_len(k: usize, n: usize) -> usize {
+    let g = groups(k);
+    n * (g + 4 * g.div_ceil(CHUNK))
+}
+
+/// Prepares packed ternary codes (`n` rows of `groups(k)`, all below 81) as the kernel's
+/// row-offset lists: for each chunk of groups, for each output channel,
+/// `[plus count, minus count, plus offsets.., minus offsets..]` with both counts even (odd
+/// lists are padded with the zero row).
+pub(super) fn prepare(codes: &[u8], k: usize, n: usize) -> AlignedBuf {
+    let g = groups(k);
+    let mut buf = AlignedBuf::zeroed(prepared_len(k, n) * 2);
+    let out = buf.as_u16_mut(prepared_len(k, n));
+    let mut pos = 0;
+    let mut gs = 0;
+    while gs < g {
+        let len = CHUNK.min(g - gs);
+        for row in codes.chunks_exact(g).take(n) {
+            let mut lists = [[0u16; CHUNK + 1]; 2];
+            let mut count = [0usize; 2];
+            let mut base = 0u16;
+            for &code in &row[gs..gs + len] {
+                let (list, offset) = ENTRY[usize::from(code)];
+                if list < 2 {
+                    let l = usize::from(list);
+                    lists[l][count[l]] = base + offset;
+                    count[l] += 1;
+                }
+                base += (ROWS * ROW) as u16;
+            }
+            for l in 0..2 {
+                if count[l] % 2 == 1 {
+                    lists[l][count[l]] = ZERO_ROW as u16;
+                    count[l] += 1;
+                }
+                out[pos + l] = count[l] as u16;
+            }
+            pos += 2;
+            for l in 0..2 {
+                out[pos..pos + count[l]].copy_from_slice(&lists[l][..count[l]]);
+                pos += count[l];
+            }
+        }
+        gs += len;
+    }
+    buf
+}
+
+fn round64(bytes: usize) -> usize {
+    bytes.div_ceil(64) * 64
+}
+
+/// Scratch layout: transposed input tile, table chunk (with its zero row), int32 totals,
+/// int16 running sums, output tile.
+struct Layout {
+    xt: usize,
+    tables: usize,
+    wide: usize,
+    narrow: usize,
+    otile: usize,
+    total: usize,
+}
+
+impl Layout {
+    fn new(k: usize, n: usize) -> Layout {
+        let xt = 0;
+        let tables = xt + round64(groups(k) * 4 * ROW);
+        let wide = tables + round64(ZERO_ROW + ROW);
+        let narrow = wide + round64(n * 64);
+        let otile = narrow + round64(n * 32);
+        let total = otile + round64(n.div_ceil(2) * 2 * 16);
+        Layout { xt, tables, wide, narrow, otile, total }
+    }
+}
+
+pub(super) fn scratch_bytes(max_k: usize, max_n: usize) -> usize {
+    Layout::new(max_k, max_n).total
+}
+
+/// Kept out of line so that the multiplies of tiling and requantization are never inlined
+/// into a function whose name contains `ternary`.
+#[inline(never)]
+pub(super) fn run(
+    _t: Avx2,
+    shape: PointwiseShape,
+    input: &[i8],
+    lists: &AlignedBuf,
+    epi: &Epilogue<'_>,
+    output: &mut [i8],
+    scratch: &mut AlignedBuf,
+) {
+    let layout = Layout::new(shape.k, shape.n);
+    assert!(scratch.len() >= layout.total, "scratch too small for this pointwise shape");
+    assert!(lists.len() >= prepared_len(shape.k, shape.n) * 2, "prepared weights too short");
+    // SAFETY: the `Avx2` token proves the CPU has AVX2. `Kernels::ternary_pointwise` checked
+    // input/output lengths against the shape and the epilogue lengths, and the lists were
+    // produced by `prepare` for this k and n (the `PreparedTernary` invariant), so every
+    // offset names a row of its chunk's tables or the zero row; the scratch is 64-byte
+    // aligned and large enough (asserted above).
+    unsafe {
+        run_avx2(shape, input, lists.as_ptr().cast(), epi, output, scratch.as_mut_ptr(), &layout)
+    }
+}
+
+/// # Safety
+/// AVX2; `input`, `output` and `epi` match `shape`; `lists` was produced by [`prepare`] for
+/// `shape.k` and `shape.n`; `scratch` is 64-byte aligned with `layout.total` bytes.
+#[target_feature(enable = "avx2")]
+unsafe fn run_avx2(
+    shape: PointwiseShape,
+    input: &[i8],
+    lists: *const u16,
+    epi: &Epilogue<'_>,
+    output: &mut [i8],
+    scratch: *mut u8,
+    layout: &Layout,
+) {
+    let PointwiseShape { pixels, k, n } = shape;
+    let g = groups(k);
+    // SAFETY: the regions lie inside the scratch (layout.total bytes), 64-byte aligned.
+    let (xt, tables, acc, otile) = unsafe {
+        let acc = Acc {
+            wide: scratch.add(layout.wide).cast::<__m256i>(),
+            narrow: scratch.add(layout.narrow).cast::<__m256i>(),
+        };
+        let tables = scratch.add(layout.tables);
+        _mm256_store_si256(tables.add(ZERO_ROW).cast(), _mm256_setzero_si256());
+        (scratch.add(layout.xt).cast::<__m256i>(), tables, acc, scratch.add(layout.otile))
+    };
+    let out_params = OutputParams::new(epi.output_zero_point, epi.output_min, epi.output_max);
+    let mut start = 0;
+    while start < pixels {
+        let valid = TILE.min(pixels - start);
+        // SAFETY: rows start..start+valid exist in input and output; the scratch regions
+        // have the sizes the layout computed for k and n; the lists match (caller).
+        unsafe {
+            transpose_input(input.as_ptr().add(start * k), k, valid, g * 4, xt);
+            ternary_pw_16x4c_lut40__avx2_mac(xt, lists, g, n, tables, acc);
+            requantize_tile(acc.wide, epi, &out_params, n, otile);
+            store_output(otile, n, valid, output.as_mut_ptr().add(start * n));
+        }
+        start += valid;
+    }
+}
+
+/// Accumulator areas: int32 totals (2 vectors per channel: pixels 0..8 and 8..16) and int16
+/// running sums (1 vector per channel).
+#[derive(Clone, Copy)]
+struct Acc {
+    wide: *mut __m256i,
+    narrow: *mut __m256i,
+}
+
+/// Add-only MAC of one 16-pixel tile: for each chunk of groups, build the chunk's lut40
+/// tables, then for every output channel add its plus rows and subtract its minus rows.
+/// Channel `c`'s int32 totals end in `acc.wide[2c]`, `acc.wide[2c + 1]`.
+///
+/// # Safety
+/// AVX2; `xt` holds `groups * 4` aligned vectors (transposed input, int16); `lists` was
+/// produced by [`prepare`] for these `groups` and `n`; `tables` has room for a chunk of
+/// tables and holds the zero row at `ZERO_ROW`; `acc` has room for `n` channels.
+#[inline(never)]
+#[target_feature(enable = "avx2")]
+unsafe fn ternary_pw_16x4c_lut40__avx2_mac(
+    xt: *const __m256i,
+    lists: *const u16,
+    groups: usize,
+    n: usize,
+    tables: *mut u8,
+    acc: Acc,
+) {
+    let mut list = lists;
+    let mut gs = 0;
+    let mut in_window = 0;
+    while gs < groups {
+        let len = CHUNK.min(groups - gs);
+        let open = in_window == 0;
+        in_window += len;
+        let close = in_window == WINDOW || gs + len == groups;
+        let first = gs < WINDOW;
+        // SAFETY: groups gs..gs+len exist in xt and their tables fit the table area; the
+        // lists of this chunk hold, per channel, a header and offsets of rows of these
+        // tables (or the zero row); accumulators stay inside the n channels.
+        unsafe {
+            let mut x = xt.add(gs * 4);
+            let mut t = tables;
+            for _ in 0..len {
+                ternary_table40__avx2(x, t);
+                x = x.add(4);
+                t = t.add(ROWS * ROW);
+            }
+            let (mut wide, mut narrow) = (acc.wide, acc.narrow);
+            for _ in 0..n {
+                let start = if open { _mm256_setzero_si256() } else { _mm256_load_si256(narrow) };
+                let (sum, next) = ternary_lists__avx2(start, tables, list);
+                list = next;
+                if close {
+                    let lo = _mm256_cvtepi16_epi32(_mm256_castsi256_si128(sum));
+                    let hi = _mm256_cvtepi16_epi32(_mm256_extracti128_si256::<1>(sum));
+                    if first {
+                        _mm256_store_si256(wide, lo);
+                        _mm256_store_si256(wide.add(1), hi);
+                    } else {
+                        _mm256_store_si256(wide, _mm256_add_epi32(_mm256_load_si256(wide), lo));
+                        let w1 = wide.add(1);
+                        _mm256_store_si256(w1, _mm256_add_epi32(_mm256_load_si256(w1), hi));
+                    }
+                } else {
+                    _mm256_store_si256(narrow, sum);
+                }
+                wide = wide.add(2);
+                narrow = narrow.add(1);
+            }
+        }
+        if close {
+            in_window = 0;
+        }
+        gs += len;
+    }
+}
+
+/// One channel's chunk: `start` plus its plus rows minus its minus rows, two offsets per
+/// load in two add chains. Returns the sum and the start of the next channel's lists.
+///
+/// # Safety
+/// AVX2; `list` is a `[plus count, minus count, offsets..]` record from [`prepare`] whose
+/// offsets name aligned rows inside `tables`.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn ternary_lists__avx2(
+    start: __m256i,
+    tables: *const u8,
+    list: *const u16,
+) -> (__m256i, *const u16) {
+    // SAFETY: (caller) the record and every row it names are in bounds.
+    unsafe {
+        let row = |off: u32| _mm256_load_si256(tables.add(off as usize).cast::<__m256i>());
+        let plus = usize::from(*list) / 2;
+        let minus = usize::from(*list.add(1)) / 2;
+        let mut p = list.add(2).cast::<u32>();
+        let (mut s0, mut s1) = (start, _mm256_setzero_si256());
+        for _ in 0..plus {
+            let pair = p.read_unaligned();
+            s0 = _mm256_add_epi16(s0, row(pair & 0xffff));
+            s1 = _mm256_add_epi16(s1, row(pair >> 16));
+            p = p.add(1);
+        }
+        for _ in 0..minus {
+            let pair = p.read_unaligned();
+            s0 = _mm256_sub_epi16(s0, row(pair & 0xffff));
+            s1 = _mm256_sub_epi16(s1, row(pair >> 16));
+            p = p.add(1);
+        }
+        (_mm256_add_epi16(s0, s1), p.cast())
+    }
+}
+
+/// Builds the 40 stored rows of one group's table from its four input vectors at `x`: row
+/// `c - 41` holds `T[c]` for codes `c` in 41..=80. With `l = d0 + 3 d1`, `h = d2 + 3 d3`:
+/// `T[c] = low[l] + high[h]` and `c = l + 9 h`, so codes 41..=44 are `h = 4` (`high[4] = 0`)
+/// with `l` in 5..9, then `h` in 5..9 with every `l`.
+///
+/// # Safety
+/// AVX2; `x` holds 4 aligned vectors; `t` is 32-byte aligned with room for 40 rows.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn ternary_table40__avx2(x: *const __m256i, t: *mut u8) {
+    // SAFETY: (caller) 4 readable vectors and 40 writable rows.
+    unsafe {
+        let low = ternary_table9__avx2(_mm256_load_si256(x), _mm256_load_si256(x.add(1)));
+        let high = ternary_table9__avx2(_mm256_load_si256(x.add(2)), _mm256_load_si256(x.add(3)));
+        let mut dst = t;
+        for l in &low[5..] {
+            _mm256_store_si256(dst.cast(), *l);
+            dst = dst.add(ROW);
+        }
+        for h in &high[5..] {
+            for l in &low {
+                _mm256_store_si256(dst.cast(), _mm256_add_epi16(*l, *h));
+                dst = dst.add(ROW);
+            }
+        }
+    }
+}
+
+/// The 9 signed sums of two vectors: `[d0 + 3 d1] = (d0 - 1) * a + (d1 - 1) * b`.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn ternary_table9__avx2(a: __m256i, b: __m256i) -> [__m256i; 9] {
+    let z = _mm256_setzero_si256();
+    let sum = _mm256_add_epi16(a, b);
+    let diff = _mm256_sub_epi16(a, b);
+    [
+        _mm256_sub_epi16(z, sum),
+        _mm256_sub_epi16(z, b),
+        diff,
+        _mm256_sub_epi16(z, a),
+        z,
+        a,
+        _mm256_sub_epi16(z, diff),
+        b,
+        sum,
+    ]
+}
+
+/// Transposes a tile of `valid` pixels x `k` int8 channels into `kpad` int16 vectors of 16
+/// pixels each (missing pixels and channels are zero).
+///
+/// # Safety
+/// AVX2; `input` readable for `valid * k` bytes; `xt` writable for `kpad` aligned vectors.
+#[target_feature(enable = "avx2")]
+unsafe fn transpose_input(input: *const i8, k: usize, valid: usize, kpad: usize, xt: *mut __m256i) {
+    let full_blocks = if valid == TILE { k / 16 } else { 0 };
+    // SAFETY: (caller) reads stay inside the valid rows, writes inside the kpad vectors.
+    unsafe {
+        for b in 0..full_blocks {
+            let mut rows = [_mm_setzero_si128(); 16];
+            for (i, r) in rows.iter_mut().enumerate() {
+                *r = _mm_loadu_si128(input.add(i * k + b * 16).cast());
+            }
+            let cols = transpose16x16(rows);
+            for (j, c) in cols.iter().enumerate() {
+                _mm256_store_si256(xt.add(b * 16 + j), _mm256_cvtepi8_epi16(*c));
+            }
+        }
+        let xt16 = xt.cast::<i16>();
+        for ch in full_blocks * 16..kpad {
+            for p in 0..TILE {
+                let v = if ch < k && p < valid { i16::from(*input.add(p * k + ch)) } else { 0 };
+                *xt16.add(ch * TILE + p) = v;
+            }
+        }
+    }
+}
+
+/// Requantizes the tile's accumulators: channel `c`'s 16 pixels become 16 bytes at
+/// `otile + 16 c` (two channels per 32-byte store).
+///
+/// # Safety
+/// AVX2; `acc` holds `n` channels of two aligned vectors; `otile`
+/// is writable for `16 * round_up(n, 2)` bytes; the epilogue has `n` entries with shifts in
+/// the contract's range.
+#[target_feature(enable = "avx2")]
+unsafe fn requantize_tile(
+    acc: *const __m256i,
+    epi: &Epilogue<'_>,
+    out: &OutputParams,
+    n: usize,
+    otile: *mut u8,
+) {
+    let param = |c: usize| ChannelParams::new(epi.bias[c], epi.multiplier[c], epi.shift[c]);
+    let mut c = 0;
+    while c < n {
+        let p0 = param(c);
+        // An odd last channel is paired with itself; its second copy lands in the spare
+        // 16 bytes the layout reserves.
+        let p1 = if c + 1 < n { param(c + 1) } else { p0 };
+        let c1 = if c + 1 < n { c + 1 } else { c };
+        // SAFETY: (caller) c, c1 < n keep the reads and the 32-byte write in bounds.
+        unsafe {
+            let (a0, a1) = (acc.add(2 * c), acc.add(2 * c1));
+            let bytes = out.narrow32(
+                p0.apply(_mm256_load_si256(a0)),
+                p0.apply(_mm256_load_si256(a0.add(1))),
+                p1.apply(_mm256_load_si256(a1)),
+                p1.apply(_mm256_load_si256(a1.add(1))),
+            );
+            _mm256_storeu_si256(otile.add(16 * c).cast(), bytes);
+        }
+        c += 2;
+    }
+}
+
+/// Writes the channel-major output tile (`n` x 16 bytes) to `valid` pixel rows of `n`
+/// channels.
+///
+/// # Safety
+/// AVX2; `otile` readable for `16 * n` bytes; `output` writable for `valid * n` bytes.
+#[target_feature(enable = "avx2")]
+unsafe fn store_output(otile: *const u8, n: usize, valid: usize, output: *mut i8) {
+    let blocks = n / 16;
+    // SAFETY: (caller) reads inside the tile, writes inside the valid rows.
+    unsafe {
+        for b in 0..blocks {
+            let mut rows = [_mm_setzero_si128(); 16];
+            for (j, r) in rows.iter_mut().enumerate() {
+                *r = _mm_loadu_si128(otile.add((b * 16 + j) * 16).cast());
+            }
+            let cols = transpose16x16(rows);
+            for (p, col) in cols.iter().enumerate().take(valid) {
+                _mm_storeu_si128(output.add(p * n + b * 16).cast(), *col);
+            }
+        }
+        for c in blocks * 16..n {
+            for p in 0..valid {
+                *output.add(p * n + c) = *otile.add(c * 16 + p) as i8;
+            }
+        }
+    }
+}
+
+/// Transposes a 16x16 byte matrix held as 16 rows.
+#[inline(always)]
+fn transpose16x16(r: [__m128i; 16]) -> [__m128i; 16] {
+    // SAFETY: SSE2 is part of the x86_64 baseline; these are register-only operations.
+    unsafe {
+        let mut a = [_mm_setzero_si128(); 16];
+        for i in 0..8 {
+            a[i] = _mm_unpacklo_epi8(r[2 * i], r[2 * i + 1]);
+            a[i + 8] = _mm_unpackhi_epi8(r[2 * i], r[2 * i + 1]);
+        }
+        // a[h*8 + i]: rows 2i, 2i+1; columns h*8..h*8+8
+        let mut b = [_mm_setzero_si128(); 16];
+        for h in 0..2 {
+            for i in 0..4 {
+                let (x, y) = (a[h * 8 + 2 * i], a[h * 8 + 2 * i + 1]);
+                b[h * 8 + i] = _mm_unpacklo_epi16(x, y);
+                b[h * 8 + 4 + i] = _mm_unpackhi_epi16(x, y);
+            }
+        }
+        // b[base + i] (base = h*8 + q*4): rows 4i..4i+4; columns base..base+4
+        let mut c = [_mm_setzero_si128(); 16];
+        for base in [0, 4, 8, 12] {
+            for i in 0..2 {
+                let (x, y) = (b[base + 2 * i], b[base + 2 * i + 1]);
+                c[base + i] = _mm_unpacklo_epi32(x, y);
+                c[base + 2 + i] = _mm_unpackhi_epi32(x, y);
+            }
+        }
+        // c[base + 2e + i]: rows 8i..8i+8; columns base+2e, base+2e+1
+        let mut out = [_mm_setzero_si128(); 16];
+        for base in (0..16).step_by(2) {
+            out[base] = _mm_unpacklo_epi64(c[base], c[base + 1]);
+            out[base + 1] = _mm_unpackhi_epi64(c[base], c[base + 1]);
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transpose16x16_transposes() {
+        let mut m = [[0u8; 16]; 16];
+        for (i, row) in m.iter_mut().enumerate() {
+            for (j, v) in row.iter_mut().enumerate() {
+                *v = (i * 16 + j) as u8;
+            }
+        }
+        // SAFETY: SSE2 is baseline on x86_64; each row is 16 readable bytes.
+        let rows = m.map(|r| unsafe { _mm_loadu_si128(r.as_ptr().cast()) });
+        let cols = transpose16x16(rows);
+        for (j, c) in cols.iter().enumerate() {
+            let mut bytes = [0u8; 16];
+            // SAFETY: 16 writable bytes.
+            unsafe { _mm_storeu_si128(bytes.as_mut_ptr().cast(), *c) };
+            for (i, &b) in bytes.iter().enumerate() {
+                assert_eq!(b, m[i][j]);
+            }
+        }
+    }
+}
