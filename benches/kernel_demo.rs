@@ -21,6 +21,17 @@ fn best_seconds(repeat: usize, mut f: impl FnMut()) -> f64 {
         .fold(f64::INFINITY, f64::min)
 }
 
+/// Best times of two closures run alternately, `rounds` times each, so that both see the
+/// same machine conditions (this matters on shared or throttling hosts).
+fn race(rounds: usize, mut a: impl FnMut(), mut b: impl FnMut()) -> (f64, f64) {
+    let (mut ta, mut tb) = (f64::INFINITY, f64::INFINITY);
+    for _ in 0..rounds {
+        ta = ta.min(best_seconds(1, &mut a));
+        tb = tb.min(best_seconds(1, &mut b));
+    }
+    (ta, tb)
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     let repeat = match args.iter().position(|a| a == "--repeat") {
@@ -54,24 +65,15 @@ fn main() -> ExitCode {
         };
         let layer = PointwiseLayer::random(p, k, n, 0);
         let tw = layer.prepared_ternary(&simd);
-        let mut out = vec![0i8; p * n];
-        let mut scratch = layer.scratch(&simd);
+        let (mut out, mut out2) = (vec![0i8; p * n], vec![0i8; p * n]);
+        let (mut scratch, mut scratch2) = (layer.scratch(&simd), layer.scratch(&simd));
         let w = layer.int8_weights(&simd);
-        let (mut t, mut ti) = (f64::INFINITY, f64::INFINITY);
         // Alternate the two kernels so both see the same machine conditions.
-        let only = std::env::var("PROM_PROFILE_ONLY").unwrap_or_default();
-        for _ in 0..5 {
-            if only != "int8" {
-                t = t.min(best_seconds(repeat, || {
-                    layer.run_ternary(&simd, &tw, &mut out, &mut scratch)
-                }));
-            }
-            if only != "ternary" {
-                ti = ti.min(best_seconds(repeat, || {
-                    layer.run_int8(&simd, &w, &mut out, &mut scratch)
-                }));
-            }
-        }
+        let (t, ti) = race(
+            5 * repeat,
+            || layer.run_ternary(&simd, &tw, &mut out, &mut scratch),
+            || layer.run_int8(&simd, &w, &mut out2, &mut scratch2),
+        );
         let g = |t: f64| layer.macs() as f64 / t / 1e9;
         println!("{p}x{k}x{n}: ternary-{tier} {:.1} GMAC/s, int8-{tier} {:.1} GMAC/s", g(t), g(ti));
         return ExitCode::SUCCESS;
@@ -89,10 +91,14 @@ fn main() -> ExitCode {
         let layer = PointwiseLayer::random(p, k, n, i as u64);
         let (tw, sw) = (layer.prepared_ternary(&simd), layer.prepared_ternary(&scalar));
         let (mut out, mut reference) = (vec![0i8; p * n], vec![0i8; p * n]);
-        let mut scratch = layer.scratch(&simd);
-        let tt = best_seconds(repeat, || layer.run_ternary(&simd, &tw, &mut out, &mut scratch));
+        let (mut scratch, mut scratch2) = (layer.scratch(&simd), layer.scratch(&simd));
         let w = layer.int8_weights(&simd);
-        let ti = best_seconds(repeat, || layer.run_int8(&simd, &w, &mut out, &mut scratch));
+        let mut out2 = vec![0i8; p * n];
+        let (tt, ti) = race(
+            repeat,
+            || layer.run_ternary(&simd, &tw, &mut out, &mut scratch),
+            || layer.run_int8(&simd, &w, &mut out2, &mut scratch2),
+        );
         let mut s_scratch = layer.scratch(&scalar);
         let ts = best_seconds(repeat.min(3), || {
             layer.run_ternary(&scalar, &sw, &mut reference, &mut s_scratch)

@@ -27,6 +27,7 @@ impl LaneParams {
     /// neutral values (their results are never stored).
     ///
     /// The slices must have equal lengths (as `Epilogue::check` ensures).
+    #[inline]
     #[target_feature(enable = "avx2")]
     pub(super) fn load(bias: &[i32], multiplier: &[i32], shift: &[u8], c: usize) -> Self {
         let avail = bias.len().saturating_sub(c).min(8);
@@ -104,15 +105,16 @@ pub(super) struct ChannelParams {
 }
 
 impl ChannelParams {
-    /// Broadcasts the parameters of one channel.
+    /// Broadcasts one channel's parameters with the rounding term `2^(s-1)` and the post
+    /// shift `s - 32` precomputed.
     #[inline]
     #[target_feature(enable = "avx2")]
-    pub(super) fn new(bias: i32, multiplier: i32, shift: u8) -> Self {
+    pub(super) fn precomputed(bias: i32, multiplier: i32, round: i64, post_shift: i32) -> Self {
         ChannelParams {
             bias: _mm256_set1_epi32(bias),
             multiplier: _mm256_set1_epi32(multiplier),
-            round: _mm256_set1_epi64x(1i64 << (shift - 1)),
-            post_shift: _mm_cvtsi32_si128(i32::from(shift) - 32),
+            round: _mm256_set1_epi64x(round),
+            post_shift: _mm_cvtsi32_si128(post_shift),
         }
     }
 

@@ -34,6 +34,15 @@ const ROWS: usize = 40;
 const CHUNK: usize = 24;
 /// Groups an int16 sum may span before it is widened (|sum| <= 48 * 512 < 2^15).
 const WINDOW: usize = 2 * CHUNK;
+/// Groups per chunk of full 81-row tables: 12 * 81 * 32 bytes = 30.4 KiB.
+const CHUNK81: usize = 12;
+/// Groups an int16 sum of the 81-row scheme spans before it is widened.
+const WINDOW81: usize = 5 * CHUNK81;
+/// Layers with at least this many outputs use full 81-row tables (see [`Scheme`]).
+const LUT81_MIN_N: usize = 512;
+/// Output channels summed side by side in the 81-row scheme (independent add chains).
+const LANES: usize = 4;
+const _: () = assert!(WINDOW81 * 4 * 128 < 1 << 15 && CHUNK81 * CODES * ROW < 1 << 16);
 /// Byte offset of the all-zero row that pads odd lists.
 const ZERO_ROW: usize = CHUNK * ROWS * ROW;
 const _: () = assert!(ZERO_ROW + ROW <= 1 << 16, "row offsets must fit u16");
@@ -54,21 +63,71 @@ const ENTRY: [(u8, u16); CODES] = {
     t
 };
 
-/// Upper bound of the prepared entries (u16) for `k` inputs and `n` outputs: per chunk and
-/// output a 2-entry header and one pad per list, and one entry per group.
-fn prepared_len(k: usize, n: usize) -> usize {
-    let g = groups(k);
-    n * (g + 4 * g.div_ceil(CHUNK))
+/// Table scheme of a layer. `Lut40` stores half the rows but gives every channel two
+/// variable-length lists (a loop exit per list and chunk); `Lut81` stores all 81 rows, and
+/// every channel reads exactly one row per group, so four channels run in lockstep. The full
+/// table pays off only when very many outputs share it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Scheme {
+    Lut40,
+    Lut81,
 }
 
-/// Prepares packed ternary codes (`n` rows of `groups(k)`, all below 81) as the kernel's
-/// row-offset lists: for each chunk of groups, for each output channel,
-/// `[plus count, minus count, plus offsets.., minus offsets..]` with both counts even (odd
-/// lists are padded with the zero row).
-pub(super) fn prepare(codes: &[u8], k: usize, n: usize) -> AlignedBuf {
+impl Scheme {
+    fn for_outputs(n: usize) -> Scheme {
+        if n >= LUT81_MIN_N {
+            Scheme::Lut81
+        } else {
+            Scheme::Lut40
+        }
+    }
+}
+
+/// Number of prepared entries (u16) for `k` inputs and `n` outputs (an upper bound for
+/// lut40: per chunk and output a 2-entry header and one pad per list, one entry per group).
+fn prepared_len(k: usize, n: usize) -> usize {
     let g = groups(k);
+    match Scheme::for_outputs(n) {
+        Scheme::Lut40 => n * (g + 4 * g.div_ceil(CHUNK)),
+        Scheme::Lut81 => n * g,
+    }
+}
+
+/// Prepares packed ternary codes (`n` rows of `groups(k)`, all below 81) for the scheme `n`
+/// selects.
+pub(super) fn prepare(codes: &[u8], k: usize, n: usize) -> AlignedBuf {
     let mut buf = AlignedBuf::zeroed(prepared_len(k, n) * 2);
     let out = buf.as_u16_mut(prepared_len(k, n));
+    match Scheme::for_outputs(n) {
+        Scheme::Lut40 => prepare_lut40(codes, k, n, out),
+        Scheme::Lut81 => prepare_lut81(codes, k, n, out),
+    }
+    buf
+}
+
+/// Lut81: for each chunk of groups, for each output channel, one chunk-relative row byte
+/// offset per group.
+fn prepare_lut81(codes: &[u8], k: usize, n: usize, out: &mut [u16]) {
+    let g = groups(k);
+    let mut pos = 0;
+    let mut gs = 0;
+    while gs < g {
+        let len = CHUNK81.min(g - gs);
+        for row in codes.chunks_exact(g).take(n) {
+            for (j, &code) in row[gs..gs + len].iter().enumerate() {
+                out[pos + j] = ((j * CODES + usize::from(code)) * ROW) as u16;
+            }
+            pos += len;
+        }
+        gs += len;
+    }
+}
+
+/// Lut40: for each chunk of groups, for each output channel,
+/// `[plus count, minus count, plus offsets.., minus offsets..]` with both counts even (odd
+/// lists are padded with the zero row).
+fn prepare_lut40(codes: &[u8], k: usize, n: usize, out: &mut [u16]) {
+    let g = groups(k);
     let mut pos = 0;
     let mut gs = 0;
     while gs < g {
@@ -101,7 +160,6 @@ pub(super) fn prepare(codes: &[u8], k: usize, n: usize) -> AlignedBuf {
         }
         gs += len;
     }
-    buf
 }
 
 fn round64(bytes: usize) -> usize {
@@ -116,6 +174,8 @@ struct Layout {
     wide: usize,
     narrow: usize,
     otile: usize,
+    rounds: usize,
+    posts: usize,
     total: usize,
 }
 
@@ -123,11 +183,13 @@ impl Layout {
     fn new(k: usize, n: usize) -> Layout {
         let xt = 0;
         let tables = xt + round64(groups(k) * 4 * ROW);
-        let wide = tables + round64(ZERO_ROW + ROW);
+        let wide = tables + round64((ZERO_ROW + ROW).max(CHUNK81 * CODES * ROW));
         let narrow = wide + round64(n * 64);
         let otile = narrow + round64(n * 32);
-        let total = otile + round64(n.div_ceil(2) * 2 * 16);
-        Layout { xt, tables, wide, narrow, otile, total }
+        let rounds = otile + round64(n.div_ceil(2) * 2 * 16);
+        let posts = rounds + round64(n * 8);
+        let total = posts + round64(n * 4);
+        Layout { xt, tables, wide, narrow, otile, rounds, posts, total }
     }
 }
 
@@ -186,6 +248,19 @@ unsafe fn run_avx2(
         (scratch.add(layout.xt).cast::<__m256i>(), tables, acc, scratch.add(layout.otile))
     };
     let out_params = OutputParams::new(epi.output_zero_point, epi.output_min, epi.output_max);
+    // The per-channel rounding terms and post shifts, once per call rather than per tile.
+    // SAFETY: the layout reserved n i64 and n i32 for them, suitably aligned.
+    let (rounds, posts) = unsafe {
+        (
+            std::slice::from_raw_parts_mut(scratch.add(layout.rounds).cast::<i64>(), n),
+            std::slice::from_raw_parts_mut(scratch.add(layout.posts).cast::<i32>(), n),
+        )
+    };
+    for ((r, p), &s) in rounds.iter_mut().zip(posts.iter_mut()).zip(epi.shift) {
+        *r = 1i64 << (s - 1);
+        *p = i32::from(s) - 32;
+    }
+    let requant = Requant { epi, rounds, posts, out: &out_params };
     let mut start = 0;
     while start < pixels {
         let valid = TILE.min(pixels - start);
@@ -193,8 +268,11 @@ unsafe fn run_avx2(
         // have the sizes the layout computed for k and n; the lists match (caller).
         unsafe {
             transpose_input(input.as_ptr().add(start * k), k, valid, g * 4, xt);
-            ternary_pw_16x4c_lut40__avx2_mac(xt, lists, g, n, tables, acc);
-            requantize_tile(acc.wide, epi, &out_params, n, otile);
+            match Scheme::for_outputs(n) {
+                Scheme::Lut40 => ternary_pw_16x4c_lut40__avx2_mac(xt, lists, g, n, tables, acc),
+                Scheme::Lut81 => ternary_pw_16x4c_lut81__avx2_mac(xt, lists, g, n, tables, acc),
+            }
+            requantize_tile(acc.wide, &requant, n, otile);
             store_output(otile, n, valid, output.as_mut_ptr().add(start * n));
         }
         start += valid;
@@ -252,20 +330,7 @@ unsafe fn ternary_pw_16x4c_lut40__avx2_mac(
                 let start = if open { _mm256_setzero_si256() } else { _mm256_load_si256(narrow) };
                 let (sum, next) = ternary_lists__avx2(start, tables, list);
                 list = next;
-                if close {
-                    let lo = _mm256_cvtepi16_epi32(_mm256_castsi256_si128(sum));
-                    let hi = _mm256_cvtepi16_epi32(_mm256_extracti128_si256::<1>(sum));
-                    if first {
-                        _mm256_store_si256(wide, lo);
-                        _mm256_store_si256(wide.add(1), hi);
-                    } else {
-                        _mm256_store_si256(wide, _mm256_add_epi32(_mm256_load_si256(wide), lo));
-                        let w1 = wide.add(1);
-                        _mm256_store_si256(w1, _mm256_add_epi32(_mm256_load_si256(w1), hi));
-                    }
-                } else {
-                    _mm256_store_si256(narrow, sum);
-                }
+                ternary_store_sum__avx2(sum, narrow, wide, close, first);
                 wide = wide.add(2);
                 narrow = narrow.add(1);
             }
@@ -274,6 +339,135 @@ unsafe fn ternary_pw_16x4c_lut40__avx2_mac(
             in_window = 0;
         }
         gs += len;
+    }
+}
+
+/// Add-only MAC of one 16-pixel tile with full 81-row tables: for each chunk of groups,
+/// build the tables, then four channels at a time add one row per group. Channel `c`'s
+/// int32 totals end in `acc.wide[2c]`, `acc.wide[2c + 1]`.
+///
+/// # Safety
+/// AVX2; `xt` holds `groups * 4` aligned vectors; `lists` was produced by [`prepare`] for
+/// these `groups` and `n` (lut81); `tables` has room for `CHUNK81` tables; `acc` for `n`
+/// channels.
+#[inline(never)]
+#[target_feature(enable = "avx2")]
+unsafe fn ternary_pw_16x4c_lut81__avx2_mac(
+    xt: *const __m256i,
+    lists: *const u16,
+    groups: usize,
+    n: usize,
+    tables: *mut u8,
+    acc: Acc,
+) {
+    let mut list = lists;
+    let mut gs = 0;
+    let mut in_window = 0;
+    while gs < groups {
+        let len = CHUNK81.min(groups - gs);
+        let open = in_window == 0;
+        in_window += len;
+        let close = in_window == WINDOW81 || gs + len == groups;
+        let first = gs < WINDOW81;
+        // SAFETY: groups gs..gs+len exist in xt and their tables fit the table area; this
+        // chunk's lists hold `len` offsets per channel, each naming a row of its group's
+        // table; accumulators stay inside the n channels.
+        unsafe {
+            let mut x = xt.add(gs * 4);
+            let mut t = tables;
+            for _ in 0..len {
+                ternary_table81__avx2(x, t);
+                x = x.add(4);
+                t = t.add(CODES * ROW);
+            }
+            let (mut wide, mut narrow) = (acc.wide, acc.narrow);
+            let mut c = 0;
+            while c < n {
+                let live = LANES.min(n - c);
+                // Rows of the live channels; spare lanes repeat the last one.
+                let mut rows = [list; LANES];
+                for i in 1..LANES {
+                    rows[i] = if i < live { rows[i - 1].add(len) } else { rows[i - 1] };
+                }
+                let mut sums = [_mm256_setzero_si256(); LANES];
+                if !open {
+                    for (i, s) in sums.iter_mut().enumerate().take(live) {
+                        *s = _mm256_load_si256(narrow.add(i));
+                    }
+                }
+                for j in 0..len {
+                    for (s, r) in sums.iter_mut().zip(rows) {
+                        let row = tables.add(usize::from(*r.add(j)));
+                        *s = _mm256_add_epi16(*s, _mm256_load_si256(row.cast()));
+                    }
+                }
+                for sum in sums.into_iter().take(live) {
+                    ternary_store_sum__avx2(sum, narrow, wide, close, first);
+                    wide = wide.add(2);
+                    narrow = narrow.add(1);
+                    list = list.add(len);
+                }
+                c += LANES;
+            }
+        }
+        if close {
+            in_window = 0;
+        }
+        gs += len;
+    }
+}
+
+/// Stores one channel's int16 sum: kept as int16 inside a window, widened into the int32
+/// totals (written on the first window, added afterwards) when it closes.
+///
+/// # Safety
+/// AVX2; `narrow` points at one and `wide` at two aligned, writable vectors.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn ternary_store_sum__avx2(
+    sum: __m256i,
+    narrow: *mut __m256i,
+    wide: *mut __m256i,
+    close: bool,
+    first: bool,
+) {
+    // SAFETY: (caller) the vectors exist.
+    unsafe {
+        if !close {
+            _mm256_store_si256(narrow, sum);
+            return;
+        }
+        let lo = _mm256_cvtepi16_epi32(_mm256_castsi256_si128(sum));
+        let hi = _mm256_cvtepi16_epi32(_mm256_extracti128_si256::<1>(sum));
+        if first {
+            _mm256_store_si256(wide, lo);
+            _mm256_store_si256(wide.add(1), hi);
+        } else {
+            _mm256_store_si256(wide, _mm256_add_epi32(_mm256_load_si256(wide), lo));
+            let w1 = wide.add(1);
+            _mm256_store_si256(w1, _mm256_add_epi32(_mm256_load_si256(w1), hi));
+        }
+    }
+}
+
+/// Builds all 81 rows of one group's table: row `c` holds `T[c]`, `c = l + 9 h`.
+///
+/// # Safety
+/// AVX2; `x` holds 4 aligned vectors; `t` is 32-byte aligned with room for 81 rows.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn ternary_table81__avx2(x: *const __m256i, t: *mut u8) {
+    // SAFETY: (caller) 4 readable vectors and 81 writable rows.
+    unsafe {
+        let low = ternary_table9__avx2(_mm256_load_si256(x), _mm256_load_si256(x.add(1)));
+        let high = ternary_table9__avx2(_mm256_load_si256(x.add(2)), _mm256_load_si256(x.add(3)));
+        let mut dst = t;
+        for h in &high {
+            for l in &low {
+                _mm256_store_si256(dst.cast(), _mm256_add_epi16(*l, *h));
+                dst = dst.add(ROW);
+            }
+        }
     }
 }
 
@@ -391,6 +585,16 @@ unsafe fn transpose_input(input: *const i8, k: usize, valid: usize, kpad: usize,
     }
 }
 
+/// Requantization parameters of a call: the epilogue plus the per-channel rounding terms
+/// and post shifts computed once per call.
+#[derive(Clone, Copy)]
+struct Requant<'a> {
+    epi: &'a Epilogue<'a>,
+    rounds: &'a [i64],
+    posts: &'a [i32],
+    out: &'a OutputParams,
+}
+
 /// Requantizes the tile's accumulators: channel `c`'s 16 pixels become 16 bytes at
 /// `otile + 16 c` (two channels per 32-byte store).
 ///
@@ -399,14 +603,10 @@ unsafe fn transpose_input(input: *const i8, k: usize, valid: usize, kpad: usize,
 /// is writable for `16 * round_up(n, 2)` bytes; the epilogue has `n` entries with shifts in
 /// the contract's range.
 #[target_feature(enable = "avx2")]
-unsafe fn requantize_tile(
-    acc: *const __m256i,
-    epi: &Epilogue<'_>,
-    out: &OutputParams,
-    n: usize,
-    otile: *mut u8,
-) {
-    let param = |c: usize| ChannelParams::new(epi.bias[c], epi.multiplier[c], epi.shift[c]);
+unsafe fn requantize_tile(acc: *const __m256i, requant: &Requant<'_>, n: usize, otile: *mut u8) {
+    let Requant { epi, rounds, posts, out } = *requant;
+    let param =
+        |c: usize| ChannelParams::precomputed(epi.bias[c], epi.multiplier[c], rounds[c], posts[c]);
     let mut c = 0;
     while c < n {
         let p0 = param(c);
