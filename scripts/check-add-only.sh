@@ -65,7 +65,9 @@ EXEMPT=(
   # Drivers: call the #[inline(never)] MAC kernel, then requantize each output (the one
   # multiply per output the design allows).
   '^prom_kernels::scalar::ternary_pointwise$'
-  '^prom_kernels::x86_64::ternary_pw::run_avx2$'
+  # Load-time weight preparation (entry point): validates the codes, then dispatches to the
+  # tier's list builder (named without `ternary`).
+  '^prom_kernels::Kernels::prepare_ternary$'
 )
 
 usage() { sed -n '2,/^set -euo/{/^#/s/^# \{0,1\}//p}' "$0"; }

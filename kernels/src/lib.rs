@@ -312,9 +312,9 @@ impl Kernels {
                 buf
             }
             #[cfg(target_arch = "x86_64")]
-            Imp::Avx2(_) => x86_64::prepare_ternary(weights.codes, k, n),
+            Imp::Avx2(_) => x86_64::prepare_lists(weights.codes, k, n),
             #[cfg(target_arch = "aarch64")]
-            Imp::Neon(_) => aarch64::prepare_ternary(weights.codes, k, n),
+            Imp::Neon(_) => aarch64::prepare_lists(weights.codes, k, n),
         };
         PreparedTernary { tier: self.tier(), n, k, data }
     }

@@ -46,7 +46,7 @@ pub(crate) fn pack_int8_pointwise(weights: &[i8], n: usize, k: usize) -> Aligned
     int8_pw::pack(weights, n, k)
 }
 
-pub(crate) fn prepare_ternary(codes: &[u8], k: usize, n: usize) -> AlignedBuf {
+pub(crate) fn prepare_lists(codes: &[u8], k: usize, n: usize) -> AlignedBuf {
     table_pw::prepare(codes, k, n)
 }
 

@@ -186,7 +186,7 @@ struct Layout {
 }
 
 impl Layout {
-    fn new(k: usize, n: usize) -> Layout {
+    fn new(n: usize) -> Layout {
         let xt = 0;
         let tables = xt + XT_BYTES;
         let acc = tables + round64(TABLES_BYTES);
@@ -196,8 +196,8 @@ impl Layout {
     }
 }
 
-pub(super) fn scratch_bytes(max_k: usize, max_n: usize) -> usize {
-    Layout::new(max_k, max_n).total
+pub(super) fn scratch_bytes(_max_k: usize, max_n: usize) -> usize {
+    Layout::new(max_n).total
 }
 
 /// Prepares packed ternary codes (`n` rows of `groups(k)`, all below 81) once, at load
@@ -221,7 +221,7 @@ pub(super) fn run(
     output: &mut [i8],
     scratch: &mut AlignedBuf,
 ) {
-    let layout = Layout::new(shape.k, shape.n);
+    let layout = Layout::new(shape.n);
     assert!(scratch.len() >= layout.total, "scratch too small for this pointwise shape");
     let entries = max_list_entries(shape.k, shape.n);
     assert!(lists.len() >= entries * 2, "prepared ternary weights too short");
