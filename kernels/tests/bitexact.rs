@@ -363,9 +363,13 @@ macro_rules! tier_tests {
             #[test]
             fn tier_really_ran() {
                 let before = prom_kernels::tier_calls($tier);
-                check_small_ops(kern());
+                let mut rng = Rng::new(10);
+                Pw::random(&mut rng, 17, 40, 24).assert_same(kern());
+                Dw::random(&mut rng, 7, 9, 33, 2).assert_same(kern());
+                Stem::random(&mut rng, 9, 9, 24).assert_same(kern());
                 let after = prom_kernels::tier_calls($tier);
-                assert!(after >= before + 150, "tier {} served {} calls", $tier, after - before);
+                // ternary + int8 pointwise, 2 depthwise and 2 stem calls at least.
+                assert!(after >= before + 6, "tier {} served {} calls", $tier, after - before);
                 println!("tier-check: {} ran {} kernel calls", $tier, after - before);
             }
         }
