@@ -275,14 +275,71 @@ unsafe fn run_avx2(
                 Scheme::Lut81 => ternary_pw_16x4c_lut81__avx2_mac(xt, lists, g, n, tables, acc),
             }
             let single = match Scheme::for_layer(k, n) {
-                Scheme::Lut40 => g <= WINDOW,
-                Scheme::Lut81 => g <= WINDOW81,
+                Scheme::Lut40 => Chunks::single(g, WINDOW),
+                Scheme::Lut81 => Chunks::single(g, WINDOW81),
             };
             let sums = if single { Sums::Narrow(acc.narrow) } else { Sums::Wide(acc.wide) };
             requantize_tile(sums, &requant, n, otile);
             store_output(otile, n, valid, output.as_mut_ptr().add(start * n));
         }
         start += valid;
+    }
+}
+
+/// One chunk of groups and where it stands in its int16 window.
+struct Chunk {
+    /// First group.
+    gs: usize,
+    /// Groups in the chunk.
+    len: usize,
+    /// First chunk of a window: the sums start from zero.
+    open: bool,
+    /// Last chunk of a window: the sums are widened into the int32 totals.
+    close: bool,
+    /// The window is the tile's first: the totals are written, not added to.
+    first: bool,
+}
+
+/// The chunks of a tile's `groups`, `chunk` groups at a time, in int16 windows of `window`
+/// groups. A layer that fits one window never closes it: it keeps its int16 sums and the
+/// epilogue widens them.
+struct Chunks {
+    groups: usize,
+    chunk: usize,
+    window: usize,
+    gs: usize,
+    in_window: usize,
+}
+
+impl Chunks {
+    fn new(groups: usize, chunk: usize, window: usize) -> Chunks {
+        Chunks { groups, chunk, window, gs: 0, in_window: 0 }
+    }
+
+    /// Whether a layer of `groups` groups keeps its sums as int16.
+    fn single(groups: usize, window: usize) -> bool {
+        groups <= window
+    }
+}
+
+impl Iterator for Chunks {
+    type Item = Chunk;
+
+    fn next(&mut self) -> Option<Chunk> {
+        if self.gs >= self.groups {
+            return None;
+        }
+        let len = self.chunk.min(self.groups - self.gs);
+        let open = self.in_window == 0;
+        self.in_window += len;
+        let end = self.in_window == self.window || self.gs + len == self.groups;
+        let close = end && !Chunks::single(self.groups, self.window);
+        let chunk = Chunk { gs: self.gs, len, open, close, first: self.gs < self.window };
+        if end {
+            self.in_window = 0;
+        }
+        self.gs += len;
+        Some(chunk)
     }
 }
 
@@ -313,15 +370,7 @@ unsafe fn ternary_pw_16x4c_lut40__avx2_mac(
     acc: Acc,
 ) {
     let mut list = lists;
-    let mut gs = 0;
-    let mut in_window = 0;
-    while gs < groups {
-        let len = CHUNK.min(groups - gs);
-        let open = in_window == 0;
-        in_window += len;
-        // A layer that fits one window keeps its int16 sums; the epilogue widens them.
-        let close = (in_window == WINDOW || gs + len == groups) && groups > WINDOW;
-        let first = gs < WINDOW;
+    for Chunk { gs, len, open, close, first } in Chunks::new(groups, CHUNK, WINDOW) {
         // SAFETY: groups gs..gs+len exist in xt and their tables fit the table area; the
         // lists of this chunk hold, per channel, a header and offsets of rows of these
         // tables (or the zero row); accumulators stay inside the n channels.
@@ -343,10 +392,6 @@ unsafe fn ternary_pw_16x4c_lut40__avx2_mac(
                 narrow = narrow.add(1);
             }
         }
-        if close {
-            in_window = 0;
-        }
-        gs += len;
     }
 }
 
@@ -369,14 +414,7 @@ unsafe fn ternary_pw_16x4c_lut81__avx2_mac(
     acc: Acc,
 ) {
     let mut list = lists;
-    let mut gs = 0;
-    let mut in_window = 0;
-    while gs < groups {
-        let len = CHUNK81.min(groups - gs);
-        let open = in_window == 0;
-        in_window += len;
-        let close = (in_window == WINDOW81 || gs + len == groups) && groups > WINDOW81;
-        let first = gs < WINDOW81;
+    for Chunk { gs, len, open, close, first } in Chunks::new(groups, CHUNK81, WINDOW81) {
         // SAFETY: groups gs..gs+len exist in xt and their tables fit the table area; this
         // chunk's lists hold `len` offsets per channel, each naming a row of its group's
         // table; accumulators stay inside the n channels.
@@ -418,10 +456,6 @@ unsafe fn ternary_pw_16x4c_lut81__avx2_mac(
                 c += LANES;
             }
         }
-        if close {
-            in_window = 0;
-        }
-        gs += len;
     }
 }
 
