@@ -1,0 +1,528 @@
+//! The engine: an immutable [`Plan`] built once per model (kernel and prepared weights per
+//! layer, activation arena layout), and a per-run [`State`] that owns the arena, the
+//! per-worker scratch and a persistent worker pool. Running an inference allocates nothing.
+
+use crate::graph::{Op, OpKind, Tensor};
+use crate::model::Model;
+use crate::pool::WorkerPool;
+use crate::trits;
+use prom_kernels::{
+    AddParams, AlignedBuf, DepthwiseShape, Epilogue, Int8PointwiseWeights, Kernels, PointwiseShape,
+    PoolParams, PreparedTernary, Scratch, StemShape, TernaryWeights,
+};
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How the pointwise layers run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PointwiseMode {
+    /// The add-only ternary kernels (the product).
+    Ternary,
+    /// The same weights through the int8-multiply kernels (the baseline `promctl benchmark`
+    /// compares against; bit-identical results).
+    Int8Baseline,
+}
+
+/// Per-layer prepared weights.
+enum Weights {
+    None,
+    Ternary(PreparedTernary),
+    Int8(Int8PointwiseWeights),
+}
+
+/// One planned layer.
+struct Layer {
+    op: Op,
+    input: Tensor,
+    output: Tensor,
+    /// Arena byte ranges of input 0, input 1 (add) and the output.
+    in0: Range<usize>,
+    in1: Range<usize>,
+    out: Range<usize>,
+    weights: Weights,
+}
+
+/// The immutable plan of a model for one kernel tier.
+pub struct Plan {
+    model: Arc<Model>,
+    kernels: Kernels,
+    mode: PointwiseMode,
+    layers: Vec<Layer>,
+    arena_bytes: usize,
+    max_k: usize,
+    max_n: usize,
+}
+
+impl std::fmt::Debug for Plan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plan")
+            .field("tier", &self.kernels.tier())
+            .field("mode", &self.mode)
+            .field("layers", &self.layers.len())
+            .field("arena_bytes", &self.arena_bytes)
+            .finish()
+    }
+}
+
+/// Per-layer description for reports.
+#[derive(Clone, Debug)]
+pub struct LayerInfo {
+    /// Op kind.
+    pub kind: OpKind,
+    /// Input shape (h, w, c).
+    pub input: (usize, usize, usize),
+    /// Output shape.
+    pub output: (usize, usize, usize),
+    /// Multiply-accumulates.
+    pub macs: u64,
+}
+
+impl Plan {
+    /// Plans `model` for `kernels`: prepares weights for the tier, lays out the arena.
+    pub fn new(model: Arc<Model>, kernels: Kernels, mode: PointwiseMode) -> Plan {
+        let graph = model.graph();
+        let tensors = &graph.tensors;
+        // Last use of every tensor, for arena reuse.
+        let mut last_use = vec![0usize; tensors.len()];
+        for (i, op) in graph.ops.iter().enumerate() {
+            last_use[op.record.input0 as usize] = i;
+            if op.record.kind == OpKind::Add {
+                last_use[op.record.input1 as usize] = i;
+            }
+            last_use[i + 1] = last_use[i + 1].max(i);
+        }
+        // First-fit allocation of tensor buffers (64-byte aligned) over their lifetimes.
+        let mut live: Vec<(Range<usize>, usize)> = Vec::new(); // (range, last use)
+        let mut ranges = vec![0..0; tensors.len()];
+        let mut arena_bytes = 0;
+        let bytes_of = |t: &Tensor, logits: bool| t.len() * if logits { 4 } else { 1 };
+        // Tensor 0 (the uint8 input) lives in its own buffer, not in the arena.
+        for (t, tensor) in tensors.iter().enumerate().skip(1) {
+            let produced_at = t - 1;
+            live.retain(|(_, last)| *last >= produced_at);
+            let size = bytes_of(tensor, t == tensors.len() - 1).div_ceil(64) * 64;
+            let mut start = 0;
+            let mut sorted: Vec<_> = live.iter().map(|(r, _)| r.clone()).collect();
+            sorted.sort_by_key(|r| r.start);
+            for r in &sorted {
+                if start + size <= r.start {
+                    break;
+                }
+                start = start.max(r.end);
+            }
+            ranges[t] = start..start + bytes_of(tensor, t == tensors.len() - 1);
+            arena_bytes = arena_bytes.max(start + size);
+            live.push((start..start + size, last_use[t].max(produced_at)));
+        }
+        let (mut max_k, mut max_n) = (1, 1);
+        let layers = graph
+            .ops
+            .iter()
+            .enumerate()
+            .map(|(i, op)| {
+                let r = &op.record;
+                let input = tensors[r.input0 as usize];
+                let output = tensors[i + 1];
+                let weights =
+                    if r.kind == OpKind::PointwiseTernary {
+                        let (k, n) = (input.channels, output.channels);
+                        max_k = max_k.max(k);
+                        max_n = max_n.max(n);
+                        let stored = model.blob_u8(r.weights);
+                        match mode {
+                            PointwiseMode::Ternary => {
+                                let codes = trits::to_kernel_codes(stored, n, k);
+                                let w = TernaryWeights { n, k, codes: &codes };
+                                Weights::Ternary(kernels.prepare_ternary(w))
+                            }
+                            PointwiseMode::Int8Baseline => Weights::Int8(
+                                kernels.pack_int8_pointwise(&trits::unpack(stored, n, k), n, k),
+                            ),
+                        }
+                    } else {
+                        Weights::None
+                    };
+                let in1 =
+                    if r.kind == OpKind::Add { ranges[r.input1 as usize].clone() } else { 0..0 };
+                Layer {
+                    op: *op,
+                    input,
+                    output,
+                    in0: ranges[r.input0 as usize].clone(),
+                    in1,
+                    out: ranges[i + 1].clone(),
+                    weights,
+                }
+            })
+            .collect();
+        Plan { model, kernels, mode, layers, arena_bytes, max_k, max_n }
+    }
+
+    /// The model.
+    pub fn model(&self) -> &Arc<Model> {
+        &self.model
+    }
+    /// The kernels (tier) the plan runs.
+    pub fn kernels(&self) -> Kernels {
+        self.kernels
+    }
+    /// Pointwise mode.
+    pub fn mode(&self) -> PointwiseMode {
+        self.mode
+    }
+    /// Bytes of the activation arena.
+    pub fn arena_bytes(&self) -> usize {
+        self.arena_bytes
+    }
+    /// Bytes of prepared weights held by the plan (beyond the mapped file).
+    pub fn prepared_bytes(&self) -> usize {
+        self.layers
+            .iter()
+            .map(|l| match &l.weights {
+                Weights::None => 0,
+                Weights::Ternary(w) => w.bytes(),
+                Weights::Int8(w) => w.n() * w.k() * 2,
+            })
+            .sum()
+    }
+    /// Per-layer descriptions.
+    pub fn layers(&self) -> Vec<LayerInfo> {
+        self.layers
+            .iter()
+            .map(|l| LayerInfo {
+                kind: l.op.record.kind,
+                input: (l.input.height, l.input.width, l.input.channels),
+                output: (l.output.height, l.output.width, l.output.channels),
+                macs: l.op.macs,
+            })
+            .collect()
+    }
+}
+
+/// Per-run state: arena, scratch per worker, worker pool. One inference at a time.
+pub struct State {
+    plan: Arc<Plan>,
+    arena: AlignedBuf,
+    input: AlignedBuf,
+    scratch: Vec<Scratch>,
+    pool: WorkerPool,
+}
+
+impl std::fmt::Debug for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("State").field("threads", &self.pool.threads()).finish()
+    }
+}
+
+/// Pointer wrapper that lets the workers of one layer write disjoint parts of the arena.
+#[derive(Clone, Copy)]
+struct SharedMut(*mut u8);
+// SAFETY: used only to hand the arena base to the workers of one layer, which write
+// disjoint ranges (each worker its own rows/pixels) while the caller waits at the pool's
+// barrier; see `State::run_layer`.
+unsafe impl Send for SharedMut {}
+// SAFETY: as above.
+unsafe impl Sync for SharedMut {}
+
+impl SharedMut {
+    /// The pointer (a method, so closures capture the whole `Send + Sync` wrapper).
+    fn get(self) -> *mut u8 {
+        self.0
+    }
+}
+
+impl State {
+    /// State for `plan` with `threads` workers in total (the calling thread included).
+    pub fn new(plan: Arc<Plan>, threads: usize) -> State {
+        let threads = threads.max(1);
+        let kernels = plan.kernels;
+        let scratch = (0..threads).map(|_| kernels.scratch(plan.max_k, plan.max_n)).collect();
+        let graph = plan.model.graph();
+        let input_len = graph.tensors[0].len();
+        State {
+            arena: AlignedBuf::zeroed(plan.arena_bytes),
+            input: AlignedBuf::zeroed(input_len),
+            scratch,
+            pool: WorkerPool::new(threads),
+            plan,
+        }
+    }
+
+    /// The plan.
+    pub fn plan(&self) -> &Arc<Plan> {
+        &self.plan
+    }
+
+    /// Worker threads (including the caller).
+    pub fn threads(&self) -> usize {
+        self.pool.threads()
+    }
+
+    /// Runs one inference on `input` (uint8 RGB, `H x W x 3` of the model) and returns the
+    /// int32 logits. Allocates nothing.
+    pub fn run(&mut self, input: &[u8]) -> &[i32] {
+        self.run_inner(input, None)
+    }
+
+    /// As [`State::run`], recording each layer's wall time into `times` (one per layer).
+    pub fn run_timed(&mut self, input: &[u8], times: &mut [Duration]) -> &[i32] {
+        assert_eq!(times.len(), self.plan.layers.len(), "one time slot per layer");
+        self.run_inner(input, Some(times))
+    }
+
+    fn run_inner(&mut self, input: &[u8], mut times: Option<&mut [Duration]>) -> &[i32] {
+        let n_in = self.input.len();
+        assert_eq!(input.len(), n_in, "input must be height x width x 3 bytes");
+        self.input.as_u8_mut(n_in).copy_from_slice(input);
+        for i in 0..self.plan.layers.len() {
+            let t0 = times.as_ref().map(|_| Instant::now());
+            self.run_layer(i);
+            if let (Some(times), Some(t0)) = (times.as_deref_mut(), t0) {
+                times[i] = t0.elapsed();
+            }
+        }
+        let last = self.plan.layers.last().expect("plans have layers");
+        let n = last.output.channels;
+        let start = last.out.start;
+        // SAFETY: the logits range is 64-byte aligned inside the arena (first-fit places
+        // every tensor at a multiple of 64) and holds `n` i32.
+        unsafe { std::slice::from_raw_parts(self.arena.as_ptr().add(start).cast::<i32>(), n) }
+    }
+
+    fn run_layer(&mut self, i: usize) {
+        let plan = &*self.plan;
+        let layer = &plan.layers[i];
+        let model = &*plan.model;
+        let kernels = plan.kernels;
+        let r = layer.op.record;
+        let arena = SharedMut(self.arena.as_mut_ptr());
+        let input_u8 = self.input.as_u8(self.input.len());
+        let scratch = SharedMut(self.scratch.as_mut_ptr().cast());
+        let threads = self.pool.threads();
+        let epi_storage;
+        let epi = match r.kind {
+            OpKind::Stem | OpKind::Depthwise | OpKind::PointwiseTernary => {
+                epi_storage = Epilogue {
+                    bias: model.blob_i32(r.bias),
+                    multiplier: model.blob_i32(r.multipliers),
+                    shift: model.blob_u8(r.shifts),
+                    output_zero_point: layer.output.zero_point,
+                    output_min: r.output_min,
+                    output_max: r.output_max,
+                };
+                Some(&epi_storage)
+            }
+            _ => None,
+        };
+        let job = |worker: usize| {
+            // SAFETY: every worker reads the layer's input ranges and writes only its own
+            // part of the output range (split below by rows or pixels); the input and output
+            // ranges of a layer never overlap (they are live at the same time, so the arena
+            // allocator gave them disjoint ranges); each worker uses its own scratch.
+            let (x, x1, y, scratch) = unsafe {
+                let base = arena.get();
+                let x = std::slice::from_raw_parts(
+                    base.add(layer.in0.start).cast::<i8>(),
+                    layer.in0.len(),
+                );
+                let x1 = std::slice::from_raw_parts(
+                    base.add(layer.in1.start).cast::<i8>(),
+                    layer.in1.len(),
+                );
+                let y = std::slice::from_raw_parts_mut(base.add(layer.out.start), layer.out.len());
+                (x, x1, y, &mut *scratch.get().cast::<Scratch>().add(worker))
+            };
+            let out = layer.output;
+            match r.kind {
+                OpKind::Stem => {
+                    let rows = split(out.height, threads, worker, 1);
+                    let row_len = out.width * out.channels;
+                    let shape = StemShape {
+                        height: layer.input.height,
+                        width: layer.input.width,
+                        out_channels: out.channels,
+                    };
+                    let y = as_i8(&mut y[rows.start * row_len..rows.end * row_len]);
+                    let zp = model.graph().header.input_zero_point;
+                    kernels.stem3x3s2(
+                        shape,
+                        input_u8,
+                        zp,
+                        model.blob_i8(r.weights),
+                        epi.unwrap(),
+                        rows,
+                        y,
+                    );
+                }
+                OpKind::Depthwise => {
+                    let rows = split(out.height, threads, worker, 1);
+                    let row_len = out.width * out.channels;
+                    let shape = DepthwiseShape {
+                        height: layer.input.height,
+                        width: layer.input.width,
+                        channels: out.channels,
+                        stride: r.stride as usize,
+                    };
+                    let y = as_i8(&mut y[rows.start * row_len..rows.end * row_len]);
+                    let zp = layer.input.zero_point;
+                    kernels.depthwise3x3(
+                        shape,
+                        x,
+                        zp,
+                        model.blob_i8(r.weights),
+                        epi.unwrap(),
+                        rows,
+                        y,
+                    );
+                }
+                OpKind::PointwiseTernary => {
+                    let pixels = out.height * out.width;
+                    let px = split(pixels, threads, worker, 16);
+                    let (k, n) = (layer.input.channels, out.channels);
+                    let shape = PointwiseShape { pixels: px.len(), k, n };
+                    let x = &x[px.start * k..px.end * k];
+                    let y = as_i8(&mut y[px.start * n..px.end * n]);
+                    if px.is_empty() {
+                        return;
+                    }
+                    match &layer.weights {
+                        Weights::Ternary(w) => {
+                            kernels.ternary_pointwise(shape, x, w, epi.unwrap(), y, scratch)
+                        }
+                        Weights::Int8(w) => {
+                            kernels.int8_pointwise(shape, x, w, epi.unwrap(), y, scratch)
+                        }
+                        Weights::None => unreachable!("pointwise layers have weights"),
+                    }
+                }
+                OpKind::Add => {
+                    let len = out.len();
+                    let part = split(len, threads, worker, 64);
+                    let ins = (
+                        layer.input.zero_point,
+                        plan.model.graph().tensors[r.input1 as usize].zero_point,
+                    );
+                    let params = AddParams {
+                        a_zero_point: ins.0,
+                        b_zero_point: ins.1,
+                        a_multiplier: r.multiplier_a,
+                        b_multiplier: r.multiplier_b,
+                        shift: r.shift,
+                        output_zero_point: out.zero_point,
+                        output_min: r.output_min,
+                        output_max: r.output_max,
+                    };
+                    let y = as_i8(&mut y[part.clone()]);
+                    kernels.add(&x[part.clone()], &x1[part.clone()], &params, y);
+                }
+                OpKind::AvgPool => {
+                    if worker == 0 {
+                        let params = PoolParams {
+                            input_zero_point: layer.input.zero_point,
+                            multiplier: r.multiplier_a,
+                            shift: r.shift,
+                            output_zero_point: out.zero_point,
+                            output_min: r.output_min,
+                            output_max: r.output_max,
+                        };
+                        kernels.global_avg_pool(x, layer.input.channels, &params, as_i8(y));
+                    }
+                }
+                OpKind::Linear => {
+                    if worker == 0 {
+                        let n = out.channels;
+                        // SAFETY: the logits range holds n i32 at a 64-byte aligned offset.
+                        let logits = unsafe {
+                            std::slice::from_raw_parts_mut(y.as_mut_ptr().cast::<i32>(), n)
+                        };
+                        kernels.linear(x, model.blob_i8(r.weights), model.blob_i32(r.bias), logits);
+                    }
+                }
+            }
+        };
+        self.pool.run(&job);
+    }
+}
+
+fn as_i8(bytes: &mut [u8]) -> &mut [i8] {
+    // SAFETY: same size and alignment, every bit pattern valid.
+    unsafe { std::slice::from_raw_parts_mut(bytes.as_mut_ptr().cast::<i8>(), bytes.len()) }
+}
+
+/// Worker `w` of `n`'s share of `0..len`, in multiples of `quantum` (the last share takes
+/// the rest), so every element belongs to exactly one worker.
+fn split(len: usize, n: usize, w: usize, quantum: usize) -> Range<usize> {
+    let units = len.div_ceil(quantum);
+    let per = units / n;
+    let extra = units % n;
+    let start_units = w * per + w.min(extra);
+    let my_units = per + usize::from(w < extra);
+    let start = (start_units * quantum).min(len);
+    let end = ((start_units + my_units) * quantum).min(len);
+    start..end
+}
+
+/// Softmax of `logits * scale` into `out` (f32; the only floating point of a run).
+pub fn softmax(logits: &[i32], scale: f32, out: &mut [f32]) {
+    let max = logits.iter().copied().max().unwrap_or(0);
+    let mut sum = 0.0f32;
+    for (o, &l) in out.iter_mut().zip(logits) {
+        *o = ((l - max) as f32 * scale).exp();
+        sum += *o;
+    }
+    for o in out.iter_mut() {
+        *o /= sum;
+    }
+}
+
+/// The indices of the `k` largest scores, best first (ties: lower index first). Writes into
+/// `out` without allocating.
+pub fn top_k(scores: &[f32], out: &mut [usize]) {
+    let k = out.len().min(scores.len());
+    for slot in 0..k {
+        let mut best: Option<usize> = None;
+        for (i, &s) in scores.iter().enumerate() {
+            if out[..slot].contains(&i) {
+                continue;
+            }
+            if best.is_none_or(|b| s > scores[b]) {
+                best = Some(i);
+            }
+        }
+        out[slot] = best.unwrap_or(0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_covers_everything_once() {
+        for len in [0, 1, 15, 16, 17, 49, 196, 12544] {
+            for n in 1..=5 {
+                for q in [1, 16, 64] {
+                    let mut next = 0;
+                    for w in 0..n {
+                        let r = split(len, n, w, q);
+                        assert_eq!(r.start, next.min(len));
+                        next = r.end;
+                        assert!(r.start % q == 0 || r.is_empty());
+                    }
+                    assert_eq!(next, len);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn softmax_and_top_k() {
+        let mut p = [0.0; 4];
+        softmax(&[10, 20, 0, 20], 0.1, &mut p);
+        assert!((p.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        let mut top = [0; 3];
+        top_k(&p, &mut top);
+        assert_eq!(top, [1, 3, 0]);
+    }
+}

@@ -1,0 +1,591 @@
+//! MobileNetV2 in PROM quantization: the architecture (any width multiplier 0.35-1.4, input
+//! 96-224 in steps of 32, any class count) and a deterministic synthesizer of random-weight
+//! models whose quantization parameters are calibrated on random inputs, so activations
+//! neither saturate nor vanish.
+//!
+//! Calibration is done in the integer domain, layer by layer: for every convolution the true
+//! accumulators `a = sum w (q - z_in)` are measured on the calibration images, then the
+//! per-channel multiplier and bias are chosen so that ReLU6 outputs spread over the int8
+//! range (about a fifth clipped at zero) and linear outputs have a standard deviation of about
+//! 32 levels, and the layer is run with the real kernels to feed the next one.
+
+use crate::graph::{conv_out, OpKind, TensorRecord, FLAG_RELU6, NO_TENSOR};
+use crate::model::Metadata;
+use crate::writer::{ModelSpec, OpSpec};
+use prom_kernels::{
+    quantize_scale, ternary, AddParams, DepthwiseShape, Epilogue, Kernels, PointwiseShape,
+    PoolParams, StemShape, TernaryWeights,
+};
+
+/// Synthesis parameters.
+#[derive(Clone, Debug)]
+pub struct SynthConfig {
+    /// Width multiplier (0.35..=1.4).
+    pub width: f32,
+    /// Input resolution (96..=224, a multiple of 32).
+    pub resolution: u32,
+    /// Number of classes.
+    pub classes: u32,
+    /// Random seed.
+    pub seed: u64,
+    /// Share of zero ternary weights (0..1).
+    pub zero_fraction: f32,
+    /// Calibration images.
+    pub calibration_images: usize,
+}
+
+impl Default for SynthConfig {
+    fn default() -> Self {
+        SynthConfig {
+            width: 1.0,
+            resolution: 224,
+            classes: 1000,
+            seed: 1,
+            zero_fraction: 0.4,
+            calibration_images: 2,
+        }
+    }
+}
+
+/// Why a configuration cannot be synthesized.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SynthError {
+    /// Width outside the family.
+    #[error("width multiplier {0} is outside 0.35..=1.4")]
+    Width(f32),
+    /// Resolution outside the family.
+    #[error("resolution {0} must be 96..=224 and a multiple of 32")]
+    Resolution(u32),
+    /// No classes.
+    #[error("classes must be at least 1 (got {0})")]
+    Classes(u32),
+    /// Zero share outside [0, 1).
+    #[error("zero fraction {0} must be in 0.0..1.0")]
+    ZeroFraction(f32),
+}
+
+/// Inverted-residual settings (expansion t, channels c, repeats n, stride s).
+pub const BLOCKS: [(usize, usize, usize, usize); 7] = [
+    (1, 16, 1, 1),
+    (6, 24, 2, 2),
+    (6, 32, 3, 2),
+    (6, 64, 4, 2),
+    (6, 96, 3, 1),
+    (6, 160, 3, 2),
+    (6, 320, 1, 1),
+];
+
+/// Channels rounded to a multiple of 8 the usual MobileNet way (never below 8, never more
+/// than 10% below the exact value).
+pub fn make_divisible(v: f32) -> usize {
+    let mut n = ((v + 4.0) as usize / 8 * 8).max(8);
+    if (n as f32) < 0.9 * v {
+        n += 8;
+    }
+    n
+}
+
+/// SplitMix64.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+    /// Roughly normal (sum of 4 uniforms), mean 0, std 1.
+    fn normal(&mut self) -> f64 {
+        ((0..4).map(|_| self.unit()).sum::<f64>() - 2.0) * 3f64.sqrt()
+    }
+}
+
+/// Runs a calibration layer: (kernels, epilogue, image index, output).
+type RunLayer<'a> = dyn Fn(&Kernels, &Epilogue<'_>, usize, &mut [i8]) + 'a;
+
+/// Calibration activations: one int8 tensor per calibration image.
+struct Act {
+    h: usize,
+    w: usize,
+    c: usize,
+    scale: f32,
+    zp: i8,
+    data: Vec<Vec<i8>>,
+}
+
+struct Builder {
+    rng: Rng,
+    kernels: Kernels,
+    tensors: Vec<TensorRecord>,
+    ops: Vec<OpSpec>,
+    zero_fraction: f32,
+}
+
+/// Per-channel (multiplier, shift, bias) such that `(a + bias) * M` has the wanted spread.
+fn requant_for(stats: &[(f64, f64)], relu6: bool, rng: &mut Rng) -> (Vec<i32>, Vec<u8>, Vec<f64>) {
+    let mut mult = Vec::with_capacity(stats.len());
+    let mut shift = Vec::with_capacity(stats.len());
+    let mut bias = Vec::with_capacity(stats.len());
+    for &(mean, std) in stats {
+        let target = if relu6 { 50.0 } else { 32.0 };
+        let scale = (target / std.max(1.0)).clamp(1e-9, 0.45);
+        let (m, s) = quantize_scale(scale).expect("scale in the contract's range");
+        mult.push(m);
+        shift.push(s);
+        let effective = f64::from(m) / 2f64.powi(i32::from(s));
+        // ReLU6 outputs: centre around 40 levels above zero so ~20% clip; linear: centred.
+        let centre = if relu6 { 40.0 + 10.0 * rng.normal() } else { 4.0 * rng.normal() };
+        bias.push(centre / effective - mean);
+    }
+    (mult, shift, bias)
+}
+
+impl Builder {
+    fn push_tensor(&mut self, a: &Act) -> u32 {
+        self.tensors.push(TensorRecord {
+            height: a.h as u32,
+            width: a.w as u32,
+            channels: a.c as u32,
+            scale: a.scale,
+            zero_point: a.zp,
+        });
+        (self.tensors.len() - 1) as u32
+    }
+
+    /// Finishes a convolution: stats of true accumulators -> requant, folds the input zero
+    /// point into the bias, records the op and computes its calibration outputs.
+    #[allow(clippy::too_many_arguments)]
+    fn conv(
+        &mut self,
+        mut op: OpSpec,
+        x: &Act,
+        out_hwc: (usize, usize, usize),
+        acc: &[Vec<i64>],
+        weight_sums: &[i64],
+        relu6: bool,
+        run: &RunLayer<'_>,
+    ) -> Act {
+        let (h, w, c) = out_hwc;
+        let stats: Vec<(f64, f64)> = (0..c)
+            .map(|ch| {
+                let vals: Vec<f64> = acc
+                    .iter()
+                    .flat_map(|img| img.iter().skip(ch).step_by(c))
+                    .map(|&v| v as f64)
+                    .collect();
+                let mean = vals.iter().sum::<f64>() / vals.len().max(1) as f64;
+                let var = vals.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>()
+                    / vals.len().max(1) as f64;
+                (mean, var.sqrt())
+            })
+            .collect();
+        let (mult, shift, bias) = requant_for(&stats, relu6, &mut self.rng);
+        let zin = i64::from(x.zp);
+        op.bias = bias
+            .iter()
+            .zip(weight_sums)
+            .map(|(&b, &ws)| (b.round() as i64 - zin * ws).clamp(-(1 << 24), 1 << 24) as i32)
+            .collect();
+        op.multipliers = mult;
+        op.shifts = shift;
+        let (zp, scale) = if relu6 { (-128i8, 6.0 / 255.0) } else { (0i8, x.scale) };
+        op.flags = if relu6 { FLAG_RELU6 } else { 0 };
+        op.output_min = -128;
+        op.output_max = 127;
+        let epi = Epilogue {
+            bias: &op.bias,
+            multiplier: &op.multipliers,
+            shift: &op.shifts,
+            output_zero_point: zp,
+            output_min: -128,
+            output_max: 127,
+        };
+        let data = (0..x.data.len())
+            .map(|img| {
+                let mut out = vec![0i8; h * w * c];
+                run(&self.kernels, &epi, img, &mut out);
+                out
+            })
+            .collect();
+        self.ops.push(op);
+        let y = Act { h, w, c, scale, zp, data };
+        self.push_tensor(&y);
+        y
+    }
+
+    fn int8_weights(&mut self, n: usize, std: f64) -> Vec<i8> {
+        (0..n).map(|_| (self.rng.normal() * std).round().clamp(-127.0, 127.0) as i8).collect()
+    }
+
+    fn stem(&mut self, images: &[Vec<u8>], res: usize, c: usize) -> Act {
+        let w = self.int8_weights(27 * c, 40.0);
+        let (ho, wo) = (conv_out(res, 2), conv_out(res, 2));
+        let acc: Vec<Vec<i64>> = images
+            .iter()
+            .map(|img| {
+                let mut a = vec![0i64; ho * wo * c];
+                for oy in 0..ho {
+                    for ox in 0..wo {
+                        for ky in 0..3 {
+                            for kx in 0..3 {
+                                let (iy, ix) =
+                                    ((oy * 2 + ky) as isize - 1, (ox * 2 + kx) as isize - 1);
+                                if iy < 0 || ix < 0 || iy >= res as isize || ix >= res as isize {
+                                    continue; // padding value 0 (the input zero point)
+                                }
+                                for ci in 0..3 {
+                                    let u =
+                                        i64::from(img[(iy as usize * res + ix as usize) * 3 + ci]);
+                                    let tap = (ky * 3 + kx) * 3 + ci;
+                                    for n in 0..c {
+                                        a[(oy * wo + ox) * c + n] += u * i64::from(w[tap * c + n]);
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+                a
+            })
+            .collect();
+        let mut op = OpSpec::new(OpKind::Stem, 0);
+        op.stride = 2;
+        op.weights = w.iter().map(|&v| v as u8).collect();
+        let input = Act { h: res, w: res, c: 3, scale: 1.0 / 255.0, zp: 0, data: Vec::new() };
+        let sums = vec![0i64; c];
+        let shape = StemShape { height: res, width: res, out_channels: c };
+        let run = |k: &Kernels, e: &Epilogue<'_>, img: usize, out: &mut [i8]| {
+            k.stem3x3s2(shape, &images[img], 0, &w, e, 0..ho, out)
+        };
+        let mut x = input;
+        x.data = vec![Vec::new(); images.len()];
+        self.conv(op, &x, (ho, wo, c), &acc, &sums, true, &run)
+    }
+
+    fn pointwise(&mut self, x: &Act, input: u32, n: usize, relu6: bool) -> Act {
+        let k = x.c;
+        let trits: Vec<i8> = (0..n * k)
+            .map(|_| {
+                if self.rng.unit() < f64::from(self.zero_fraction) {
+                    0
+                } else if self.rng.next() & 1 == 0 {
+                    1
+                } else {
+                    -1
+                }
+            })
+            .collect();
+        let codes = ternary::pack(&trits, n, k).expect("ternary weights");
+        let stored = crate::trits::pack(&trits, n, k);
+        let sums: Vec<i64> =
+            trits.chunks(k).map(|r| r.iter().map(|&v| i64::from(v)).sum()).collect();
+        let pixels = x.h * x.w;
+        // Accumulator statistics on a sample of pixels.
+        let stride = (pixels / 256).max(1);
+        let acc: Vec<Vec<i64>> = x
+            .data
+            .iter()
+            .map(|img| {
+                let mut a = Vec::new();
+                for p in (0..pixels).step_by(stride) {
+                    let row = &img[p * k..(p + 1) * k];
+                    for ch in 0..n {
+                        let wrow = &trits[ch * k..(ch + 1) * k];
+                        a.push(
+                            wrow.iter()
+                                .zip(row)
+                                .map(|(&w, &q)| i64::from(w) * (i64::from(q) - i64::from(x.zp)))
+                                .sum(),
+                        );
+                    }
+                }
+                a
+            })
+            .collect();
+        let mut op = OpSpec::new(OpKind::PointwiseTernary, input);
+        op.weights = stored;
+        let shape = PointwiseShape { pixels, k, n };
+        let kernels = self.kernels;
+        let prepared = kernels.prepare_ternary(TernaryWeights { n, k, codes: &codes });
+        let mut scratch = kernels.scratch(k, n);
+        let scratch_cell = std::cell::RefCell::new(&mut scratch);
+        let run = |kk: &Kernels, e: &Epilogue<'_>, img: usize, out: &mut [i8]| {
+            kk.ternary_pointwise(
+                shape,
+                &x.data[img],
+                &prepared,
+                e,
+                out,
+                &mut scratch_cell.borrow_mut(),
+            )
+        };
+        self.conv(op, x, (x.h, x.w, n), &acc, &sums, relu6, &run)
+    }
+
+    fn depthwise(&mut self, x: &Act, input: u32, stride: usize) -> Act {
+        let c = x.c;
+        let w = self.int8_weights(9 * c, 40.0);
+        let (ho, wo) = (conv_out(x.h, stride), conv_out(x.w, stride));
+        let acc: Vec<Vec<i64>> = x
+            .data
+            .iter()
+            .map(|img| {
+                let mut a = vec![0i64; ho * wo * c];
+                for oy in 0..ho {
+                    for ox in 0..wo {
+                        for ky in 0..3 {
+                            for kx in 0..3 {
+                                let (iy, ix) = (
+                                    (oy * stride + ky) as isize - 1,
+                                    (ox * stride + kx) as isize - 1,
+                                );
+                                if iy < 0 || ix < 0 || iy >= x.h as isize || ix >= x.w as isize {
+                                    continue; // padding contributes (z - z) * w = 0
+                                }
+                                for ch in 0..c {
+                                    let q =
+                                        i64::from(img[(iy as usize * x.w + ix as usize) * c + ch])
+                                            - i64::from(x.zp);
+                                    a[(oy * wo + ox) * c + ch] +=
+                                        q * i64::from(w[(ky * 3 + kx) * c + ch]);
+                                }
+                            }
+                        }
+                    }
+                }
+                a
+            })
+            .collect();
+        let sums: Vec<i64> =
+            (0..c).map(|ch| (0..9).map(|t| i64::from(w[t * c + ch])).sum()).collect();
+        let mut op = OpSpec::new(OpKind::Depthwise, input);
+        op.stride = stride as u8;
+        op.weights = w.iter().map(|&v| v as u8).collect();
+        let shape = DepthwiseShape { height: x.h, width: x.w, channels: c, stride };
+        let run = |k: &Kernels, e: &Epilogue<'_>, img: usize, out: &mut [i8]| {
+            k.depthwise3x3(shape, &x.data[img], x.zp, &w, e, 0..ho, out)
+        };
+        self.conv(op, x, (ho, wo, c), &acc, &sums, true, &run)
+    }
+
+    /// Residual add with output scale twice the inputs' (both inputs share a scale here).
+    fn add(&mut self, a: &Act, ia: u32, b: &Act, ib: u32) -> Act {
+        let shift = 20u8;
+        let (sa, sb) = (f64::from(a.scale), f64::from(b.scale));
+        let so = (sa + sb).max(1e-12);
+        let ma = ((sa / so) * f64::from(1u32 << shift)).round() as i32;
+        let mb = ((sb / so) * f64::from(1u32 << shift)).round() as i32;
+        let mut op = OpSpec::new(OpKind::Add, ia);
+        op.input1 = ib;
+        op.shift = shift;
+        op.multiplier_a = ma;
+        op.multiplier_b = mb;
+        let params = AddParams {
+            a_zero_point: a.zp,
+            b_zero_point: b.zp,
+            a_multiplier: ma,
+            b_multiplier: mb,
+            shift,
+            output_zero_point: 0,
+            output_min: -128,
+            output_max: 127,
+        };
+        let data = a
+            .data
+            .iter()
+            .zip(&b.data)
+            .map(|(x, y)| {
+                let mut out = vec![0i8; x.len()];
+                self.kernels.add(x, y, &params, &mut out);
+                out
+            })
+            .collect();
+        self.ops.push(op);
+        let y = Act { h: a.h, w: a.w, c: a.c, scale: so as f32, zp: 0, data };
+        self.push_tensor(&y);
+        y
+    }
+
+    fn avgpool(&mut self, x: &Act, input: u32) -> Act {
+        let (m, s) = quantize_scale(1.0 / (x.h * x.w) as f64).expect("1/pixels is representable");
+        let mut op = OpSpec::new(OpKind::AvgPool, input);
+        op.multiplier_a = m;
+        op.shift = s;
+        let params = PoolParams {
+            input_zero_point: x.zp,
+            multiplier: m,
+            shift: s,
+            output_zero_point: x.zp,
+            output_min: -128,
+            output_max: 127,
+        };
+        let data = x
+            .data
+            .iter()
+            .map(|img| {
+                let mut out = vec![0i8; x.c];
+                self.kernels.global_avg_pool(img, x.c, &params, &mut out);
+                out
+            })
+            .collect();
+        self.ops.push(op);
+        let y = Act { h: 1, w: 1, c: x.c, scale: x.scale, zp: x.zp, data };
+        self.push_tensor(&y);
+        y
+    }
+
+    /// Classifier; returns the logit scale (softmax temperature) it chose.
+    fn linear(&mut self, x: &Act, input: u32, classes: usize) {
+        let k = x.c;
+        let w = self.int8_weights(classes * k, 30.0);
+        let sums: Vec<i64> = w.chunks(k).map(|r| r.iter().map(|&v| i64::from(v)).sum()).collect();
+        let bias: Vec<i32> = sums.iter().map(|&s| (-i64::from(x.zp) * s) as i32).collect();
+        let mut all = Vec::new();
+        for img in &x.data {
+            let mut logits = vec![0i32; classes];
+            self.kernels.linear(img, &w, &bias, &mut logits);
+            all.extend(logits.iter().map(|&l| f64::from(l)));
+        }
+        let mean = all.iter().sum::<f64>() / all.len().max(1) as f64;
+        let std = (all.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>()
+            / all.len().max(1) as f64)
+            .sqrt();
+        let mut op = OpSpec::new(OpKind::Linear, input);
+        op.weights = w.iter().map(|&v| v as u8).collect();
+        op.bias = bias;
+        self.ops.push(op);
+        // Logit scale: a standard deviation of about 3 nats across classes.
+        self.tensors.push(TensorRecord {
+            height: 1,
+            width: 1,
+            channels: classes as u32,
+            scale: (3.0 / std.max(1.0)) as f32,
+            zero_point: 0,
+        });
+    }
+}
+
+/// Deterministic calibration images: smooth colour gradients plus noise.
+fn calibration_images(rng: &mut Rng, count: usize, res: usize) -> Vec<Vec<u8>> {
+    (0..count)
+        .map(|_| {
+            let (a, b, c) = (rng.unit(), rng.unit(), rng.unit());
+            let mut img = vec![0u8; res * res * 3];
+            for y in 0..res {
+                for x in 0..res {
+                    for ch in 0..3 {
+                        let base = 127.0
+                            + 90.0
+                                * ((x as f64 * 0.05 * (a + 0.2)
+                                    + y as f64 * 0.03 * (b + 0.2)
+                                    + ch as f64 * c * 3.0)
+                                    .sin());
+                        img[(y * res + x) * 3 + ch] =
+                            (base + 25.0 * rng.normal()).clamp(0.0, 255.0) as u8;
+                    }
+                }
+            }
+            img
+        })
+        .collect()
+}
+
+/// Synthesizes a MobileNetV2 PROM model.
+pub fn synthesize(cfg: &SynthConfig) -> Result<ModelSpec, SynthError> {
+    if !(0.35..=1.4).contains(&cfg.width) {
+        return Err(SynthError::Width(cfg.width));
+    }
+    if !(96..=224).contains(&cfg.resolution) || cfg.resolution % 32 != 0 {
+        return Err(SynthError::Resolution(cfg.resolution));
+    }
+    if cfg.classes == 0 {
+        return Err(SynthError::Classes(cfg.classes));
+    }
+    if !(0.0..1.0).contains(&cfg.zero_fraction) {
+        return Err(SynthError::ZeroFraction(cfg.zero_fraction));
+    }
+    let res = cfg.resolution as usize;
+    let mut rng = Rng(cfg.seed ^ 0x5052_4f4d);
+    let images = calibration_images(&mut rng, cfg.calibration_images.max(1), res);
+    let mut b = Builder {
+        rng,
+        kernels: Kernels::best(),
+        tensors: vec![TensorRecord {
+            height: res as u32,
+            width: res as u32,
+            channels: 3,
+            scale: 1.0 / 255.0,
+            zero_point: 0,
+        }],
+        ops: Vec::new(),
+        zero_fraction: cfg.zero_fraction,
+    };
+    let stem_c = make_divisible(32.0 * cfg.width);
+    let mut x = b.stem(&images, res, stem_c);
+    let mut xi = 1u32;
+    for &(t, c, n, s) in &BLOCKS {
+        let out_c = make_divisible(c as f32 * cfg.width);
+        for r in 0..n {
+            let stride = if r == 0 { s } else { 1 };
+            let residual = stride == 1 && x.c == out_c;
+            let input_act_index = xi;
+            let mut h = if t != 1 {
+                let hidden = x.c * t;
+                let y = b.pointwise(&x, xi, hidden, true);
+                xi = (b.tensors.len() - 1) as u32;
+                y
+            } else {
+                Act { h: x.h, w: x.w, c: x.c, scale: x.scale, zp: x.zp, data: x.data.clone() }
+            };
+            h = b.depthwise(&h, xi, stride);
+            xi = (b.tensors.len() - 1) as u32;
+            let mut y = b.pointwise(&h, xi, out_c, false);
+            xi = (b.tensors.len() - 1) as u32;
+            if residual {
+                // Declare the projection output on the block input's scale so the add is
+                // a plain average of the two branches.
+                y.scale = x.scale;
+                b.tensors[xi as usize].scale = x.scale;
+                y = b.add(&x, input_act_index, &y, xi);
+                xi = (b.tensors.len() - 1) as u32;
+            }
+            x = y;
+        }
+    }
+    let last_c = if cfg.width > 1.0 { make_divisible(1280.0 * cfg.width) } else { 1280 };
+    x = b.pointwise(&x, xi, last_c, true);
+    xi = (b.tensors.len() - 1) as u32;
+    x = b.avgpool(&x, xi);
+    xi = (b.tensors.len() - 1) as u32;
+    b.linear(&x, xi, cfg.classes as usize);
+    let labels = (0..cfg.classes).map(|i| format!("class {i}")).collect();
+    let metadata = Metadata {
+        architecture: "mobilenetv2".into(),
+        width_multiplier: cfg.width,
+        input_height: cfg.resolution,
+        input_width: cfg.resolution,
+        classes: cfg.classes,
+        producer: "promctl synth".into(),
+        producer_version: env!("CARGO_PKG_VERSION").into(),
+        notes: format!(
+            "SYNTHESIZED: random weights (seed {}), {:.0}% zero ternary weights, quantization calibrated on {} random images; not a trained model",
+            cfg.seed,
+            cfg.zero_fraction * 100.0,
+            cfg.calibration_images.max(1)
+        ),
+    };
+    debug_assert!(b.ops.iter().all(|o| o.kind == OpKind::Add || o.input1 == NO_TENSOR));
+    Ok(ModelSpec {
+        metadata,
+        labels,
+        input_scale: 1.0 / 255.0,
+        input_zero_point: 0,
+        tensors: b.tensors,
+        ops: b.ops,
+    })
+}

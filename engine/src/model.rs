@@ -1,0 +1,195 @@
+//! A loaded model: the file bytes (memory-mapped, or an aligned copy), its validated
+//! metadata, labels and graph, and typed zero-copy views of its weights.
+
+use crate::error::{FormatError, OpenError};
+use crate::format::{parse_container, parse_graph, Section};
+use crate::graph::{Blob, Graph};
+use prom_kernels::AlignedBuf;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// Model metadata (the META section, JSON).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Metadata {
+    /// Architecture name, e.g. `mobilenetv2`.
+    pub architecture: String,
+    /// Width multiplier of the architecture.
+    pub width_multiplier: f32,
+    /// Input height in pixels.
+    pub input_height: u32,
+    /// Input width in pixels.
+    pub input_width: u32,
+    /// Number of classes.
+    pub classes: u32,
+    /// Program that wrote the file.
+    pub producer: String,
+    /// Its version.
+    pub producer_version: String,
+    /// Free-form notes (quantization details, provenance).
+    #[serde(default)]
+    pub notes: String,
+}
+
+/// Where the model bytes live.
+enum Backing {
+    Mapped(memmap2::Mmap),
+    Owned(AlignedBuf),
+}
+
+/// A validated model. Cheap to share behind an `Arc`.
+pub struct Model {
+    backing: Backing,
+    metadata: Metadata,
+    labels: Vec<String>,
+    graph: Graph,
+    sections: [Section; 4],
+}
+
+impl std::fmt::Debug for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Model")
+            .field("metadata", &self.metadata)
+            .field("bytes", &self.bytes().len())
+            .finish()
+    }
+}
+
+impl Model {
+    /// Memory-maps and validates a model file.
+    pub fn open(path: impl AsRef<Path>) -> Result<Model, OpenError> {
+        let path = path.as_ref();
+        let io = |source| OpenError::Io { path: path.display().to_string(), source };
+        let file = std::fs::File::open(path).map_err(io)?;
+        // SAFETY: the map is read-only and private to this process. The model file is
+        // replaced by writers through rename (never modified in place, see `write`), so the
+        // mapped bytes do not change under us; every byte is validated before use.
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
+        Model::validate(Backing::Mapped(map))
+            .map_err(|source| OpenError::Format { path: path.display().to_string(), source })
+    }
+
+    /// Validates a model held in memory (copied into an aligned buffer).
+    pub fn from_bytes(bytes: &[u8]) -> Result<Model, FormatError> {
+        let mut buf = AlignedBuf::zeroed(bytes.len());
+        buf.as_u8_mut(bytes.len()).copy_from_slice(bytes);
+        Model::validate(Backing::Owned(buf))
+    }
+
+    fn validate(backing: Backing) -> Result<Model, FormatError> {
+        let bytes = match &backing {
+            Backing::Mapped(m) => &m[..],
+            Backing::Owned(b) => b.as_u8(b.len()),
+        };
+        let sections = parse_container(bytes)?;
+        let [meta, labels, graph, weights] = sections;
+        let slice = |s: &Section| &bytes[s.offset..s.offset + s.len];
+        let metadata: Metadata = std::str::from_utf8(slice(&meta))
+            .map_err(|e| FormatError::Metadata(format!("not UTF-8: {e}")))
+            .and_then(|s| {
+                serde_json::from_str(s).map_err(|e| FormatError::Metadata(e.to_string()))
+            })?;
+        let labels_text = std::str::from_utf8(slice(&labels))
+            .map_err(|e| FormatError::Invalid(format!("labels are not UTF-8: {e}")))?;
+        let labels: Vec<String> = if labels_text.is_empty() {
+            Vec::new()
+        } else {
+            labels_text.split('\n').map(str::to_owned).collect()
+        };
+        let (header, tensors, ops) = parse_graph(slice(&graph))?;
+        let graph = Graph::validate(header, &tensors, &ops, weights.offset, slice(&weights))?;
+        check_metadata(&metadata, &labels, &graph)?;
+        Ok(Model { backing, metadata, labels, graph, sections })
+    }
+
+    /// All bytes of the model.
+    pub fn bytes(&self) -> &[u8] {
+        match &self.backing {
+            Backing::Mapped(m) => &m[..],
+            Backing::Owned(b) => b.as_u8(b.len()),
+        }
+    }
+
+    /// Metadata.
+    pub fn metadata(&self) -> &Metadata {
+        &self.metadata
+    }
+
+    /// Class labels (one per class).
+    pub fn labels(&self) -> &[String] {
+        &self.labels
+    }
+
+    /// The validated graph.
+    pub fn graph(&self) -> &Graph {
+        &self.graph
+    }
+
+    /// The four sections (meta, labels, graph, weights) with offsets, sizes and checksums.
+    pub fn sections(&self) -> &[Section; 4] {
+        &self.sections
+    }
+
+    /// CRC-32 of the whole file, a short model identity for logs and D-Bus.
+    pub fn checksum(&self) -> u32 {
+        crc32fast::hash(self.bytes())
+    }
+
+    /// A blob's bytes (blobs of a validated graph are inside the file).
+    pub fn blob_u8(&self, b: Blob) -> &[u8] {
+        &self.bytes()[b.offset..b.offset + b.len]
+    }
+
+    /// A blob as int8 values.
+    pub fn blob_i8(&self, b: Blob) -> &[i8] {
+        let bytes = self.blob_u8(b);
+        // SAFETY: i8 and u8 have the same size and alignment and every bit pattern is valid.
+        unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast::<i8>(), bytes.len()) }
+    }
+
+    /// A blob as little-endian int32 values, in place.
+    pub fn blob_i32(&self, b: Blob) -> &[i32] {
+        let bytes = self.blob_u8(b);
+        assert!(b.len % 4 == 0 && (bytes.as_ptr() as usize) % 4 == 0, "unaligned i32 blob");
+        // SAFETY: validated blobs start at a 64-byte aligned file offset and the file data
+        // starts on a page (mmap) or 64-byte (AlignedBuf) boundary, so the pointer is 4-byte
+        // aligned (asserted); the length is a multiple of 4; every bit pattern is a valid
+        // i32; the target is little-endian (checked at compile time in lib.rs), like the file.
+        unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast::<i32>(), bytes.len() / 4) }
+    }
+}
+
+fn check_metadata(meta: &Metadata, labels: &[String], graph: &Graph) -> Result<(), FormatError> {
+    let err = |m: String| FormatError::Metadata(m);
+    if meta.architecture.trim().is_empty() {
+        return Err(err("architecture is empty".into()));
+    }
+    if !(meta.width_multiplier.is_finite() && meta.width_multiplier > 0.0) {
+        return Err(err(format!("width_multiplier {} is not positive", meta.width_multiplier)));
+    }
+    if (meta.input_height, meta.input_width)
+        != (graph.header.input_height, graph.header.input_width)
+    {
+        return Err(err(format!(
+            "input size {}x{} differs from the graph's {}x{}",
+            meta.input_height,
+            meta.input_width,
+            graph.header.input_height,
+            graph.header.input_width
+        )));
+    }
+    if meta.classes as usize != graph.classes() {
+        return Err(err(format!(
+            "classes {} differs from the classifier's {} outputs",
+            meta.classes,
+            graph.classes()
+        )));
+    }
+    if labels.len() != graph.classes() {
+        return Err(FormatError::Invalid(format!(
+            "{} labels for {} classes",
+            labels.len(),
+            graph.classes()
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,98 @@
+//! A persistent worker pool: `threads - 1` parked threads plus the caller run each layer
+//! together, meeting at two barriers per layer. Nothing is allocated per job.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Barrier, Mutex};
+use std::thread::JoinHandle;
+
+/// The job of one layer: called once per worker with the worker's index.
+type Job = dyn Fn(usize) + Sync;
+
+struct Shared {
+    start: Barrier,
+    end: Barrier,
+    /// The current job, lifetime-erased; valid between the two barriers of one `run`.
+    job: Mutex<Option<*const Job>>,
+    stop: AtomicBool,
+}
+
+// SAFETY: the raw job pointer is only dereferenced by workers between the `start` and `end`
+// barriers of the `run` call that stored it, while that call keeps the job alive; the job
+// itself is `Sync`.
+unsafe impl Send for Shared {}
+// SAFETY: as above.
+unsafe impl Sync for Shared {}
+
+/// The pool.
+pub struct WorkerPool {
+    shared: Arc<Shared>,
+    handles: Vec<JoinHandle<()>>,
+    threads: usize,
+}
+
+impl WorkerPool {
+    /// A pool of `threads` workers in total, the calling thread being worker 0.
+    pub fn new(threads: usize) -> WorkerPool {
+        let threads = threads.max(1);
+        let shared = Arc::new(Shared {
+            start: Barrier::new(threads),
+            end: Barrier::new(threads),
+            job: Mutex::new(None),
+            stop: AtomicBool::new(false),
+        });
+        let handles = (1..threads)
+            .map(|index| {
+                let shared = Arc::clone(&shared);
+                std::thread::Builder::new()
+                    .name(format!("prom-worker-{index}"))
+                    .spawn(move || loop {
+                        shared.start.wait();
+                        if shared.stop.load(Ordering::Acquire) {
+                            break;
+                        }
+                        let job =
+                            shared.job.lock().unwrap_or_else(|e| e.into_inner()).expect("job set");
+                        // SAFETY: `run` stored a pointer to a job it keeps alive until every
+                        // worker has passed the `end` barrier below.
+                        unsafe { (*job)(index) };
+                        shared.end.wait();
+                    })
+                    .expect("spawn worker thread")
+            })
+            .collect();
+        WorkerPool { shared, handles, threads }
+    }
+
+    /// Workers in total.
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    /// Runs `job(i)` on every worker `i` and returns when all are done.
+    pub fn run<'a>(&self, job: &'a (dyn Fn(usize) + Sync + 'a)) {
+        if self.threads == 1 {
+            job(0);
+            return;
+        }
+        // SAFETY: erases the job's lifetime to store it; it is dereferenced only until the
+        // `end` barrier, before this function returns and `job` can go out of scope.
+        let erased: *const Job =
+            unsafe { std::mem::transmute::<&'a (dyn Fn(usize) + Sync + 'a), &'static Job>(job) };
+        *self.shared.job.lock().unwrap_or_else(|e| e.into_inner()) = Some(erased);
+        self.shared.start.wait();
+        job(0);
+        self.shared.end.wait();
+    }
+}
+
+impl Drop for WorkerPool {
+    fn drop(&mut self) {
+        if self.threads > 1 {
+            self.shared.stop.store(true, Ordering::Release);
+            self.shared.start.wait();
+            for h in self.handles.drain(..) {
+                let _ = h.join();
+            }
+        }
+    }
+}
