@@ -1,0 +1,4 @@
+//! prom-daemon: the library behind the `prom-daemon` service and the `promctl` tool.
+
+pub mod cli;
+pub mod imageio;
