@@ -105,6 +105,9 @@ aarch64_tests() {
     || { echo "qemu-aarch64 ($(qemu-aarch64 --version | head -n1)) does not know CPU $cpu"; return 1; }
   PROM_TEST_EMULATED=1 QEMU_CPU=$cpu cargo test -p prom-kernels --release --target "$AARCH64" \
     || return 1
+  echo "---- engine vs the naive reference executor, bit for bit (QEMU_CPU=$cpu)"
+  PROM_TEST_EMULATED=1 QEMU_CPU=$cpu cargo test -p prom-engine --release --target "$AARCH64" \
+    --test reference --test engine || return 1
   echo "---- tier check: tier_really_ran -- --nocapture (QEMU_CPU=$cpu)"
   PROM_TEST_EMULATED=1 QEMU_CPU=$cpu cargo test -p prom-kernels --release --target "$AARCH64" \
     --test bitexact -- tier_really_ran --nocapture 2>&1 | tee "$log" || return 1
