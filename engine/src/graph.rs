@@ -365,8 +365,8 @@ impl Graph {
                     rec.weights = blobs.blob(&ctx, rec.weights, k * n, "weights")?;
                     rec.bias = blobs.blob(&ctx, rec.bias, 4 * n, "bias")?;
                     for (name, b) in [("multipliers", rec.multipliers), ("shifts", rec.shifts)] {
-                        if b.len != 0 {
-                            return Err(ctx(format!("has {name}; the classifier has none")));
+                        if b != Blob::default() {
+                            return Err(ctx(format!("has a {name} blob; the classifier has none")));
                         }
                     }
                     blobs.int8_weights(&ctx, rec.weights)?;

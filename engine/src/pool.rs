@@ -1,9 +1,58 @@
 //! A persistent worker pool: `threads - 1` parked threads plus the caller run each layer
 //! together, meeting at two barriers per layer. Nothing is allocated per job.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Barrier, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
+
+/// Spins before sleeping at a barrier: layers take tens of microseconds, and waking a
+/// parked thread costs about as much, so short waits spin; long ones (between frames)
+/// sleep on a condition variable.
+const SPINS: usize = 20_000;
+
+/// A reusable barrier that spins briefly before blocking.
+struct Barrier {
+    parties: usize,
+    arrived: AtomicUsize,
+    generation: AtomicUsize,
+    lock: Mutex<()>,
+    wake: Condvar,
+}
+
+impl Barrier {
+    fn new(parties: usize) -> Barrier {
+        Barrier {
+            parties,
+            arrived: AtomicUsize::new(0),
+            generation: AtomicUsize::new(0),
+            lock: Mutex::new(()),
+            wake: Condvar::new(),
+        }
+    }
+
+    fn wait(&self) {
+        let generation = self.generation.load(Ordering::Acquire);
+        if self.arrived.fetch_add(1, Ordering::AcqRel) + 1 == self.parties {
+            self.arrived.store(0, Ordering::Relaxed);
+            // Publishing the new generation under the lock pairs with the check-then-wait
+            // below, so no sleeper misses its wake-up.
+            let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+            self.generation.fetch_add(1, Ordering::AcqRel);
+            self.wake.notify_all();
+            return;
+        }
+        for _ in 0..SPINS {
+            if self.generation.load(Ordering::Acquire) != generation {
+                return;
+            }
+            std::hint::spin_loop();
+        }
+        let mut guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        while self.generation.load(Ordering::Acquire) == generation {
+            guard = self.wake.wait(guard).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
 
 /// The job of one layer: called once per worker with the worker's index.
 type Job = dyn Fn(usize) + Sync;
