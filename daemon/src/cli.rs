@@ -427,6 +427,8 @@ struct BenchReport {
     macs: u64,
     model_bytes: usize,
     fp16_bytes: u64,
+    /// Time to open (map and validate) the model file, best of 10; absent for synthesized.
+    open_ms: Option<f64>,
     layers: Vec<LayerTiming>,
     energy: Energy,
 }
@@ -518,8 +520,20 @@ fn benchmark(
     if iterations == 0 {
         return Err("--iterations must be at least 1".into());
     }
+    let mut open_ms = None;
     let (model, name) = match path {
-        Some(p) => (Arc::new(Model::open(p)?), p.display().to_string()),
+        Some(p) => {
+            // Open (map + full validation) timed over a few repetitions; best of them.
+            let mut best = f64::INFINITY;
+            for _ in 0..10 {
+                let t = Instant::now();
+                let m = Model::open(p)?;
+                best = best.min(t.elapsed().as_secs_f64() * 1e3);
+                drop(m);
+            }
+            open_ms = Some(best);
+            (Arc::new(Model::open(p)?), p.display().to_string())
+        }
         None => {
             if std::io::stderr().is_terminal() {
                 eprintln!("synthesizing MobileNetV2-1.0-224 (random weights) ...");
@@ -590,6 +604,7 @@ fn benchmark(
         macs: graph.ops.iter().map(|o| o.macs).sum(),
         model_bytes: model.bytes().len(),
         fp16_bytes: params * 2,
+        open_ms,
         layers,
         energy: Energy {
             prom_uj: prom_pj / 1e6,
@@ -629,6 +644,9 @@ fn benchmark(
         report.fp16_bytes,
         report.fp16_bytes as f64 / report.model_bytes as f64
     )?;
+    if let Some(ms) = report.open_ms {
+        writeln!(out, "open + validate: {ms:.3} ms")?;
+    }
     writeln!(
         out,
         "energy estimate: {:.1} uJ vs float16 {:.1} uJ ({:.1}x less; {})",
