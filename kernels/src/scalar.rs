@@ -190,6 +190,8 @@ pub(crate) fn stem3x3s2(
 }
 
 /// Int8 linear layer to int32 logits: `logits[n] = bias[n] + sum_k w[n][k] * x[k]` (wrapping).
+/// (Always inlined so that SIMD tiers can compile it with their target features.)
+#[inline(always)]
 pub(crate) fn linear(input: &[i8], weights: &[i8], bias: &[i32], logits: &mut [i32]) {
     let k = input.len();
     for (n, out) in logits.iter_mut().enumerate() {
@@ -200,6 +202,7 @@ pub(crate) fn linear(input: &[i8], weights: &[i8], bias: &[i32], logits: &mut [i
 }
 
 /// Quantized residual add.
+#[inline(always)]
 pub(crate) fn add(a: &[i8], b: &[i8], p: &AddParams, out: &mut [i8]) {
     let round = 1i64 << (p.shift - 1);
     for ((o, &x), &y) in out.iter_mut().zip(a).zip(b) {
@@ -210,20 +213,30 @@ pub(crate) fn add(a: &[i8], b: &[i8], p: &AddParams, out: &mut [i8]) {
     }
 }
 
-/// Global average pool over `pixels` rows of `channels` values.
+/// Global average pool over `pixels` rows of `channels` values (summed row by row, 64
+/// channels at a time in a stack buffer, so memory is read in order).
+#[inline(always)]
 pub(crate) fn global_avg_pool(input: &[i8], channels: usize, p: &PoolParams, out: &mut [i8]) {
     let pixels = input.len() / channels;
     let bias = -(i32::from(p.input_zero_point) * pixels as i32);
-    for (ch, o) in out.iter_mut().enumerate() {
-        let sum: i32 = (0..pixels).map(|px| i32::from(input[px * channels + ch])).sum();
-        *o = requantize(
-            sum,
-            bias,
-            p.multiplier,
-            p.shift,
-            p.output_zero_point,
-            p.output_min,
-            p.output_max,
-        );
+    for c0 in (0..channels).step_by(64) {
+        let width = 64.min(channels - c0);
+        let mut sums = [0i32; 64];
+        for row in input.chunks_exact(channels) {
+            for (s, &v) in sums[..width].iter_mut().zip(&row[c0..c0 + width]) {
+                *s += i32::from(v);
+            }
+        }
+        for (o, &s) in out[c0..c0 + width].iter_mut().zip(&sums[..width]) {
+            *o = requantize(
+                s,
+                bias,
+                p.multiplier,
+                p.shift,
+                p.output_zero_point,
+                p.output_min,
+                p.output_max,
+            );
+        }
     }
 }

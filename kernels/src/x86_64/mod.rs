@@ -16,7 +16,7 @@ mod stem;
 #[allow(non_snake_case)]
 mod table_pw;
 
-use crate::params::{DepthwiseShape, Epilogue, PointwiseShape, StemShape};
+use crate::params::{AddParams, DepthwiseShape, Epilogue, PointwiseShape, PoolParams, StemShape};
 use crate::{AlignedBuf, Scratch};
 use std::ops::Range;
 
@@ -93,4 +93,40 @@ pub(crate) fn stem3x3s2(
     output: &mut [i8],
 ) {
     stem::run(t, shape, input, input_zero_point, weights, epi, rows, output)
+}
+
+// The small ops (classifier, residual add, pool) are the scalar code compiled with AVX2
+// enabled, which LLVM vectorises; same integer arithmetic, so bit-identical by construction.
+
+pub(crate) fn linear(_t: Avx2, input: &[i8], weights: &[i8], bias: &[i32], logits: &mut [i32]) {
+    #[target_feature(enable = "avx2")]
+    fn linear_avx2(input: &[i8], weights: &[i8], bias: &[i32], logits: &mut [i32]) {
+        crate::scalar::linear(input, weights, bias, logits)
+    }
+    // SAFETY: the `Avx2` token proves the CPU has AVX2.
+    unsafe { linear_avx2(input, weights, bias, logits) }
+}
+
+pub(crate) fn add(_t: Avx2, a: &[i8], b: &[i8], p: &AddParams, out: &mut [i8]) {
+    #[target_feature(enable = "avx2")]
+    fn add_avx2(a: &[i8], b: &[i8], p: &AddParams, out: &mut [i8]) {
+        crate::scalar::add(a, b, p, out)
+    }
+    // SAFETY: the `Avx2` token proves the CPU has AVX2.
+    unsafe { add_avx2(a, b, p, out) }
+}
+
+pub(crate) fn global_avg_pool(
+    _t: Avx2,
+    input: &[i8],
+    channels: usize,
+    p: &PoolParams,
+    out: &mut [i8],
+) {
+    #[target_feature(enable = "avx2")]
+    fn pool_avx2(input: &[i8], channels: usize, p: &PoolParams, out: &mut [i8]) {
+        crate::scalar::global_avg_pool(input, channels, p, out)
+    }
+    // SAFETY: the `Avx2` token proves the CPU has AVX2.
+    unsafe { pool_avx2(input, channels, p, out) }
 }
