@@ -228,6 +228,21 @@ pub fn parse_container(bytes: &[u8]) -> Result<[Section; 4], FormatError> {
             return Err(FormatError::Overlap { first: w[0].kind.name(), second: w[1].kind.name() });
         }
     }
+    // Every byte outside the header, the table and the sections is zero padding (nothing
+    // unchecked can hide in a file).
+    let mut covered = table_end;
+    for s in &sorted {
+        if bytes[covered..s.offset].iter().any(|&b| b != 0) {
+            return Err(FormatError::Invalid(format!(
+                "non-zero padding before the {} section",
+                s.kind.name()
+            )));
+        }
+        covered = s.offset + s.len;
+    }
+    if bytes[covered..].iter().any(|&b| b != 0) {
+        return Err(FormatError::Invalid("non-zero bytes after the last section".into()));
+    }
     for s in &out {
         if crc32fast::hash(&bytes[s.offset..s.offset + s.len]) != s.crc32 {
             return Err(FormatError::Checksum { what: format!("{} section", s.kind.name()) });
@@ -390,5 +405,38 @@ impl PutLe for Vec<u8> {
     fn pad_to(&mut self, align: usize) {
         let len = self.len().div_ceil(align) * align;
         self.resize(len, 0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::writer::assemble;
+
+    fn container() -> Vec<u8> {
+        assemble(&[
+            (SectionKind::Meta, b"{}"),
+            (SectionKind::Labels, b"a"),
+            (SectionKind::Graph, &[1, 2, 3]),
+            (SectionKind::Weights, &[4; 70]),
+        ])
+    }
+
+    #[test]
+    fn parses_what_assemble_writes() {
+        let sections = parse_container(&container()).unwrap();
+        assert_eq!(sections.map(|s| s.kind), SectionKind::ALL);
+        assert!(sections.iter().all(|s| s.offset % ALIGN == 0));
+    }
+
+    #[test]
+    fn padding_must_be_zero() {
+        let bytes = container();
+        let sections = parse_container(&bytes).unwrap();
+        // The byte right after the META section is padding.
+        let mut damaged = bytes.clone();
+        damaged[sections[0].offset + sections[0].len] = 1;
+        let err = parse_container(&damaged).unwrap_err();
+        assert!(err.to_string().contains("padding"), "{err}");
     }
 }

@@ -24,9 +24,9 @@ use prom_engine::format::{
     TENSOR_RECORD_SIZE, VERSION,
 };
 use prom_engine::graph::{TensorRecord, FLAG_RELU6};
+use prom_engine::trits;
 use prom_engine::{Metadata, ModelSpec, OpKind, OpSpec};
 use prom_kernels::quantize_scale;
-use prom_kernels::ternary::pack;
 
 /// Stem output channels.
 pub const C: usize = 8;
@@ -71,9 +71,11 @@ fn int8_weights(rng: &mut Rng, n: usize) -> Vec<u8> {
     (0..n).map(|_| rng.range(-127, 127) as i8 as u8).collect()
 }
 
+/// Ternary weights in the file's layout (five trits per byte, `prom_engine::trits`; the
+/// engine converts them to the kernels' four-trit codes at load time).
 fn ternary_codes(rng: &mut Rng, n: usize, k: usize) -> Vec<u8> {
     let w: Vec<i8> = (0..n * k).map(|_| rng.range(-1, 1) as i8).collect();
-    pack(&w, n, k).expect("ternary weights pack")
+    trits::pack(&w, n, k)
 }
 
 /// Per-channel requantization pairs from realistic scales via `quantize_scale`.
