@@ -1,4 +1,6 @@
 //! prom-daemon: the library behind the `prom-daemon` service and the `promctl` tool.
 
 pub mod cli;
+pub mod config;
 pub mod imageio;
+pub mod preprocess;
