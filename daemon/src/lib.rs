@@ -2,5 +2,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod dbus;
 pub mod imageio;
 pub mod preprocess;
+pub mod sources;

@@ -1,0 +1,573 @@
+//! The D-Bus layer against a real private dbus-daemon and a zbus client.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use prom_daemon::dbus::{
+    camera_path, BusChoice, Camera1ProxyBlocking, CameraControl, CameraStats,
+    Classifier1ProxyBlocking, ModelInfo, Service, ServiceError, ServiceOptions, BUS_NAME,
+    ROOT_PATH,
+};
+use zbus::blocking::Connection;
+use zbus::proxy::CacheProperties;
+use zbus::zvariant::OwnedValue;
+
+const WAIT: Duration = Duration::from_secs(5);
+
+/// A private dbus-daemon, killed (and its directory removed) on drop.
+struct PrivateBus {
+    child: Child,
+    dir: std::path::PathBuf,
+    address: String,
+}
+
+impl PrivateBus {
+    fn start() -> PrivateBus {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "prom-dbus-test-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("bus.conf");
+        std::fs::write(
+            &config,
+            format!(
+                r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>session</type>
+  <listen>unix:path={}/bus</listen>
+  <auth>EXTERNAL</auth>
+  <limit name="max_message_size">67108864</limit>
+  <policy context="default">
+    <allow send_destination="*" eavesdrop="true"/>
+    <allow eavesdrop="true"/>
+    <allow own="*"/>
+  </policy>
+</busconfig>
+"#,
+                dir.display()
+            ),
+        )
+        .unwrap();
+        let mut child = match Command::new("dbus-daemon")
+            .arg(format!("--config-file={}", config.display()))
+            .arg("--nofork")
+            .arg("--print-address=1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(dir.join("dbus-daemon.log")).unwrap())
+            .spawn()
+        {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                panic!(
+                    "these tests need `dbus-daemon` on PATH \
+                     (Debian/Ubuntu: apt install dbus-daemon): cannot run it: {e}"
+                )
+            }
+        };
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let address = line.trim().to_owned();
+        assert!(
+            !address.is_empty(),
+            "dbus-daemon printed no address; its log: {}",
+            std::fs::read_to_string(dir.join("dbus-daemon.log")).unwrap_or_default()
+        );
+        PrivateBus { child, dir, address }
+    }
+
+    fn client(&self) -> Connection {
+        zbus::blocking::connection::Builder::address(self.address.as_str())
+            .unwrap()
+            .build()
+            .unwrap()
+    }
+
+    fn service(&self, opts: ServiceOptions) -> Service {
+        Service::start(BusChoice::Address(self.address.clone()), opts).unwrap()
+    }
+}
+
+impl Drop for PrivateBus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn root_proxy(conn: &Connection) -> Classifier1ProxyBlocking<'static> {
+    Classifier1ProxyBlocking::builder(conn).cache_properties(CacheProperties::No).build().unwrap()
+}
+
+fn camera_proxy(conn: &Connection, name: &str) -> Camera1ProxyBlocking<'static> {
+    Camera1ProxyBlocking::builder(conn)
+        .path(camera_path(name))
+        .unwrap()
+        .cache_properties(CacheProperties::No)
+        .build()
+        .unwrap()
+}
+
+fn method_error(e: zbus::Error) -> (String, String) {
+    match e {
+        zbus::Error::MethodError(name, msg, _) => (name.to_string(), msg.unwrap_or_default()),
+        e => panic!("expected a D-Bus method error, got {e:?}"),
+    }
+}
+
+/// Collects PropertiesChanged of `path` on a thread: (interface, changed names).
+fn watch_properties(
+    conn: &Connection,
+    path: &str,
+) -> crossbeam_channel::Receiver<(String, Vec<(String, OwnedValue)>)> {
+    let proxy = zbus::blocking::fdo::PropertiesProxy::builder(conn)
+        .destination(BUS_NAME)
+        .unwrap()
+        .path(path.to_owned())
+        .unwrap()
+        .build()
+        .unwrap();
+    let signals = proxy.receive_properties_changed().unwrap();
+    let (tx, rx) = crossbeam_channel::unbounded();
+    std::thread::spawn(move || {
+        for s in signals {
+            let a = s.args().unwrap();
+            let mut changed: Vec<(String, OwnedValue)> = a
+                .changed_properties()
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.try_to_owned().unwrap()))
+                .collect();
+            changed.sort_by(|x, y| x.0.cmp(&y.0));
+            if tx.send((a.interface_name().to_string(), changed)).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+fn png(w: u32, h: u32) -> Vec<u8> {
+    let img = image::RgbImage::from_fn(w, h, |x, y| image::Rgb([x as u8, y as u8, 7]));
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+    out.into_inner()
+}
+
+#[test]
+fn classified_signals_arrive_with_their_contents() {
+    let bus = PrivateBus::start();
+    let svc = bus.service(ServiceOptions::default());
+    let cam = svc.add_camera("front-door").unwrap();
+    assert_eq!(cam.path(), "/io/prom/Classifier1/camera/front_door");
+    let client = bus.client();
+    let proxy = camera_proxy(&client, "front-door");
+    let signals = proxy.receive_classified().unwrap();
+    let (tx, rx) = crossbeam_channel::unbounded();
+    std::thread::spawn(move || {
+        for s in signals {
+            let a = s.args().unwrap();
+            let v = (a.sequence, a.capture_timestamp_us, a.top_k.clone());
+            if tx.send(v).is_err() {
+                return;
+            }
+        }
+    });
+    for seq in 0..3u64 {
+        let top = vec![
+            (seq as u32, format!("label{seq}"), 0.5 + seq as f64 / 10.0),
+            (9, "x".into(), 0.01),
+        ];
+        assert!(cam.publish(seq, 1_700_000_000_000_000 + seq, &top));
+    }
+    for seq in 0..3u64 {
+        let (s, ts, top) = rx.recv_timeout(WAIT).expect("Classified signal");
+        assert_eq!(s, seq);
+        assert_eq!(ts, 1_700_000_000_000_000 + seq);
+        assert_eq!(
+            top,
+            vec![
+                (seq as u32, format!("label{seq}"), 0.5 + seq as f64 / 10.0),
+                (9, "x".into(), 0.01)
+            ]
+        );
+    }
+    assert_eq!(cam.signals_sent(), 3);
+    assert_eq!(cam.signals_dropped(), 0);
+}
+
+#[test]
+fn publish_never_blocks_and_counts_drops() {
+    let bus = PrivateBus::start();
+    let svc = bus.service(ServiceOptions { signal_queue: 2, ..Default::default() });
+    let cam = svc.add_camera("cam0").unwrap();
+    let top = vec![(1, "a".to_string(), 0.5)];
+    let t0 = Instant::now();
+    for seq in 0..20_000 {
+        cam.publish(seq, seq, &top);
+    }
+    assert!(t0.elapsed() < Duration::from_secs(1), "publish blocked: {:?}", t0.elapsed());
+    drop(svc); // flushes the queue
+    assert_eq!(cam.signals_sent() + cam.signals_dropped(), 20_000);
+    assert!(cam.signals_dropped() > 0);
+}
+
+#[test]
+fn root_properties_read_and_change() {
+    let bus = PrivateBus::start();
+    let svc =
+        bus.service(ServiceOptions { tier: "scalar".into(), threads: 4, ..Default::default() });
+    let client = bus.client();
+    let root = root_proxy(&client);
+    assert_eq!(root.state().unwrap(), "starting");
+    assert_eq!(root.tier().unwrap(), "scalar");
+    assert_eq!(root.threads().unwrap(), 4);
+    assert!(root.model().unwrap().is_empty());
+
+    let changes = watch_properties(&client, ROOT_PATH);
+    svc.set_state("ready");
+    let (iface, changed) = changes.recv_timeout(WAIT).unwrap();
+    assert_eq!(iface, "io.prom.Classifier1");
+    assert_eq!(changed.len(), 1);
+    assert_eq!(changed[0].0, "State");
+    assert_eq!(String::try_from(changed[0].1.clone()).unwrap(), "ready");
+    assert_eq!(root.state().unwrap(), "ready");
+
+    let info = ModelInfo {
+        name: "mobilenet_v2".into(),
+        path: "/usr/share/prom/model.prom".into(),
+        checksum: "abc123".into(),
+        classes: 1000,
+        input_width: 224,
+        input_height: 224,
+        loaded_at_us: 1_700_000_000_000_000,
+    };
+    svc.set_model_info(Some(info));
+    let (_, changed) = changes.recv_timeout(WAIT).unwrap();
+    assert_eq!(changed.iter().map(|c| c.0.as_str()).collect::<Vec<_>>(), ["Model"]);
+    let m = root.model().unwrap();
+    assert_eq!(String::try_from(m["name"].clone()).unwrap(), "mobilenet_v2");
+    assert_eq!(String::try_from(m["checksum"].clone()).unwrap(), "abc123");
+    assert_eq!(u32::try_from(m["classes"].clone()).unwrap(), 1000);
+    assert_eq!(u32::try_from(m["input_width"].clone()).unwrap(), 224);
+    assert_eq!(u64::try_from(m["loaded_at_us"].clone()).unwrap(), 1_700_000_000_000_000);
+
+    svc.handle().set_threads(2);
+    let (_, changed) = changes.recv_timeout(WAIT).unwrap();
+    assert_eq!(changed[0].0, "Threads");
+    assert_eq!(root.threads().unwrap(), 2);
+}
+
+#[test]
+fn camera_statistics_change_at_a_limited_rate() {
+    let bus = PrivateBus::start();
+    let interval = Duration::from_millis(300);
+    let svc = bus.service(ServiceOptions { stats_interval: interval, ..Default::default() });
+    let cam = svc.add_camera("cam0").unwrap();
+    let client = bus.client();
+    let proxy = camera_proxy(&client, "cam0");
+    let changes = watch_properties(&client, &camera_path("cam0"));
+    assert_eq!(proxy.state().unwrap(), "starting");
+    cam.set_state("running");
+    let (iface, changed) = changes.recv_timeout(WAIT).unwrap();
+    assert_eq!(iface, "io.prom.Camera1");
+    assert_eq!(changed[0].0, "State");
+
+    let stats = |n: u64| CameraStats {
+        fps: 10.0 + n as f64,
+        latency_p50_ms: 12.5,
+        latency_p99_ms: 30.0 + n as f64,
+        frames_captured: 100 * n,
+        frames_dropped: n,
+        frames_classified: 99 * n,
+    };
+    let t_first = Instant::now();
+    cam.update_stats(stats(1));
+    let (_, changed) = changes.recv_timeout(WAIT).unwrap();
+    let names: Vec<&str> = changed.iter().map(|c| c.0.as_str()).collect();
+    assert_eq!(names, ["Fps", "FramesCaptured", "FramesClassified", "FramesDropped", "LatencyMs"]);
+    assert_eq!(proxy.fps().unwrap(), 11.0);
+    assert_eq!(proxy.latency_ms().unwrap(), (12.5, 31.0));
+    assert_eq!(proxy.frames_captured().unwrap(), 100);
+    assert_eq!(proxy.frames_dropped().unwrap(), 1);
+    assert_eq!(proxy.frames_classified().unwrap(), 99);
+
+    // A burst of updates: one coalesced PropertiesChanged, not before the interval.
+    for n in 2..=5 {
+        cam.update_stats(stats(n));
+    }
+    let (_, changed) = changes.recv_timeout(WAIT).unwrap();
+    assert!(t_first.elapsed() >= interval, "{:?}", t_first.elapsed());
+    let fps = changed.iter().find(|c| c.0 == "Fps").unwrap();
+    assert_eq!(f64::try_from(fps.1.clone()).unwrap(), 15.0);
+    assert!(changes.recv_timeout(Duration::from_millis(2 * interval.as_millis() as u64)).is_err());
+    assert_eq!(proxy.frames_captured().unwrap(), 500);
+}
+
+#[test]
+fn classify_image_answers_results_and_errors() {
+    let bus = PrivateBus::start();
+    let opts = ServiceOptions {
+        classifier: Some(Box::new(|img| {
+            if img.width == 13 {
+                return Err("model exploded".into());
+            }
+            Ok(vec![
+                (img.width, format!("{}x{}", img.width, img.height), 0.75),
+                (3, "b".into(), 0.25),
+            ])
+        })),
+        ..Default::default()
+    };
+    let _svc = bus.service(opts);
+    let client = bus.client();
+    let root = root_proxy(&client);
+
+    let top = root.classify_image(&png(8, 6)).unwrap();
+    assert_eq!(top, vec![(8, "8x6".to_string(), 0.75), (3, "b".to_string(), 0.25)]);
+
+    let (name, msg) = method_error(root.classify_image(b"definitely not an image").unwrap_err());
+    assert_eq!(name, "io.prom.Classifier1.Error.InvalidImage");
+    assert!(!msg.is_empty());
+
+    // A PNG signature followed by garbage.
+    let mut truncated = png(8, 6);
+    truncated.truncate(20);
+    let (name, _) = method_error(root.classify_image(&truncated).unwrap_err());
+    assert_eq!(name, "io.prom.Classifier1.Error.InvalidImage");
+
+    let (name, msg) = method_error(root.classify_image(&[]).unwrap_err());
+    assert_eq!(name, "io.prom.Classifier1.Error.InvalidImage", "{msg}");
+
+    let big = vec![0u8; (8 << 20) + 1];
+    let (name, msg) = method_error(root.classify_image(&big).unwrap_err());
+    assert_eq!(name, "io.prom.Classifier1.Error.ImageTooLarge");
+    assert!(msg.contains("8388608"), "{msg}");
+
+    let (name, msg) = method_error(root.classify_image(&png(13, 2)).unwrap_err());
+    assert_eq!(name, "io.prom.Classifier1.Error.ClassifyFailed");
+    assert!(msg.contains("model exploded"));
+
+    // Still serving after the errors.
+    assert_eq!(root.classify_image(&png(2, 2)).unwrap()[0].0, 2);
+}
+
+#[test]
+fn classify_image_times_out_and_without_classifier_is_not_supported() {
+    let bus = PrivateBus::start();
+    let svc = bus.service(ServiceOptions {
+        classifier: Some(Box::new(|_| {
+            std::thread::sleep(Duration::from_millis(1500));
+            Ok(vec![])
+        })),
+        classify_timeout: Duration::from_millis(200),
+        ..Default::default()
+    });
+    let client = bus.client();
+    let root = root_proxy(&client);
+    let t0 = Instant::now();
+    let (name, _) = method_error(root.classify_image(&png(4, 4)).unwrap_err());
+    assert_eq!(name, "io.prom.Classifier1.Error.Timeout");
+    assert!(t0.elapsed() < Duration::from_millis(1200));
+    // The bus side stays responsive while the classifier is stuck.
+    assert_eq!(root.state().unwrap(), "starting");
+    drop(svc);
+
+    let bus = PrivateBus::start();
+    let _svc = bus.service(ServiceOptions::default());
+    let root = root_proxy(&bus.client());
+    let (name, _) = method_error(root.classify_image(&png(4, 4)).unwrap_err());
+    assert_eq!(name, "io.prom.Classifier1.Error.NotSupported");
+}
+
+#[test]
+fn reload_model_success_and_failure() {
+    let bus = PrivateBus::start();
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let _svc = bus.service(ServiceOptions {
+        reload: Some(Box::new(move |path| {
+            tx.send(path.to_owned()).unwrap();
+            if path == "slow.prom" {
+                std::thread::sleep(Duration::from_millis(400));
+            }
+            if path.ends_with("good.prom") || path.is_empty() || path == "slow.prom" {
+                Ok(())
+            } else {
+                Err(format!("{path}: bad magic"))
+            }
+        })),
+        ..Default::default()
+    });
+    let root = root_proxy(&bus.client());
+    root.reload_model("/models/good.prom").unwrap();
+    assert_eq!(rx.recv_timeout(WAIT).unwrap(), "/models/good.prom");
+    root.reload_model("").unwrap();
+    assert_eq!(rx.recv_timeout(WAIT).unwrap(), "");
+    let (name, msg) = method_error(root.reload_model("/models/bad.prom").unwrap_err());
+    assert_eq!(name, "io.prom.Classifier1.Error.ReloadFailed");
+    assert_eq!(msg, "/models/bad.prom: bad magic");
+    assert_eq!(rx.recv_timeout(WAIT).unwrap(), "/models/bad.prom");
+
+    // State reads "reloading" while the handler runs, then goes back.
+    let address = bus.address.clone();
+    let slow = std::thread::spawn(move || {
+        let conn = zbus::blocking::connection::Builder::address(address.as_str())
+            .unwrap()
+            .build()
+            .unwrap();
+        root_proxy(&conn).reload_model("slow.prom")
+    });
+    let t0 = Instant::now();
+    while root.state().unwrap() != "reloading" {
+        assert!(t0.elapsed() < WAIT, "State never read reloading");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    slow.join().unwrap().unwrap();
+    assert_eq!(rx.recv_timeout(WAIT).unwrap(), "slow.prom");
+    assert_eq!(root.state().unwrap(), "starting");
+}
+
+#[test]
+fn pause_and_resume_reach_the_camera_handle() {
+    let bus = PrivateBus::start();
+    let svc = bus.service(ServiceOptions::default());
+    let cam = svc.add_camera("cam0").unwrap();
+    let other = svc.add_camera("cam1").unwrap();
+    cam.set_state("running");
+    let controls = cam.controls();
+    let client = bus.client();
+    let proxy = camera_proxy(&client, "cam0");
+    assert!(!cam.is_paused());
+    proxy.pause().unwrap();
+    assert!(cam.is_paused());
+    assert!(!other.is_paused());
+    assert_eq!(controls.recv_timeout(WAIT).unwrap(), CameraControl::Pause);
+    assert_eq!(proxy.state().unwrap(), "paused");
+    cam.set_state("waiting"); // pipeline state while paused shows after Resume
+    assert_eq!(proxy.state().unwrap(), "paused");
+    proxy.resume().unwrap();
+    assert!(!cam.is_paused());
+    assert_eq!(controls.recv_timeout(WAIT).unwrap(), CameraControl::Resume);
+    assert_eq!(proxy.state().unwrap(), "waiting");
+}
+
+#[test]
+fn object_manager_lists_cameras_and_announces_new_ones() {
+    let bus = PrivateBus::start();
+    let svc = bus.service(ServiceOptions::default());
+    svc.add_camera("cam0").unwrap();
+    let client = bus.client();
+    let om = zbus::blocking::fdo::ObjectManagerProxy::builder(&client)
+        .destination(BUS_NAME)
+        .unwrap()
+        .path(ROOT_PATH)
+        .unwrap()
+        .build()
+        .unwrap();
+    let added = om.receive_interfaces_added().unwrap();
+    let (tx, rx) = crossbeam_channel::unbounded();
+    std::thread::spawn(move || {
+        for s in added {
+            let path = s.args().unwrap().object_path().to_string();
+            if tx.send(path).is_err() {
+                return;
+            }
+        }
+    });
+    let cam1 = svc.add_camera("back yard").unwrap();
+    assert_eq!(rx.recv_timeout(WAIT).unwrap(), "/io/prom/Classifier1/camera/back_yard");
+
+    let objects = om.get_managed_objects().unwrap();
+    let mut paths: Vec<String> = objects.keys().map(|p| p.to_string()).collect();
+    paths.sort();
+    assert!(paths.contains(&"/io/prom/Classifier1/camera/cam0".to_string()), "{paths:?}");
+    assert!(paths.contains(&cam1.path().to_string()), "{paths:?}");
+    for p in ["/io/prom/Classifier1/camera/cam0", cam1.path()] {
+        let ifaces = objects.iter().find(|(k, _)| k.as_str() == p).unwrap().1;
+        let props = ifaces
+            .iter()
+            .find(|(k, _)| k.as_str() == "io.prom.Camera1")
+            .expect("io.prom.Camera1 listed")
+            .1;
+        for key in
+            ["Fps", "LatencyMs", "FramesCaptured", "FramesDropped", "FramesClassified", "State"]
+        {
+            assert!(props.contains_key(key), "{p}: {key} missing");
+        }
+    }
+    assert!(matches!(svc.add_camera("cam0"), Err(ServiceError::BadCamera(_))));
+}
+
+#[test]
+fn name_is_exclusive() {
+    let bus = PrivateBus::start();
+    let _svc = bus.service(ServiceOptions::default());
+    match Service::start(BusChoice::Address(bus.address.clone()), ServiceOptions::default()) {
+        Err(ServiceError::NameTaken) => {}
+        Err(e) => panic!("expected NameTaken, got {e}"),
+        Ok(_) => panic!("second service got the name"),
+    }
+}
+
+/// Every interface member the live service introspects is in docs/io.prom.Classifier1.xml,
+/// with the same names and types in the same order.
+#[test]
+fn introspection_matches_the_shipped_xml() {
+    let bus = PrivateBus::start();
+    let svc = bus.service(ServiceOptions::default());
+    svc.add_camera("cam0").unwrap();
+    let client = bus.client();
+    let introspect = |path: &str| {
+        zbus::blocking::fdo::IntrospectableProxy::builder(&client)
+            .destination(BUS_NAME)
+            .unwrap()
+            .path(path.to_owned())
+            .unwrap()
+            .build()
+            .unwrap()
+            .introspect()
+            .unwrap()
+    };
+    let doc = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/io.prom.Classifier1.xml"),
+    )
+    .unwrap();
+    let root = introspect(ROOT_PATH);
+    let cam = introspect(&camera_path("cam0"));
+    for (live, iface) in [(&root, "io.prom.Classifier1"), (&cam, "io.prom.Camera1")] {
+        let l = interface_tokens(live, iface);
+        assert!(!l.is_empty(), "{iface} not introspected");
+        assert_eq!(interface_tokens(&doc, iface), l, "{iface}: docs XML differs from the service");
+    }
+    assert!(root.contains("org.freedesktop.DBus.ObjectManager"));
+}
+
+/// The `name="…"`, `type="…"` and `direction="…"` values inside `<interface name=iface>`.
+fn interface_tokens(xml: &str, iface: &str) -> Vec<String> {
+    let start = match xml.find(&format!("<interface name=\"{iface}\">")) {
+        Some(s) => s,
+        None => return Vec::new(),
+    };
+    let body = &xml[start..];
+    let body = &body[..body.find("</interface>").unwrap()];
+    let mut out = Vec::new();
+    let mut rest = body;
+    while let Some(i) = rest.find("=\"") {
+        let key_start = rest[..i].rfind(' ').map_or(0, |k| k + 1);
+        let key = &rest[key_start..i];
+        let after = &rest[i + 2..];
+        let end = after.find('"').unwrap();
+        if matches!(key, "name" | "type" | "direction" | "access") {
+            out.push(format!("{key}={}", &after[..end]));
+        }
+        rest = &after[end + 1..];
+    }
+    out
+}
