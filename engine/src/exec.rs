@@ -336,14 +336,12 @@ impl State {
             let out = layer.output;
             match r.kind {
                 OpKind::Stem => {
-                    let rows = split(out.height, threads, worker, 1);
-                    let row_len = out.width * out.channels;
+                    let (rows, y) = worker_rows(out, threads, worker, y);
                     let shape = StemShape {
                         height: layer.input.height,
                         width: layer.input.width,
                         out_channels: out.channels,
                     };
-                    let y = as_i8(&mut y[rows.start * row_len..rows.end * row_len]);
                     let zp = model.graph().header.input_zero_point;
                     kernels.stem3x3s2(
                         shape,
@@ -356,15 +354,13 @@ impl State {
                     );
                 }
                 OpKind::Depthwise => {
-                    let rows = split(out.height, threads, worker, 1);
-                    let row_len = out.width * out.channels;
+                    let (rows, y) = worker_rows(out, threads, worker, y);
                     let shape = DepthwiseShape {
                         height: layer.input.height,
                         width: layer.input.width,
                         channels: out.channels,
                         stride: r.stride as usize,
                     };
-                    let y = as_i8(&mut y[rows.start * row_len..rows.end * row_len]);
                     let zp = layer.input.zero_point;
                     kernels.depthwise3x3(
                         shape,
@@ -443,6 +439,14 @@ impl State {
         };
         self.pool.run(&job);
     }
+}
+
+/// Worker `w`'s share of a convolution's output rows and the bytes they occupy.
+fn worker_rows(out: Tensor, threads: usize, w: usize, y: &mut [u8]) -> (Range<usize>, &mut [i8]) {
+    let rows = split(out.height, threads, w, 1);
+    let row_len = out.width * out.channels;
+    let bytes = &mut y[rows.start * row_len..rows.end * row_len];
+    (rows, as_i8(bytes))
 }
 
 fn as_i8(bytes: &mut [u8]) -> &mut [i8] {

@@ -108,6 +108,25 @@ impl Rng {
 /// Runs a calibration layer: (kernels, epilogue, image index, output).
 type RunLayer<'a> = dyn Fn(&Kernels, &Epilogue<'_>, usize, &mut [i8]) + 'a;
 
+/// Calls `f(output pixel, tap, input pixel)` for every tap of a 3x3 padding-1 convolution
+/// of an `h x w` input with `stride` that falls inside the input (tap = `ky * 3 + kx`).
+fn taps3x3(h: usize, w: usize, stride: usize, mut f: impl FnMut(usize, usize, usize)) {
+    let (ho, wo) = (conv_out(h, stride), conv_out(w, stride));
+    for oy in 0..ho {
+        for ox in 0..wo {
+            for ky in 0..3 {
+                for kx in 0..3 {
+                    let (iy, ix) =
+                        ((oy * stride + ky) as isize - 1, (ox * stride + kx) as isize - 1);
+                    if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < w {
+                        f(oy * wo + ox, ky * 3 + kx, iy as usize * w + ix as usize);
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Calibration activations: one int8 tensor per calibration image.
 struct Act {
     h: usize,
@@ -229,27 +248,16 @@ impl Builder {
             .iter()
             .map(|img| {
                 let mut a = vec![0i64; ho * wo * c];
-                for oy in 0..ho {
-                    for ox in 0..wo {
-                        for ky in 0..3 {
-                            for kx in 0..3 {
-                                let (iy, ix) =
-                                    ((oy * 2 + ky) as isize - 1, (ox * 2 + kx) as isize - 1);
-                                if iy < 0 || ix < 0 || iy >= res as isize || ix >= res as isize {
-                                    continue; // padding value 0 (the input zero point)
-                                }
-                                for ci in 0..3 {
-                                    let u =
-                                        i64::from(img[(iy as usize * res + ix as usize) * 3 + ci]);
-                                    let tap = (ky * 3 + kx) * 3 + ci;
-                                    for n in 0..c {
-                                        a[(oy * wo + ox) * c + n] += u * i64::from(w[tap * c + n]);
-                                    }
-                                }
-                            }
+                // Padding taps are skipped: the padding value is the input zero point 0.
+                taps3x3(res, res, 2, |out, tap, inp| {
+                    for ci in 0..3 {
+                        let u = i64::from(img[inp * 3 + ci]);
+                        let row = &w[(tap * 3 + ci) * c..(tap * 3 + ci + 1) * c];
+                        for (acc, &wt) in a[out * c..(out + 1) * c].iter_mut().zip(row) {
+                            *acc += u * i64::from(wt);
                         }
                     }
-                }
+                });
                 a
             })
             .collect();
@@ -336,28 +344,13 @@ impl Builder {
             .iter()
             .map(|img| {
                 let mut a = vec![0i64; ho * wo * c];
-                for oy in 0..ho {
-                    for ox in 0..wo {
-                        for ky in 0..3 {
-                            for kx in 0..3 {
-                                let (iy, ix) = (
-                                    (oy * stride + ky) as isize - 1,
-                                    (ox * stride + kx) as isize - 1,
-                                );
-                                if iy < 0 || ix < 0 || iy >= x.h as isize || ix >= x.w as isize {
-                                    continue; // padding contributes (z - z) * w = 0
-                                }
-                                for ch in 0..c {
-                                    let q =
-                                        i64::from(img[(iy as usize * x.w + ix as usize) * c + ch])
-                                            - i64::from(x.zp);
-                                    a[(oy * wo + ox) * c + ch] +=
-                                        q * i64::from(w[(ky * 3 + kx) * c + ch]);
-                                }
-                            }
-                        }
+                // Padding taps are skipped: they contribute (z - z) * w = 0.
+                taps3x3(x.h, x.w, stride, |out, tap, inp| {
+                    for ch in 0..c {
+                        let q = i64::from(img[inp * c + ch]) - i64::from(x.zp);
+                        a[out * c + ch] += q * i64::from(w[tap * c + ch]);
                     }
-                }
+                });
                 a
             })
             .collect();

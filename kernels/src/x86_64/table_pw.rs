@@ -375,13 +375,7 @@ unsafe fn ternary_pw_16x4c_lut40__avx2_mac(
         // lists of this chunk hold, per channel, a header and offsets of rows of these
         // tables (or the zero row); accumulators stay inside the n channels.
         unsafe {
-            let mut x = xt.add(gs * 4);
-            let mut t = tables;
-            for _ in 0..len {
-                ternary_table40__avx2(x, t);
-                x = x.add(4);
-                t = t.add(ROWS * ROW);
-            }
+            ternary_build_tables__avx2(xt.add(gs * 4), len, tables, ROWS, ternary_table40__avx2);
             let (mut wide, mut narrow) = (acc.wide, acc.narrow);
             for _ in 0..n {
                 let start = if open { _mm256_setzero_si256() } else { _mm256_load_si256(narrow) };
@@ -419,13 +413,7 @@ unsafe fn ternary_pw_16x4c_lut81__avx2_mac(
         // chunk's lists hold `len` offsets per channel, each naming a row of its group's
         // table; accumulators stay inside the n channels.
         unsafe {
-            let mut x = xt.add(gs * 4);
-            let mut t = tables;
-            for _ in 0..len {
-                ternary_table81__avx2(x, t);
-                x = x.add(4);
-                t = t.add(CODES * ROW);
-            }
+            ternary_build_tables__avx2(xt.add(gs * 4), len, tables, CODES, ternary_table81__avx2);
             let (mut wide, mut narrow) = (acc.wide, acc.narrow);
             let mut c = 0;
             while c < n {
@@ -488,6 +476,32 @@ unsafe fn ternary_store_sum__avx2(
             _mm256_store_si256(wide, _mm256_add_epi32(_mm256_load_si256(wide), lo));
             let w1 = wide.add(1);
             _mm256_store_si256(w1, _mm256_add_epi32(_mm256_load_si256(w1), hi));
+        }
+    }
+}
+
+/// Builds the tables of `len` consecutive groups (four input vectors each), `rows` rows
+/// apart, with `build` (lut40 or lut81).
+///
+/// # Safety
+/// AVX2; `x` holds `4 len` aligned vectors; `tables` has room for `len * rows` rows; `build`
+/// writes `rows` rows from four vectors.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn ternary_build_tables__avx2(
+    x: *const __m256i,
+    len: usize,
+    tables: *mut u8,
+    rows: usize,
+    build: unsafe fn(*const __m256i, *mut u8),
+) {
+    let (mut x, mut t) = (x, tables);
+    for _ in 0..len {
+        // SAFETY: (caller) group j's inputs and table lie inside the given areas.
+        unsafe {
+            build(x, t);
+            x = x.add(4);
+            t = t.add(rows * ROW);
         }
     }
 }
