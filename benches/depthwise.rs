@@ -4,7 +4,7 @@
 //! `cargo bench -p prom-benches --bench depthwise`
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use prom_benches::{OwnedEpilogue, Rng, MOBILENETV2_DEPTHWISE};
+use prom_benches::{mobilenetv2_depthwise, OwnedEpilogue, Rng};
 use prom_kernels::{DepthwiseShape, Kernels};
 use std::time::Duration;
 
@@ -13,7 +13,7 @@ fn depthwise(c: &mut Criterion) {
     let mut group = c.benchmark_group("depthwise");
     group.sample_size(20).warm_up_time(Duration::from_millis(300));
     group.measurement_time(Duration::from_secs(1));
-    for (i, &(h, w, ch, stride)) in MOBILENETV2_DEPTHWISE.iter().enumerate() {
+    for (i, (h, w, ch, stride)) in mobilenetv2_depthwise().into_iter().enumerate() {
         let mut rng = Rng::new(100 + i as u64);
         let shape = DepthwiseShape { height: h, width: w, channels: ch, stride };
         let (ho, wo) = (shape.out_height(), shape.out_width());

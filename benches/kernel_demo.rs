@@ -5,7 +5,7 @@
 //! `cargo run --release -p prom-benches --bin kernel-demo [-- --repeat N]`
 //! (the detailed, statistically sound numbers come from `cargo bench --bench pointwise`).
 
-use prom_benches::{PointwiseLayer, MOBILENETV2_POINTWISE};
+use prom_benches::{mobilenetv2_pointwise, PointwiseLayer};
 use prom_kernels::Kernels;
 use std::process::ExitCode;
 use std::time::Instant;
@@ -87,7 +87,7 @@ fn main() -> ExitCode {
     println!("{:>16} {:>9} {:>12} {:>12} {:>12} {:>8}", "", "", "GMAC/s", "GMAC/s", "GMAC/s", "");
     let (mut t_ternary, mut t_int8, mut t_scalar) = (0.0, 0.0, 0.0);
     let mut mismatches = 0;
-    for (i, &(p, k, n)) in MOBILENETV2_POINTWISE.iter().enumerate() {
+    for (i, (p, k, n)) in mobilenetv2_pointwise().into_iter().enumerate() {
         let layer = PointwiseLayer::random(p, k, n, i as u64);
         let (tw, sw) = (layer.prepared_ternary(&simd), layer.prepared_ternary(&scalar));
         let (mut out, mut reference) = (vec![0i8; p * n], vec![0i8; p * n]);

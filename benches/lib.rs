@@ -6,42 +6,16 @@ use prom_kernels::{
     TernaryWeights,
 };
 
-/// Every distinct pointwise (1x1) shape of MobileNetV2-1.0-224 as (pixels = H*W, k, n).
-pub const MOBILENETV2_POINTWISE: [(usize, usize, usize); 19] = [
-    (12544, 32, 16),
-    (12544, 16, 96),
-    (3136, 96, 24),
-    (3136, 24, 144),
-    (3136, 144, 24),
-    (784, 144, 32),
-    (784, 32, 192),
-    (784, 192, 32),
-    (196, 192, 64),
-    (196, 64, 384),
-    (196, 384, 64),
-    (196, 384, 96),
-    (196, 96, 576),
-    (196, 576, 96),
-    (49, 576, 160),
-    (49, 160, 960),
-    (49, 960, 160),
-    (49, 960, 320),
-    (49, 320, 1280),
-];
+/// Every distinct pointwise (1x1) shape of MobileNetV2-1.0-224 as (pixels = H*W, k, n),
+/// derived from the architecture in prom-engine.
+pub fn mobilenetv2_pointwise() -> Vec<(usize, usize, usize)> {
+    prom_engine::distinct_layer_shapes(1.0, 224).0
+}
 
 /// Every distinct depthwise shape of MobileNetV2-1.0-224 as (height, width, channels, stride).
-pub const MOBILENETV2_DEPTHWISE: [(usize, usize, usize, usize); 10] = [
-    (112, 112, 32, 1),
-    (112, 112, 96, 2),
-    (56, 56, 144, 1),
-    (56, 56, 144, 2),
-    (28, 28, 192, 1),
-    (28, 28, 192, 2),
-    (14, 14, 384, 1),
-    (14, 14, 576, 1),
-    (14, 14, 576, 2),
-    (7, 7, 960, 1),
-];
+pub fn mobilenetv2_depthwise() -> Vec<(usize, usize, usize, usize)> {
+    prom_engine::distinct_layer_shapes(1.0, 224).1
+}
 
 /// Deterministic pseudo-random numbers (SplitMix64).
 pub struct Rng(u64);

@@ -4,7 +4,7 @@
 //! `cargo bench -p prom-benches --bench pointwise`
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use prom_benches::{PointwiseLayer, MOBILENETV2_POINTWISE};
+use prom_benches::{mobilenetv2_pointwise, PointwiseLayer};
 use prom_kernels::{Kernels, Tier};
 use std::time::Duration;
 
@@ -16,7 +16,7 @@ fn pointwise(c: &mut Criterion) {
     let mut group = c.benchmark_group("pointwise");
     group.sample_size(20).warm_up_time(Duration::from_millis(300));
     group.measurement_time(Duration::from_secs(2));
-    for (i, &(p, k, n)) in MOBILENETV2_POINTWISE.iter().enumerate() {
+    for (i, (p, k, n)) in mobilenetv2_pointwise().into_iter().enumerate() {
         let layer = PointwiseLayer::random(p, k, n, i as u64);
         let id = format!("{p}x{k}x{n}");
         group.throughput(Throughput::Elements(layer.macs()));

@@ -26,4 +26,4 @@ mod pool;
 
 pub use exec::{softmax, top_k, LayerInfo, Plan, PointwiseMode, State};
 pub mod mobilenet;
-pub use mobilenet::{synthesize, SynthConfig, SynthError};
+pub use mobilenet::{distinct_layer_shapes, synthesize, SynthConfig, SynthError};

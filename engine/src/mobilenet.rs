@@ -85,6 +85,42 @@ pub fn make_divisible(v: f32) -> usize {
     n
 }
 
+/// The distinct pointwise `(pixels, k, n)` and depthwise `(height, width, channels, stride)`
+/// shapes of MobileNetV2 at `width` and `resolution`, in order of first appearance (what
+/// the kernel benchmarks run).
+pub fn distinct_layer_shapes(
+    width: f32,
+    resolution: usize,
+) -> (Vec<(usize, usize, usize)>, Vec<(usize, usize, usize, usize)>) {
+    let (mut pw, mut dw) = (Vec::new(), Vec::new());
+    let mut push_pw = |shape| {
+        if !pw.contains(&shape) {
+            pw.push(shape);
+        }
+    };
+    let mut side = conv_out(resolution, 2);
+    let mut c = make_divisible(32.0 * width);
+    for &(t, ch, n, s) in &BLOCKS {
+        let out_c = make_divisible(ch as f32 * width);
+        for r in 0..n {
+            let stride = if r == 0 { s } else { 1 };
+            let hidden = c * t;
+            if t != 1 {
+                push_pw((side * side, c, hidden));
+            }
+            if !dw.contains(&(side, side, hidden, stride)) {
+                dw.push((side, side, hidden, stride));
+            }
+            side = conv_out(side, stride);
+            push_pw((side * side, hidden, out_c));
+            c = out_c;
+        }
+    }
+    let last = if width > 1.0 { make_divisible(1280.0 * width) } else { 1280 };
+    push_pw((side * side, c, last));
+    (pw, dw)
+}
+
 /// SplitMix64.
 struct Rng(u64);
 
@@ -581,4 +617,53 @@ pub fn synthesize(cfg: &SynthConfig) -> Result<ModelSpec, SynthError> {
         tensors: b.tensors,
         ops: b.ops,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn distinct_shapes_of_mobilenetv2_1_0_224() {
+        let (pw, dw) = distinct_layer_shapes(1.0, 224);
+        assert_eq!(
+            pw,
+            [
+                (12544, 32, 16),
+                (12544, 16, 96),
+                (3136, 96, 24),
+                (3136, 24, 144),
+                (3136, 144, 24),
+                (784, 144, 32),
+                (784, 32, 192),
+                (784, 192, 32),
+                (196, 192, 64),
+                (196, 64, 384),
+                (196, 384, 64),
+                (196, 384, 96),
+                (196, 96, 576),
+                (196, 576, 96),
+                (49, 576, 160),
+                (49, 160, 960),
+                (49, 960, 160),
+                (49, 960, 320),
+                (49, 320, 1280),
+            ]
+        );
+        assert_eq!(
+            dw,
+            [
+                (112, 112, 32, 1),
+                (112, 112, 96, 2),
+                (56, 56, 144, 1),
+                (56, 56, 144, 2),
+                (28, 28, 192, 1),
+                (28, 28, 192, 2),
+                (14, 14, 384, 1),
+                (14, 14, 576, 1),
+                (14, 14, 576, 2),
+                (7, 7, 960, 1),
+            ]
+        );
+    }
 }
