@@ -85,13 +85,18 @@ pub fn make_divisible(v: f32) -> usize {
     n
 }
 
+/// A pointwise layer's `(pixels, k, n)`.
+pub type PointwiseDims = (usize, usize, usize);
+/// A depthwise layer's `(height, width, channels, stride)`.
+pub type DepthwiseDims = (usize, usize, usize, usize);
+
 /// The distinct pointwise `(pixels, k, n)` and depthwise `(height, width, channels, stride)`
 /// shapes of MobileNetV2 at `width` and `resolution`, in order of first appearance (what
 /// the kernel benchmarks run).
 pub fn distinct_layer_shapes(
     width: f32,
     resolution: usize,
-) -> (Vec<(usize, usize, usize)>, Vec<(usize, usize, usize, usize)>) {
+) -> (Vec<PointwiseDims>, Vec<DepthwiseDims>) {
     let (mut pw, mut dw) = (Vec::new(), Vec::new());
     let mut push_pw = |shape| {
         if !pw.contains(&shape) {
