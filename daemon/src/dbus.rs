@@ -357,13 +357,114 @@ struct CameraShared {
     control_rx: Receiver<CameraControl>,
     signals_dropped: AtomicU64,
     signals_sent: AtomicU64,
+    /// Score buffers on their way back to the camera's inference loop.
+    spare_scores: Receiver<Box<Scores>>,
+    spare_scores_tx: Sender<Box<Scores>>,
+}
+
+impl CameraShared {
+    fn give_back(&self, payload: TopKPayload) {
+        if let TopKPayload::Indexed(_, scores) = payload {
+            let _ = self.spare_scores_tx.try_send(scores);
+        }
+    }
 }
 
 struct Published {
     camera: Arc<CameraShared>,
     sequence: u64,
     timestamp_us: u64,
-    top_k: Vec<Prediction>,
+    top_k: TopKPayload,
+}
+
+/// Largest top-k a [`Scores`] value carries (the config allows `top_k` up to 100).
+pub const MAX_TOP_K: usize = 100;
+
+/// A top-k result without heap storage: class ids and scores in a fixed array, labels
+/// resolved by the publisher thread from the shared label list. This is what the inference
+/// thread hands over per frame, so publishing allocates nothing on that thread.
+#[derive(Clone)]
+pub struct Scores {
+    len: usize,
+    entries: [(u32, f64); MAX_TOP_K],
+}
+
+impl Default for Scores {
+    fn default() -> Self {
+        Scores { len: 0, entries: [(0, 0.0); MAX_TOP_K] }
+    }
+}
+
+impl Scores {
+    /// Removes every entry.
+    pub fn clear(&mut self) {
+        self.len = 0;
+    }
+
+    /// Appends (class id, score); returns `false` (and keeps nothing) when full.
+    pub fn push(&mut self, class: u32, score: f64) -> bool {
+        if self.len == MAX_TOP_K {
+            return false;
+        }
+        self.entries[self.len] = (class, score);
+        self.len += 1;
+        true
+    }
+
+    /// The entries, best first as pushed.
+    pub fn as_slice(&self) -> &[(u32, f64)] {
+        &self.entries[..self.len]
+    }
+
+    /// Number of entries.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether there are no entries.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl std::fmt::Debug for Scores {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.as_slice()).finish()
+    }
+}
+
+enum TopKPayload {
+    Owned(Vec<Prediction>),
+    Indexed(Arc<[String]>, Box<Scores>),
+}
+
+/// Score buffers kept in circulation per camera (queue depth plus what is being worked on).
+const SPARE_SCORES: usize = 8;
+
+mod erased {
+    use super::{Arc, Scores};
+
+    /// Both payload kinds as the `a(usd)` array the signal carries.
+    pub(super) trait TopK {
+        fn as_vec(&self) -> Vec<(u32, &str, f64)>;
+    }
+
+    impl TopK for Vec<super::Prediction> {
+        fn as_vec(&self) -> Vec<(u32, &str, f64)> {
+            self.iter().map(|(c, l, s)| (*c, l.as_str(), *s)).collect()
+        }
+    }
+
+    impl TopK for (&Arc<[String]>, &Scores) {
+        fn as_vec(&self) -> Vec<(u32, &str, f64)> {
+            let (labels, scores) = *self;
+            scores
+                .as_slice()
+                .iter()
+                .map(|&(c, s)| (c, labels.get(c as usize).map_or("", String::as_str), s))
+                .collect()
+        }
+    }
 }
 
 /// Wakes the publisher thread (never blocks; one pending wake is enough).
@@ -717,12 +818,47 @@ impl CameraHandle {
     /// Queues a `Classified` signal. Never blocks: when the queue is full the result is
     /// dropped, counted (see [`CameraHandle::signals_dropped`]) and `false` returned.
     pub fn publish(&self, sequence: u64, timestamp_us: u64, top_k: &[Prediction]) -> bool {
-        let msg =
-            Published { camera: self.cam.clone(), sequence, timestamp_us, top_k: top_k.to_vec() };
+        let msg = Published {
+            camera: self.cam.clone(),
+            sequence,
+            timestamp_us,
+            top_k: TopKPayload::Owned(top_k.to_vec()),
+        };
+        self.send(msg)
+    }
+
+    /// Queues a `Classified` signal whose labels are looked up in `labels` by the publisher
+    /// thread. `scores` is a boxed buffer that travels to the publisher and comes back
+    /// through [`CameraHandle::recycle`], so a caller that keeps a few boxes in circulation
+    /// allocates nothing per frame. Never blocks; a full queue drops and counts.
+    pub fn publish_scores(
+        &self,
+        sequence: u64,
+        timestamp_us: u64,
+        labels: &Arc<[String]>,
+        scores: Box<Scores>,
+    ) -> bool {
+        let msg = Published {
+            camera: self.cam.clone(),
+            sequence,
+            timestamp_us,
+            top_k: TopKPayload::Indexed(labels.clone(), scores),
+        };
+        self.send(msg)
+    }
+
+    /// A score buffer handed back by the publisher after emitting it (or a new one when
+    /// none is waiting yet).
+    pub fn recycle(&self) -> Box<Scores> {
+        self.cam.spare_scores.try_recv().unwrap_or_default()
+    }
+
+    fn send(&self, msg: Published) -> bool {
         match self.signals.try_send(msg) {
             Ok(()) => true,
-            Err(_) => {
+            Err(e) => {
                 self.cam.signals_dropped.fetch_add(1, Ordering::Relaxed);
+                self.cam.give_back(e.into_inner().top_k);
                 false
             }
         }
@@ -909,6 +1045,7 @@ impl Service {
             return Err(ServiceError::BadCamera(format!("{name:?}: duplicate path {path}")));
         }
         let (control_tx, control_rx) = bounded(8);
+        let (spare_scores_tx, spare_scores) = bounded(SPARE_SCORES);
         let cam = Arc::new(CameraShared {
             name: name.to_owned(),
             path: opath,
@@ -922,6 +1059,8 @@ impl Service {
             control_rx,
             signals_dropped: AtomicU64::new(0),
             signals_sent: AtomicU64::new(0),
+            spare_scores,
+            spare_scores_tx,
         });
         lock(&self.cameras).push(cam.clone());
         let iface = CameraIface { cam: cam.clone(), wake: self.handle.wake.clone() };
@@ -1109,13 +1248,21 @@ impl Publisher {
     }
 
     fn emit_classified(&self, m: Published) {
-        let r = self.conn.emit_signal(
-            None::<&str>,
-            m.camera.path.as_str(),
-            CAMERA_INTERFACE,
-            "Classified",
-            &(m.sequence, m.timestamp_us, &m.top_k),
-        );
+        let path = m.camera.path.as_str();
+        let emit = |top_k: &dyn erased::TopK| {
+            self.conn.emit_signal(
+                None::<&str>,
+                path,
+                CAMERA_INTERFACE,
+                "Classified",
+                &(m.sequence, m.timestamp_us, top_k.as_vec()),
+            )
+        };
+        let r = match &m.top_k {
+            TopKPayload::Owned(v) => emit(v),
+            TopKPayload::Indexed(labels, scores) => emit(&(labels, &**scores)),
+        };
+        m.camera.give_back(m.top_k);
         match r {
             Ok(()) => {
                 m.camera.signals_sent.fetch_add(1, Ordering::Relaxed);

@@ -2,7 +2,13 @@
 
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod dbus;
 pub mod imageio;
+pub mod logging;
+pub mod notify;
+pub mod pipeline;
 pub mod preprocess;
+pub mod publish;
 pub mod sources;
+pub mod v4l2;

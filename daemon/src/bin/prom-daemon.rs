@@ -1,0 +1,5 @@
+//! prom-daemon: see `prom-daemon --help`.
+
+fn main() -> std::process::ExitCode {
+    prom_daemon::daemon::main()
+}

@@ -1,0 +1,397 @@
+//! `prom-daemon`: loads the configuration and the model, starts the D-Bus service and the
+//! pipeline, talks to systemd (READY, STATUS, WATCHDOG, RELOADING, STOPPING) and handles
+//! SIGHUP (model reload), SIGTERM and SIGINT (clean exit, code 0).
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use crossbeam_channel::{bounded, select};
+use prom_engine::{softmax, top_k, State};
+use prom_kernels::Kernels;
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+
+use crate::config::{Bus, CliOverrides, Config, ModelChoice, DEFAULT_MODEL_PATH, DEFAULT_PATH};
+use crate::dbus::{BusChoice, DecodedImage, Prediction, Service, ServiceHandle, ServiceOptions};
+use crate::logging::{self, LogTarget};
+use crate::notify::Notifier;
+use crate::pipeline::{LoadedModel, ModelOrigin, Pipeline, PipelineOptions};
+
+/// How long shutdown waits for the pipeline threads (SIGTERM must end within 1 s).
+const STOP_DEADLINE: Duration = Duration::from_millis(600);
+
+/// How long a reload waits for the inference thread to take the new model.
+const SWAP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Without a systemd watchdog, the inference thread counts as stalled after this long
+/// without progress (STATUS and State report it).
+const STALL_LIMIT: Duration = Duration::from_secs(5);
+
+/// Classes returned by `ClassifyImage`.
+const CLASSIFY_TOP_K: usize = 5;
+
+/// Turn camera frames into classifications and publish them on D-Bus
+/// (service io.prom.Classifier1).
+#[derive(Parser, Debug)]
+#[command(name = "prom-daemon", version, about, long_about = None)]
+pub struct Args {
+    /// Configuration file [default: /etc/prom/prom-daemon.toml, built-in defaults when it
+    /// does not exist]. A file named here must exist.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub overrides: CliOverrides,
+    /// Serve the model built into the daemon (a synthesized MobileNetV2-1.0-224 with random
+    /// weights), ignoring the configured and installed models.
+    #[arg(long, conflicts_with = "model")]
+    pub embedded_model: bool,
+    /// Check the configuration and the model, print the effective settings and exit.
+    #[arg(long)]
+    pub check_config: bool,
+    /// Debugging aid for the systemd watchdog: the inference thread stops making progress
+    /// after N frames.
+    #[arg(long, value_name = "N", hide = true)]
+    pub debug_stall_after_frames: Option<u64>,
+}
+
+/// Runs the daemon with the process arguments.
+pub fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("prom-daemon: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+type Result<T> = std::result::Result<T, String>;
+
+/// Everything reload needs, shared by SIGHUP (main thread) and ReloadModel (D-Bus thread).
+struct Reloader {
+    kernels: Kernels,
+    /// Serialises reloads and holds the origin reloads re-read.
+    origin: Mutex<ModelOrigin>,
+    current: Arc<Mutex<Arc<LoadedModel>>>,
+    pipeline: std::sync::OnceLock<Arc<Pipeline>>,
+    service: std::sync::OnceLock<ServiceHandle>,
+}
+
+impl Reloader {
+    /// Opens and validates the model (`path`, or the current origin when empty), prepares
+    /// it and swaps it in between two frames. A failure leaves the serving model alone.
+    fn reload(&self, path: &str) -> Result<()> {
+        let mut origin = lock(&self.origin);
+        let next = if path.is_empty() { origin.clone() } else { ModelOrigin::File(path.into()) };
+        let started = Instant::now();
+        let result = LoadedModel::load(&next, self.kernels).and_then(|model| {
+            let model = Arc::new(model);
+            if let Some(p) = self.pipeline.get() {
+                p.swap_model(model.clone(), SWAP_TIMEOUT)?;
+            }
+            Ok(model)
+        });
+        match result {
+            Ok(model) => {
+                tracing::info!(
+                    "reloaded model {} from {next} ({}) in {:.1} ms",
+                    model.info.name,
+                    model.info.checksum,
+                    started.elapsed().as_secs_f64() * 1e3
+                );
+                if let Some(s) = self.service.get() {
+                    s.set_model_info(Some(model.info.clone()));
+                }
+                *lock(&self.current) = model;
+                *origin = next;
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!("reload failed, the previous model keeps serving: {e}");
+                Err(e)
+            }
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The model to serve at start-up.
+fn initial_origin(config: &Config, embedded: bool) -> ModelOrigin {
+    if embedded {
+        return ModelOrigin::Embedded;
+    }
+    match &config.model {
+        ModelChoice::Path(p) => ModelOrigin::File(p.clone()),
+        ModelChoice::Default if Path::new(DEFAULT_MODEL_PATH).exists() => {
+            ModelOrigin::File(DEFAULT_MODEL_PATH.into())
+        }
+        ModelChoice::Default => ModelOrigin::Embedded,
+    }
+}
+
+/// The `ClassifyImage` handler: its own engine state (one thread), rebuilt when the served
+/// model changes, so a D-Bus request never waits for or slows down the camera pipeline.
+fn image_classifier(
+    current: Arc<Mutex<Arc<LoadedModel>>>,
+) -> impl FnMut(&DecodedImage) -> std::result::Result<Vec<Prediction>, String> {
+    let mut engine: Option<(Arc<LoadedModel>, State)> = None;
+    move |img: &DecodedImage| {
+        let model = lock(&current).clone();
+        if engine.as_ref().is_none_or(|(m, _)| !Arc::ptr_eq(m, &model)) {
+            engine = Some((model.clone(), State::new(model.plan.clone(), 1)));
+        }
+        let Some((model, state)) = engine.as_mut() else { unreachable!() };
+        let (w, h) = (model.input_width, model.input_height);
+        let mut input = vec![0u8; w * h * 3];
+        crate::imageio::crop_resize(
+            &img.rgb,
+            img.width as usize,
+            img.height as usize,
+            &mut input,
+            w,
+            h,
+        );
+        let mut probs = vec![0f32; model.classes()];
+        softmax(state.run(&input), model.logit_scale, &mut probs);
+        let mut best = vec![0usize; CLASSIFY_TOP_K.min(probs.len())];
+        top_k(&probs, &mut best);
+        Ok(best
+            .iter()
+            .map(|&c| (c as u32, model.labels[c].clone(), f64::from(probs[c])))
+            .collect())
+    }
+}
+
+fn bus_choice(bus: &Bus) -> BusChoice {
+    match bus {
+        Bus::System => BusChoice::System,
+        Bus::Session => BusChoice::Session,
+        Bus::Address(a) => BusChoice::Address(a.clone()),
+    }
+}
+
+/// The daemon proper.
+pub fn run(args: Args) -> Result<()> {
+    let mut config = Config::load(args.config.as_deref()).map_err(|e| e.to_string())?;
+    config.apply(&args.overrides).map_err(|e| e.to_string())?;
+    let target = logging::init(config.log.level());
+    let notifier = Notifier::from_env().map_err(|e| format!("systemd notification: {e}"))?;
+
+    let kernels = match config.kernel_tier {
+        Some(tier) => Kernels::new(tier),
+        None => Kernels::detect(),
+    }
+    .map_err(|e| format!("kernel tier: {e}"))?;
+    let origin = initial_origin(&config, args.embedded_model);
+    let opened = Instant::now();
+    let model = Arc::new(LoadedModel::load(&origin, kernels)?);
+    let open_ms = opened.elapsed().as_secs_f64() * 1e3;
+
+    if args.check_config {
+        println!(
+            "configuration: {}",
+            config.file.as_deref().map_or("built-in defaults".into(), |p| p.display().to_string())
+        );
+        println!("model: {} from {origin} ({}), opened in {open_ms:.1} ms", model.info.name, model.info.checksum);
+        println!("threads: {}, tier: {}, bus: {}", config.threads, kernels.tier().name(), config.bus);
+        for c in &config.cameras {
+            println!("camera {}: {} {}x{} @ {} fps", c.name, c.source, c.width, c.height, c.fps);
+        }
+        return Ok(());
+    }
+
+    tracing::info!(
+        "prom-daemon {} starting: config {}, logs to {}",
+        env!("CARGO_PKG_VERSION"),
+        config.file.as_deref().map_or_else(|| format!("built-in defaults ({DEFAULT_PATH} not found)"), |p| p.display().to_string()),
+        if target == LogTarget::Journald { "journald" } else { "stderr" }
+    );
+    tracing::info!(
+        "model {} from {origin}: {} classes, input {}x{}, {} (opened and prepared in {open_ms:.1} ms)",
+        model.info.name,
+        model.info.classes,
+        model.info.input_width,
+        model.info.input_height,
+        model.info.checksum
+    );
+    if origin == ModelOrigin::Embedded {
+        tracing::warn!(
+            "serving the embedded default model: random weights, not trained; its classes are \
+             meaningless (install a model at {DEFAULT_MODEL_PATH} or set `model`)"
+        );
+    }
+
+    let current = Arc::new(Mutex::new(model.clone()));
+    let reloader = Arc::new(Reloader {
+        kernels,
+        origin: Mutex::new(origin),
+        current: current.clone(),
+        pipeline: std::sync::OnceLock::new(),
+        service: std::sync::OnceLock::new(),
+    });
+    let service = {
+        let reloader = reloader.clone();
+        let opts = ServiceOptions {
+            classifier: Some(Box::new(image_classifier(current.clone()))),
+            reload: Some(Box::new(move |path: &str| reloader.reload(path))),
+            state: "starting".into(),
+            model: Some(model.info.clone()),
+            tier: kernels.tier().name().into(),
+            threads: config.threads as u32,
+            ..ServiceOptions::default()
+        };
+        Service::start(bus_choice(&config.bus), opts)
+            .map_err(|e| format!("{e} (bus: {})", config.bus))?
+    };
+    let _ = reloader.service.set(service.handle());
+    let mut handles = Vec::new();
+    for c in &config.cameras {
+        handles.push(service.add_camera(&c.name).map_err(|e| e.to_string())?);
+    }
+    let pipeline = Arc::new(
+        Pipeline::start(
+            &config.cameras,
+            handles,
+            model,
+            PipelineOptions {
+                threads: config.threads,
+                stall_after_frames: args.debug_stall_after_frames,
+                ..PipelineOptions::default()
+            },
+        )
+        .map_err(|e| format!("cannot start the pipeline: {e}"))?,
+    );
+    let _ = reloader.pipeline.set(pipeline.clone());
+    service.set_state("running");
+    tracing::info!(
+        "serving on the {} bus as {}: {} camera(s), {} thread(s), tier {}",
+        config.bus,
+        crate::dbus::BUS_NAME,
+        config.cameras.len(),
+        config.threads,
+        kernels.tier().name()
+    );
+    notifier.send(&format!("READY=1\nSTATUS={}", status_line(&pipeline, "starting")));
+
+    let exit = main_loop(&notifier, &pipeline, &reloader, &service);
+
+    notifier.send("STOPPING=1\nSTATUS=stopping");
+    service.set_state("stopping");
+    let clean = pipeline.stop(STOP_DEADLINE);
+    for r in pipeline.reports() {
+        let s = r.stages;
+        let per = |t: f64| if s.frames > 0 { t / s.frames as f64 * 1e3 } else { 0.0 };
+        tracing::info!(
+            "camera {}: {} frames captured, {} classified, {} dropped; per frame: prepare \
+             {:.3} ms, inference {:.3} ms, publish {:.3} ms; latency p50 {:.2} ms p99 {:.2} ms",
+            r.name,
+            r.stats.frames_captured,
+            r.stats.frames_classified,
+            r.stats.frames_dropped,
+            per(s.prepare_s),
+            per(s.inference_s),
+            per(s.publish_s),
+            r.stats.latency_p50_ms,
+            r.stats.latency_p99_ms
+        );
+    }
+    if !clean {
+        tracing::info!("a source was still blocked (e.g. a FIFO without writer); leaving it");
+    }
+    drop(service);
+    tracing::info!("stopped ({exit})");
+    Ok(())
+}
+
+fn status_line(pipeline: &Pipeline, state: &str) -> String {
+    let mut s = String::from(state);
+    for r in pipeline.reports() {
+        s.push_str(&format!(
+            "; {} {:.1} fps, p50 {:.1} ms, p99 {:.1} ms",
+            r.name, r.stats.fps, r.stats.latency_p50_ms, r.stats.latency_p99_ms
+        ));
+    }
+    s
+}
+
+/// Signals, watchdog pings and STATUS until SIGTERM or SIGINT; returns the signal's name.
+fn main_loop(
+    notifier: &Notifier,
+    pipeline: &Arc<Pipeline>,
+    reloader: &Reloader,
+    service: &Service,
+) -> &'static str {
+    let (sig_tx, sig_rx) = bounded::<i32>(8);
+    match signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP]) {
+        Ok(mut signals) => {
+            let spawned = std::thread::Builder::new().name("signals".into()).spawn(move || {
+                for s in signals.forever() {
+                    if sig_tx.send(s).is_err() {
+                        return;
+                    }
+                }
+            });
+            if let Err(e) = spawned {
+                tracing::error!("cannot start the signal thread: {e}");
+            }
+        }
+        Err(e) => tracing::error!("cannot install signal handlers: {e}"),
+    }
+    let watchdog = notifier.watchdog_timeout();
+    let healthy_within = watchdog.map_or(STALL_LIMIT, |w| (w / 2).max(Duration::from_millis(200)));
+    let tick = watchdog.map_or(Duration::from_secs(1), |w| (w / 4).clamp(Duration::from_millis(20), Duration::from_secs(1)));
+    let mut last_status = Instant::now();
+    let mut stalled = false;
+    loop {
+        select! {
+            recv(sig_rx) -> s => match s {
+                Ok(SIGHUP) => {
+                    tracing::info!("SIGHUP: reloading the model");
+                    notifier.send("RELOADING=1\nSTATUS=reloading the model");
+                    service.set_state("reloading");
+                    let outcome = reloader.reload("");
+                    service.set_state("running");
+                    let status = match outcome {
+                        Ok(()) => status_line(pipeline, "running"),
+                        Err(e) => format!("reload failed, previous model serving: {e}"),
+                    };
+                    notifier.send(&format!("READY=1\nSTATUS={status}"));
+                }
+                Ok(SIGTERM) => return "SIGTERM",
+                Ok(_) => return "SIGINT",
+                Err(_) => return "signal thread ended",
+            },
+            default(tick) => {}
+        }
+        let healthy = pipeline.health().since_beat() < healthy_within;
+        if healthy && watchdog.is_some() {
+            notifier.send("WATCHDOG=1");
+        }
+        if healthy == stalled {
+            stalled = !healthy;
+            if stalled {
+                tracing::error!(
+                    "inference has made no progress for {:?}; {}",
+                    pipeline.health().since_beat(),
+                    if watchdog.is_some() { "watchdog pings stopped" } else { "no watchdog configured" }
+                );
+                service.set_state("stalled");
+            } else {
+                tracing::info!("inference is making progress again");
+                service.set_state("running");
+            }
+        }
+        if last_status.elapsed() >= Duration::from_secs(2) && notifier.is_active() {
+            last_status = Instant::now();
+            let state = if stalled { "stalled" } else { "running" };
+            notifier.send(&format!("STATUS={}", status_line(pipeline, state)));
+        }
+    }
+}
