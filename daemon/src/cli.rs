@@ -1,5 +1,6 @@
 //! `promctl`: synthesize, inspect, classify with and benchmark PROM models.
 
+use crate::client::{self, BusArgs};
 use clap::{Parser, Subcommand};
 use prom_engine::{
     softmax, synthesize, top_k, Model, OpKind, Plan, PointwiseMode, State, SynthConfig,
@@ -12,7 +13,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Control and inspect PROM models and (soon) the prom-daemon service.
+/// Control and inspect PROM models and the prom-daemon service.
 #[derive(Parser, Debug)]
 #[command(name = "promctl", version, about, long_about = None)]
 pub struct Cli {
@@ -93,6 +94,60 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Show the daemon's state, model, kernel tier and per-camera statistics.
+    Status {
+        #[command(flatten)]
+        bus: BusArgs,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print classifications as the daemon publishes them.
+    Watch {
+        #[command(flatten)]
+        bus: BusArgs,
+        /// Only this camera.
+        #[arg(long)]
+        camera: Option<String>,
+        /// Exit after this many results.
+        #[arg(long, value_name = "N")]
+        count: Option<u64>,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make the daemon reload its model (or switch to PATH); the old model keeps serving
+    /// if the new one is missing or invalid.
+    Reload {
+        #[command(flatten)]
+        bus: BusArgs,
+        /// New model file; without it the current model file is read again.
+        path: Option<PathBuf>,
+    },
+    /// Pause a camera (no frames are classified until `resume`).
+    Pause {
+        #[command(flatten)]
+        bus: BusArgs,
+        /// Camera name.
+        camera: String,
+    },
+    /// Resume a paused camera.
+    Resume {
+        #[command(flatten)]
+        bus: BusArgs,
+        /// Camera name.
+        camera: String,
+    },
+    /// Run the daemon on a private bus with its embedded model and the test pattern, and
+    /// print the classifications it publishes over D-Bus (no camera, no system bus needed).
+    Demo {
+        /// Results to receive before stopping the daemon.
+        #[arg(long, default_value_t = 20)]
+        frames: u64,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Runs promctl with the process arguments.
@@ -109,6 +164,14 @@ pub fn main() -> ExitCode {
         Command::Benchmark { model, threads, iterations, warmup, json } => {
             benchmark(model.as_deref(), threads, iterations, warmup, json)
         }
+        Command::Status { bus, json } => client::status(&bus, json),
+        Command::Watch { bus, camera, count, json } => {
+            client::watch(&bus, camera.as_deref(), count, json)
+        }
+        Command::Reload { bus, path } => client::reload(&bus, path.as_deref()),
+        Command::Pause { bus, camera } => client::pause_resume(&bus, &camera, true),
+        Command::Resume { bus, camera } => client::pause_resume(&bus, &camera, false),
+        Command::Demo { frames, json } => client::demo(frames, json),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

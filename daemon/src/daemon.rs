@@ -20,7 +20,7 @@ use crate::notify::Notifier;
 use crate::pipeline::{LoadedModel, ModelOrigin, Pipeline, PipelineOptions};
 
 /// How long shutdown waits for the pipeline threads (SIGTERM must end within 1 s).
-const STOP_DEADLINE: Duration = Duration::from_millis(600);
+const STOP_DEADLINE: Duration = Duration::from_millis(400);
 
 /// How long a reload waits for the inference thread to take the new model.
 const SWAP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -162,10 +162,7 @@ fn image_classifier(
         softmax(state.run(&input), model.logit_scale, &mut probs);
         let mut best = vec![0usize; CLASSIFY_TOP_K.min(probs.len())];
         top_k(&probs, &mut best);
-        Ok(best
-            .iter()
-            .map(|&c| (c as u32, model.labels[c].clone(), f64::from(probs[c])))
-            .collect())
+        Ok(best.iter().map(|&c| (c as u32, model.labels[c].clone(), f64::from(probs[c]))).collect())
     }
 }
 
@@ -199,8 +196,16 @@ pub fn run(args: Args) -> Result<()> {
             "configuration: {}",
             config.file.as_deref().map_or("built-in defaults".into(), |p| p.display().to_string())
         );
-        println!("model: {} from {origin} ({}), opened in {open_ms:.1} ms", model.info.name, model.info.checksum);
-        println!("threads: {}, tier: {}, bus: {}", config.threads, kernels.tier().name(), config.bus);
+        println!(
+            "model: {} from {origin} ({}), opened in {open_ms:.1} ms",
+            model.info.name, model.info.checksum
+        );
+        println!(
+            "threads: {}, tier: {}, bus: {}",
+            config.threads,
+            kernels.tier().name(),
+            config.bus
+        );
         for c in &config.cameras {
             println!("camera {}: {} {}x{} @ {} fps", c.name, c.source, c.width, c.height, c.fps);
         }
@@ -210,7 +215,10 @@ pub fn run(args: Args) -> Result<()> {
     tracing::info!(
         "prom-daemon {} starting: config {}, logs to {}",
         env!("CARGO_PKG_VERSION"),
-        config.file.as_deref().map_or_else(|| format!("built-in defaults ({DEFAULT_PATH} not found)"), |p| p.display().to_string()),
+        config.file.as_deref().map_or_else(
+            || format!("built-in defaults ({DEFAULT_PATH} not found)"),
+            |p| p.display().to_string()
+        ),
         if target == LogTarget::Journald { "journald" } else { "stderr" }
     );
     tracing::info!(
@@ -346,7 +354,9 @@ fn main_loop(
     }
     let watchdog = notifier.watchdog_timeout();
     let healthy_within = watchdog.map_or(STALL_LIMIT, |w| (w / 2).max(Duration::from_millis(200)));
-    let tick = watchdog.map_or(Duration::from_secs(1), |w| (w / 4).clamp(Duration::from_millis(20), Duration::from_secs(1)));
+    let tick = watchdog.map_or(Duration::from_secs(1), |w| {
+        (w / 4).clamp(Duration::from_millis(20), Duration::from_secs(1))
+    });
     let mut last_status = Instant::now();
     let mut stalled = false;
     loop {
@@ -380,7 +390,11 @@ fn main_loop(
                 tracing::error!(
                     "inference has made no progress for {:?}; {}",
                     pipeline.health().since_beat(),
-                    if watchdog.is_some() { "watchdog pings stopped" } else { "no watchdog configured" }
+                    if watchdog.is_some() {
+                        "watchdog pings stopped"
+                    } else {
+                        "no watchdog configured"
+                    }
                 );
                 service.set_state("stalled");
             } else {

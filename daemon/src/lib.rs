@@ -1,6 +1,7 @@
 //! prom-daemon: the library behind the `prom-daemon` service and the `promctl` tool.
 
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod dbus;

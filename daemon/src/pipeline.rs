@@ -34,7 +34,8 @@ use crate::sources::{self, Backoff, FrameMeta, FrameSource, SourceError};
 pub static EMBEDDED_MODEL: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/default.prom"));
 
 /// Name of the embedded model in `Model.name` and logs.
-pub const EMBEDDED_MODEL_NAME: &str = "embedded default (synthesized MobileNetV2-1.0-224, random weights, not trained)";
+pub const EMBEDDED_MODEL_NAME: &str =
+    "embedded default (synthesized MobileNetV2-1.0-224, random weights, not trained)";
 
 /// Frame buffers per camera: one being filled, one waiting in the slot, one being
 /// preprocessed.
@@ -94,10 +95,13 @@ impl LoadedModel {
     pub fn load(origin: &ModelOrigin, kernels: Kernels) -> Result<LoadedModel, String> {
         let model = match origin {
             ModelOrigin::File(path) => {
-                Model::open(path).map_err(|e| format!("model {}: {e}", path.display()))?
+                // Read, not mapped: an administrator overwriting the served file in place
+                // (cp, not mv) must not crash the daemon with SIGBUS (see ARCHITECTURE.md).
+                Model::read(path).map_err(|e| e.to_string())?
             }
-            ModelOrigin::Embedded => Model::from_bytes(EMBEDDED_MODEL)
-                .map_err(|e| format!("embedded model: {e}"))?,
+            ModelOrigin::Embedded => {
+                Model::from_bytes(EMBEDDED_MODEL).map_err(|e| format!("embedded model: {e}"))?
+            }
         };
         let model = Arc::new(model);
         let meta = model.metadata();
@@ -278,7 +282,10 @@ impl Pipeline {
             let cam = Arc::new(CameraShared {
                 captured: AtomicU64::new(0),
                 dropped: AtomicU64::new(0),
-                report: Mutex::new(CameraReport { name: camera.name.clone(), ..Default::default() }),
+                report: Mutex::new(CameraReport {
+                    name: camera.name.clone(),
+                    ..Default::default()
+                }),
             });
             let (slot_tx, slot_rx) = bounded::<FrameMsg>(1);
             let (free_tx, free_rx) = bounded::<Vec<u8>>(FRAME_BUFFERS);
@@ -318,7 +325,9 @@ impl Pipeline {
             exited: exited_tx,
         };
         let mut joins = capture;
-        joins.push(std::thread::Builder::new().name("inference".into()).spawn(move || worker.run())?);
+        joins.push(
+            std::thread::Builder::new().name("inference".into()).spawn(move || worker.run())?,
+        );
         Ok(Pipeline {
             stop,
             joins: Mutex::new(joins),
@@ -440,9 +449,11 @@ impl CaptureWorker {
         let mut source: Option<Box<dyn FrameSource + Send>> = None;
         let mut buf: Option<Vec<u8>> = None;
         let mut failing = false;
+        let mut running = false;
         // Streams must be drained while paused (a writer would block, a camera's ring
         // would fill with stale frames); generated sources simply idle.
-        let drain_when_paused = !matches!(self.camera.source, Source::TestPattern | Source::File { .. });
+        let drain_when_paused =
+            !matches!(self.camera.source, Source::TestPattern | Source::File { .. });
         while !self.stop.load(Ordering::Relaxed) {
             let src = match source.as_mut() {
                 Some(s) => s,
@@ -472,10 +483,13 @@ impl CaptureWorker {
                 Ok(meta) => {
                     if failing {
                         tracing::info!("camera {name}: frames again from {}", src.describe());
-                        failing = false;
                     }
                     backoff.reset();
-                    self.handle.set_state("running");
+                    if failing || !running {
+                        self.handle.set_state("running");
+                        running = true;
+                    }
+                    failing = false;
                     if self.handle.is_paused() {
                         buf = Some(frame);
                         continue;
@@ -535,7 +549,11 @@ impl CaptureWorker {
             tracing::warn!("camera {}: {e}; retrying (back-off from {delay:?})", self.camera.name);
             *failing = true;
         } else {
-            tracing::debug!("camera {}: {e}; retry {} in {delay:?}", self.camera.name, backoff.attempts());
+            tracing::debug!(
+                "camera {}: {e}; retry {} in {delay:?}",
+                self.camera.name,
+                backoff.attempts()
+            );
         }
         self.handle.set_state("waiting");
         sleep_unless_stopped(&self.stop, delay);
@@ -624,7 +642,8 @@ impl CameraRuntime {
             latency_p50_ms: p50,
             latency_p99_ms: p99,
             frames_captured: self.cam.captured.load(Ordering::Relaxed),
-            frames_dropped: self.cam.dropped.load(Ordering::Relaxed) + self.handle.signals_dropped(),
+            frames_dropped: self.cam.dropped.load(Ordering::Relaxed)
+                + self.handle.signals_dropped(),
             frames_classified: self.classified,
         };
         self.handle.update_stats(stats);
@@ -770,7 +789,12 @@ impl InferenceWorker {
         let c = &mut self.cameras[index];
         let mut scores = c.spare.take().unwrap_or_else(|| c.handle.recycle());
         if c.policy.decide(probs, t2, &mut scores) {
-            c.handle.publish_scores(meta.sequence, meta.captured_unix_us, &self.model.labels, scores);
+            c.handle.publish_scores(
+                meta.sequence,
+                meta.captured_unix_us,
+                &self.model.labels,
+                scores,
+            );
         } else {
             c.spare = Some(scores); // kept for the next frame: no allocation either way
         }

@@ -30,6 +30,9 @@ pub struct Metadata {
     pub notes: String,
 }
 
+/// Largest model [`Model::read`] accepts (MobileNetV2-1.4 is about 4 MB).
+pub const MAX_READ_BYTES: usize = 1 << 30;
+
 /// Where the model bytes live.
 enum Backing {
     Mapped(memmap2::Mmap),
@@ -65,6 +68,31 @@ impl Model {
         // mapped bytes do not change under us; every byte is validated before use.
         let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
         Model::validate(Backing::Mapped(map))
+            .map_err(|source| OpenError::Format { path: path.display().to_string(), source })
+    }
+
+    /// Reads a model file into aligned memory and validates it. Unlike [`Model::open`], the
+    /// model stays intact if the file is later overwritten in place or truncated (with a
+    /// map, touching a truncated page is SIGBUS); the daemon loads models this way.
+    pub fn read(path: impl AsRef<Path>) -> Result<Model, OpenError> {
+        use std::io::Read;
+        let path = path.as_ref();
+        let io = |source| OpenError::Io { path: path.display().to_string(), source };
+        let mut file = std::fs::File::open(path).map_err(io)?;
+        let len = file.metadata().map_err(io)?.len();
+        let len = usize::try_from(len).ok().filter(|&l| l <= MAX_READ_BYTES).ok_or_else(|| {
+            io(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("{len} bytes is larger than the {MAX_READ_BYTES}-byte limit"),
+            ))
+        })?;
+        let mut buf = AlignedBuf::zeroed(len);
+        file.read_exact(buf.as_u8_mut(len)).map_err(io)?;
+        // A file that grew while being read is not the file whose length was checked.
+        if file.read(&mut [0u8; 1]).map_err(io)? != 0 {
+            return Err(io(std::io::Error::other("the file changed while it was read")));
+        }
+        Model::validate(Backing::Owned(buf))
             .map_err(|source| OpenError::Format { path: path.display().to_string(), source })
     }
 

@@ -1070,3 +1070,29 @@ fn classifier_empty_blob_with_stray_offset_is_rejected_or_harmless() {
         }
     }
 }
+
+#[test]
+fn read_copies_the_file_and_survives_an_in_place_overwrite() {
+    let dir = temp_dir("read");
+    let path = dir.join("m.prom");
+    let bytes = valid_bytes();
+    std::fs::write(&path, &bytes).unwrap();
+    let mapped = Model::open(&path).unwrap();
+    let read = Model::read(&path).unwrap();
+    assert_eq!(read.bytes(), mapped.bytes());
+    assert_eq!(read.checksum(), mapped.checksum());
+    drop(mapped);
+    // Overwriting the same inode (cp, shell redirection) leaves the read model intact.
+    std::fs::write(&path, b"short").unwrap();
+    assert_eq!(read.bytes(), &bytes[..]);
+    assert!(touch_blobs(&read).is_ok());
+    match Model::read(&path) {
+        Err(OpenError::Format { path: p, .. }) => assert!(p.ends_with("m.prom")),
+        other => panic!("expected a format error, got {other:?}"),
+    }
+    match Model::read(dir.join("missing.prom")) {
+        Err(OpenError::Io { path: p, .. }) => assert!(p.ends_with("missing.prom")),
+        other => panic!("expected an I/O error, got {other:?}"),
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

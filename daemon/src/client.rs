@@ -1,0 +1,536 @@
+//! promctl's client side of the daemon: `status`, `watch`, `reload`, `pause`, `resume` and
+//! `demo`, using the proxy types of [`crate::dbus`].
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use zbus::zvariant::OwnedValue;
+
+use crate::dbus::{
+    camera_path, Camera1ProxyBlocking, Classifier1ProxyBlocking, Prediction, BUS_NAME,
+    CAMERA_INTERFACE, CAMERA_PATH_PREFIX,
+};
+
+type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+/// Which bus the client talks to.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct BusArgs {
+    /// Use the session bus instead of the system bus.
+    #[arg(long, conflicts_with = "bus_address")]
+    pub session: bool,
+    /// Use the bus at this D-Bus address (such as unix:path=/tmp/bus).
+    #[arg(long, value_name = "ADDRESS")]
+    pub bus_address: Option<String>,
+}
+
+impl BusArgs {
+    /// Connects to the chosen bus.
+    pub fn connect(&self) -> Result<zbus::blocking::Connection> {
+        let conn = match (&self.bus_address, self.session) {
+            (Some(a), _) => zbus::blocking::connection::Builder::address(a.as_str())?.build(),
+            (None, true) => zbus::blocking::Connection::session(),
+            (None, false) => zbus::blocking::Connection::system(),
+        };
+        conn.map_err(|e| format!("cannot connect to the {} bus: {e}", self.describe()).into())
+    }
+
+    fn describe(&self) -> String {
+        match (&self.bus_address, self.session) {
+            (Some(a), _) => a.clone(),
+            (None, true) => "session".into(),
+            (None, false) => "system".into(),
+        }
+    }
+}
+
+/// Explains the common failure of every client command: no daemon on the bus.
+fn no_daemon(e: zbus::Error) -> Box<dyn std::error::Error> {
+    match &e {
+        zbus::Error::MethodError(name, _, _)
+            if name.as_str() == "org.freedesktop.DBus.Error.ServiceUnknown" =>
+        {
+            format!("prom-daemon is not running on this bus ({BUS_NAME} has no owner)").into()
+        }
+        _ => Box::new(e),
+    }
+}
+
+/// A camera's name from its object path.
+pub fn camera_name(path: &str) -> &str {
+    path.strip_prefix(CAMERA_PATH_PREFIX).unwrap_or(path)
+}
+
+#[derive(Serialize)]
+struct CameraStatus {
+    name: String,
+    state: String,
+    fps: f64,
+    latency_p50_ms: f64,
+    latency_p99_ms: f64,
+    frames_captured: u64,
+    frames_dropped: u64,
+    frames_classified: u64,
+}
+
+#[derive(Serialize)]
+struct Status {
+    state: String,
+    tier: String,
+    threads: u32,
+    model: serde_json::Map<String, serde_json::Value>,
+    cameras: Vec<CameraStatus>,
+}
+
+fn value_to_json(v: &OwnedValue) -> serde_json::Value {
+    if let Ok(s) = <&str>::try_from(v) {
+        return s.into();
+    }
+    if let Ok(n) = u32::try_from(v) {
+        return n.into();
+    }
+    if let Ok(n) = u64::try_from(v) {
+        return n.into();
+    }
+    serde_json::Value::String(format!("{v:?}"))
+}
+
+fn query_status(conn: &zbus::blocking::Connection) -> Result<Status> {
+    let root = Classifier1ProxyBlocking::new(conn)?;
+    let state = root.state().map_err(no_daemon)?;
+    let model: HashMap<String, OwnedValue> = root.model()?;
+    let mut model: Vec<(String, serde_json::Value)> =
+        model.iter().map(|(k, v)| (k.clone(), value_to_json(v))).collect();
+    model.sort_by(|a, b| a.0.cmp(&b.0));
+    let om = zbus::blocking::fdo::ObjectManagerProxy::builder(conn)
+        .destination(BUS_NAME)?
+        .path(crate::dbus::ROOT_PATH)?
+        .build()?;
+    let mut cameras = Vec::new();
+    let mut objects: Vec<_> = om.get_managed_objects()?.into_iter().collect();
+    objects.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
+    for (path, ifaces) in objects {
+        if !ifaces.keys().any(|i| i.as_str() == CAMERA_INTERFACE) {
+            continue;
+        }
+        let cam = Camera1ProxyBlocking::builder(conn).path(path.clone())?.build()?;
+        let (p50, p99) = cam.latency_ms()?;
+        cameras.push(CameraStatus {
+            name: camera_name(path.as_str()).to_owned(),
+            state: cam.state()?,
+            fps: cam.fps()?,
+            latency_p50_ms: p50,
+            latency_p99_ms: p99,
+            frames_captured: cam.frames_captured()?,
+            frames_dropped: cam.frames_dropped()?,
+            frames_classified: cam.frames_classified()?,
+        });
+    }
+    Ok(Status {
+        state,
+        tier: root.tier()?,
+        threads: root.threads()?,
+        model: model.into_iter().collect(),
+        cameras,
+    })
+}
+
+/// `promctl status`.
+pub fn status(bus: &BusArgs, json: bool) -> Result<()> {
+    let conn = bus.connect()?;
+    let s = query_status(&conn)?;
+    let mut out = std::io::stdout().lock();
+    if json {
+        serde_json::to_writer_pretty(&mut out, &s)?;
+        writeln!(out)?;
+        return Ok(());
+    }
+    writeln!(out, "state:   {}", s.state)?;
+    writeln!(
+        out,
+        "tier:    {} ({} thread{})",
+        s.tier,
+        s.threads,
+        if s.threads == 1 { "" } else { "s" }
+    )?;
+    let field = |k: &str| {
+        s.model.get(k).map_or(String::new(), |v| v.to_string().trim_matches('"').to_owned())
+    };
+    writeln!(out, "model:   {}", field("name"))?;
+    if !field("path").is_empty() {
+        writeln!(out, "         {}", field("path"))?;
+    }
+    writeln!(
+        out,
+        "         {} classes, input {}x{}, {}",
+        field("classes"),
+        field("input_width"),
+        field("input_height"),
+        field("checksum")
+    )?;
+    for c in &s.cameras {
+        writeln!(
+            out,
+            "camera {}: {}, {:.1} fps, latency p50 {:.1} ms p99 {:.1} ms, frames {} captured / {} classified / {} dropped",
+            c.name, c.state, c.fps, c.latency_p50_ms, c.latency_p99_ms, c.frames_captured, c.frames_classified, c.frames_dropped
+        )?;
+    }
+    Ok(())
+}
+
+/// `promctl reload [PATH]`.
+pub fn reload(bus: &BusArgs, path: Option<&Path>) -> Result<()> {
+    let conn = bus.connect()?;
+    let root = Classifier1ProxyBlocking::new(&conn)?;
+    let path = match path {
+        Some(p) => std::path::absolute(p)?.display().to_string(),
+        None => String::new(),
+    };
+    root.reload_model(&path).map_err(no_daemon)?;
+    let model = root.model()?;
+    let name = model.get("name").and_then(|v| <&str>::try_from(v).ok()).unwrap_or("?");
+    println!("reloaded: now serving {name}");
+    Ok(())
+}
+
+/// `promctl pause CAMERA` / `promctl resume CAMERA`.
+pub fn pause_resume(bus: &BusArgs, camera: &str, pause: bool) -> Result<()> {
+    let conn = bus.connect()?;
+    let cam = Camera1ProxyBlocking::builder(&conn).path(camera_path(camera))?.build()?;
+    let r = if pause { cam.pause() } else { cam.resume() };
+    r.map_err(|e| match &e {
+        zbus::Error::MethodError(name, _, _)
+            if name.as_str() == "org.freedesktop.DBus.Error.UnknownObject"
+                || name.as_str() == "org.freedesktop.DBus.Error.UnknownMethod" =>
+        {
+            format!("no camera named {camera:?}").into()
+        }
+        _ => no_daemon(e),
+    })?;
+    println!("camera {camera}: {}", cam.state()?);
+    Ok(())
+}
+
+/// One `Classified` signal.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Classified {
+    /// Camera name.
+    pub camera: String,
+    /// Frame sequence number.
+    pub sequence: u64,
+    /// Capture time, microseconds since the Unix epoch.
+    pub capture_timestamp_us: u64,
+    /// (class id, label, score), best first.
+    pub top_k: Vec<Prediction>,
+}
+
+/// Subscribes to `Classified` on every camera (or only `camera`) and calls `each` per
+/// signal until it returns `false` or `timeout` passes without a signal.
+pub fn watch_signals(
+    conn: &zbus::blocking::Connection,
+    camera: Option<&str>,
+    timeout: Option<Duration>,
+    mut each: impl FnMut(Classified) -> Result<bool>,
+) -> Result<()> {
+    let mut rule = zbus::MatchRule::builder()
+        .msg_type(zbus::message::Type::Signal)
+        .interface(CAMERA_INTERFACE)?
+        .member("Classified")?;
+    if let Some(c) = camera {
+        rule = rule.path(camera_path(c))?;
+    } else {
+        rule = rule.path_namespace(crate::dbus::ROOT_PATH)?;
+    }
+    let iter = zbus::blocking::MessageIterator::for_match_rule(rule.build(), conn, Some(64))?;
+    let (tx, rx) = crossbeam_channel::bounded(64);
+    std::thread::Builder::new().name("watch".into()).spawn(move || {
+        for m in iter {
+            if tx.send(m).is_err() {
+                return;
+            }
+        }
+    })?;
+    loop {
+        let msg = match timeout {
+            Some(t) => rx.recv_timeout(t).map_err(|_| format!("no result within {t:?}"))?,
+            None => rx.recv().map_err(|_| "the bus connection ended")?,
+        }?;
+        let header = msg.header();
+        let path = header.path().map(|p| p.as_str().to_owned()).unwrap_or_default();
+        let (sequence, capture_timestamp_us, top_k): (u64, u64, Vec<Prediction>) =
+            msg.body().deserialize()?;
+        let c = Classified {
+            camera: camera_name(&path).to_owned(),
+            sequence,
+            capture_timestamp_us,
+            top_k,
+        };
+        if !each(c)? {
+            return Ok(());
+        }
+    }
+}
+
+fn print_result(out: &mut impl Write, c: &Classified, json: bool, show: usize) -> Result<()> {
+    if json {
+        #[derive(Serialize)]
+        struct Entry<'a> {
+            class: u32,
+            label: &'a str,
+            score: f64,
+        }
+        #[derive(Serialize)]
+        struct Line<'a> {
+            camera: &'a str,
+            sequence: u64,
+            capture_timestamp_us: u64,
+            top_k: Vec<Entry<'a>>,
+        }
+        let line = Line {
+            camera: &c.camera,
+            sequence: c.sequence,
+            capture_timestamp_us: c.capture_timestamp_us,
+            top_k: c
+                .top_k
+                .iter()
+                .map(|(class, label, score)| Entry { class: *class, label, score: *score })
+                .collect(),
+        };
+        serde_json::to_writer(&mut *out, &line)?;
+        writeln!(out)?;
+    } else {
+        let age_ms = crate::pipeline::unix_us(std::time::SystemTime::now())
+            .saturating_sub(c.capture_timestamp_us) as f64
+            / 1e3;
+        write!(out, "{} #{:<5} ({:5.1} ms ago):", c.camera, c.sequence, age_ms)?;
+        if c.top_k.is_empty() {
+            write!(out, " (nothing above the threshold)")?;
+        }
+        for (class, label, score) in c.top_k.iter().take(show) {
+            write!(out, "  {:5.1}% {label} [{class}]", score * 100.0)?;
+        }
+        writeln!(out)?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// `promctl watch`.
+pub fn watch(bus: &BusArgs, camera: Option<&str>, count: Option<u64>, json: bool) -> Result<()> {
+    let conn = bus.connect()?;
+    // Fail early, with a clear message, when no daemon is there.
+    Classifier1ProxyBlocking::new(&conn)?.state().map_err(no_daemon)?;
+    let mut seen = 0u64;
+    let mut out = std::io::stdout().lock();
+    watch_signals(&conn, camera, None, |c| {
+        print_result(&mut out, &c, json, 5)?;
+        seen += 1;
+        Ok(count.is_none_or(|n| seen < n))
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// promctl demo
+
+/// Kills (SIGKILL) and reaps a child process when dropped, unless it already ended.
+struct Reaped(Option<Child>);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            if let Ok(None) = c.try_wait() {
+                let _ = c.kill();
+            }
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Removes a directory tree when dropped.
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Finds `name` next to the running executable (a cargo build or an installed package),
+/// then on `PATH`.
+pub fn find_program(name: &str) -> Option<PathBuf> {
+    let beside = std::env::current_exe().ok().and_then(|e| e.parent().map(|d| d.join(name)));
+    if let Some(p) = beside.filter(|p| p.is_file()) {
+        return Some(p);
+    }
+    std::env::var_os("PATH")
+        .and_then(|paths| std::env::split_paths(&paths).map(|d| d.join(name)).find(|p| p.is_file()))
+}
+
+/// Sends SIGTERM to `pid` with kill(1) (this crate has no unsafe code for kill(2)).
+pub fn terminate(pid: u32) -> Result<()> {
+    let st = Command::new("kill").arg("-TERM").arg(pid.to_string()).status()?;
+    if st.success() {
+        Ok(())
+    } else {
+        Err(format!("kill -TERM {pid} failed").into())
+    }
+}
+
+/// Starts a private `dbus-daemon` listening in `dir`; returns it and its address.
+pub fn start_private_bus(dir: &Path) -> Result<(Child, String)> {
+    let dbus = find_program("dbus-daemon").ok_or(
+        "dbus-daemon not found (Debian: apt install dbus-daemon; ./scripts/install-prereqs.sh)",
+    )?;
+    let mut child = Command::new(dbus)
+        .arg("--session")
+        .arg("--nofork")
+        .arg("--nopidfile")
+        .arg(format!("--address=unix:path={}", dir.join("bus").display()))
+        .arg("--print-address=1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        // It complains about fd limits when not root-privileged enough; nothing to act on.
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot start dbus-daemon: {e}"))?;
+    let mut line = String::new();
+    let stdout = child.stdout.take().ok_or("dbus-daemon has no stdout")?;
+    BufReader::new(stdout).read_line(&mut line)?;
+    let address = line.trim().to_owned();
+    if address.is_empty() {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err("dbus-daemon did not print its address".into());
+    }
+    Ok((child, address))
+}
+
+/// Waits until `BUS_NAME` has an owner, or the daemon process ends.
+fn wait_for_service(
+    conn: &zbus::blocking::Connection,
+    daemon: &mut Child,
+    within: Duration,
+) -> Result<()> {
+    let dbus = zbus::blocking::fdo::DBusProxy::new(conn)?;
+    let until = Instant::now() + within;
+    let name = zbus::names::BusName::try_from(BUS_NAME)?;
+    loop {
+        if dbus.name_has_owner(name.clone())? {
+            return Ok(());
+        }
+        if let Some(st) = daemon.try_wait()? {
+            return Err(format!("prom-daemon exited before it was ready ({st})").into());
+        }
+        if Instant::now() > until {
+            return Err(format!("prom-daemon did not appear on the bus within {within:?}").into());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `promctl demo`: a private bus, the daemon with the embedded model and the test pattern,
+/// and the classifications it publishes, received over D-Bus.
+pub fn demo(frames: u64, json: bool) -> Result<()> {
+    let daemon_exe = find_program("prom-daemon").ok_or(
+        "prom-daemon not found next to promctl or on PATH (build it: cargo build --release -p prom-daemon)",
+    )?;
+    let dir = std::env::temp_dir().join(format!("promctl-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let dir = TempDir(dir);
+    let (bus, address) = start_private_bus(&dir.0)?;
+    let _bus = Reaped(Some(bus));
+    let config = dir.0.join("demo.toml");
+    std::fs::write(
+        &config,
+        "# promctl demo: one deterministic test-pattern camera (640x480 YUYV, 10 fps,\n\
+         # a new scene every second); the daemon's built-in model.\n\
+         log = \"warn\"\n\n[[camera]]\nname = \"demo\"\nsource = \"testpattern\"\nfps = 10\n",
+    )?;
+    let log_path = dir.0.join("prom-daemon.log");
+    let log = std::fs::File::create(&log_path)?;
+    let mut err = std::io::stderr().lock();
+    let mut out = std::io::stdout().lock();
+    writeln!(err, "promctl demo: private D-Bus at {address}")?;
+    let child = Command::new(&daemon_exe)
+        .arg("--config")
+        .arg(&config)
+        .arg("--embedded-model")
+        .arg("--bus-address")
+        .arg(&address)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", daemon_exe.display()))?;
+    let pid = child.id();
+    let mut daemon = Reaped(Some(child));
+    let conn = zbus::blocking::connection::Builder::address(address.as_str())?.build()?;
+    let ready = daemon
+        .0
+        .as_mut()
+        .ok_or("no daemon")
+        .map_err(Into::into)
+        .and_then(|d| wait_for_service(&conn, d, Duration::from_secs(20)));
+    if let Err(e) = ready {
+        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+        return Err(format!("{e}\n--- prom-daemon log ---\n{text}").into());
+    }
+    let status = query_status(&conn)?;
+    let name = status.model.get("name").and_then(|v| v.as_str()).unwrap_or("?");
+    writeln!(err, "promctl demo: {} (pid {pid}) serving model: {name}", daemon_exe.display())?;
+    writeln!(
+        err,
+        "promctl demo: NOTE the embedded model is synthesized with random weights, not trained: \
+         its labels are placeholders and its scores say nothing about the picture. Install a \
+         trained .prom model for real classifications."
+    )?;
+    writeln!(
+        err,
+        "promctl demo: source: test pattern 640x480 YUYV at 10 fps, a new scene every second; \
+         kernel tier {}, {} thread(s). Receiving {frames} results over D-Bus:",
+        status.tier, status.threads
+    )?;
+    let mut seen = 0u64;
+    watch_signals(&conn, None, Some(Duration::from_secs(10)), |c| {
+        print_result(&mut out, &c, json, 3)?;
+        seen += 1;
+        Ok(seen < frames)
+    })?;
+    let status = query_status(&conn)?;
+    for c in &status.cameras {
+        writeln!(
+            err,
+            "promctl demo: camera {}: {:.1} fps, capture-to-publish latency p50 {:.1} ms p99 {:.1} ms; \
+             {} frames captured, {} classified, {} dropped",
+            c.name, c.fps, c.latency_p50_ms, c.latency_p99_ms, c.frames_captured, c.frames_classified, c.frames_dropped
+        )?;
+    }
+    terminate(pid)?;
+    let started = Instant::now();
+    let mut child = daemon.0.take().ok_or("no daemon")?;
+    let code = loop {
+        if let Some(st) = child.try_wait()? {
+            break st;
+        }
+        if started.elapsed() > Duration::from_secs(5) {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err("prom-daemon did not exit within 5 s of SIGTERM".into());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    writeln!(
+        err,
+        "promctl demo: prom-daemon stopped on SIGTERM in {} ms ({code})",
+        started.elapsed().as_millis()
+    )?;
+    if !code.success() {
+        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+        return Err(format!("prom-daemon failed: {code}\n--- prom-daemon log ---\n{text}").into());
+    }
+    Ok(())
+}

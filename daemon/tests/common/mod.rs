@@ -1,0 +1,119 @@
+//! Shared by the D-Bus test files: a private dbus-daemon and proxy helpers.
+#![allow(dead_code)] // each test file uses a different part
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use prom_daemon::dbus::{
+    camera_path, BusChoice, Camera1ProxyBlocking, Classifier1ProxyBlocking, Service, ServiceOptions,
+};
+use zbus::blocking::Connection;
+use zbus::proxy::CacheProperties;
+
+/// A private dbus-daemon, killed (and its directory removed) on drop.
+pub struct PrivateBus {
+    child: Child,
+    pub dir: std::path::PathBuf,
+    pub address: String,
+}
+
+impl PrivateBus {
+    pub fn start() -> PrivateBus {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "prom-dbus-test-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("bus.conf");
+        std::fs::write(
+            &config,
+            format!(
+                r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>session</type>
+  <listen>unix:path={}/bus</listen>
+  <auth>EXTERNAL</auth>
+  <limit name="max_message_size">67108864</limit>
+  <policy context="default">
+    <allow send_destination="*" eavesdrop="true"/>
+    <allow eavesdrop="true"/>
+    <allow own="*"/>
+  </policy>
+</busconfig>
+"#,
+                dir.display()
+            ),
+        )
+        .unwrap();
+        let mut child = match Command::new("dbus-daemon")
+            .arg(format!("--config-file={}", config.display()))
+            .arg("--nofork")
+            .arg("--print-address=1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(dir.join("dbus-daemon.log")).unwrap())
+            .spawn()
+        {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                panic!(
+                    "these tests need `dbus-daemon` on PATH \
+                     (Debian/Ubuntu: apt install dbus-daemon): cannot run it: {e}"
+                )
+            }
+        };
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let address = line.trim().to_owned();
+        assert!(
+            !address.is_empty(),
+            "dbus-daemon printed no address; its log: {}",
+            std::fs::read_to_string(dir.join("dbus-daemon.log")).unwrap_or_default()
+        );
+        PrivateBus { child, dir, address }
+    }
+
+    pub fn client(&self) -> Connection {
+        zbus::blocking::connection::Builder::address(self.address.as_str())
+            .unwrap()
+            .build()
+            .unwrap()
+    }
+
+    pub fn service(&self, opts: ServiceOptions) -> Service {
+        Service::start(BusChoice::Address(self.address.clone()), opts).unwrap()
+    }
+}
+
+impl Drop for PrivateBus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+pub fn root_proxy(conn: &Connection) -> Classifier1ProxyBlocking<'static> {
+    Classifier1ProxyBlocking::builder(conn).cache_properties(CacheProperties::No).build().unwrap()
+}
+
+pub fn camera_proxy(conn: &Connection, name: &str) -> Camera1ProxyBlocking<'static> {
+    Camera1ProxyBlocking::builder(conn)
+        .path(camera_path(name))
+        .unwrap()
+        .cache_properties(CacheProperties::No)
+        .build()
+        .unwrap()
+}
+
+pub fn method_error(e: zbus::Error) -> (String, String) {
+    match e {
+        zbus::Error::MethodError(name, msg, _) => (name.to_string(), msg.unwrap_or_default()),
+        e => panic!("expected a D-Bus method error, got {e:?}"),
+    }
+}

@@ -1,0 +1,528 @@
+//! End to end: a private dbus-daemon, the real `prom-daemon` process, a zbus client.
+
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use prom_daemon::client::{watch_signals, Classified};
+use prom_daemon::dbus::Prediction;
+use prom_daemon::preprocess::{Crop, Frame, Preprocessor};
+use prom_daemon::sources::{FileSource, FrameSource};
+use prom_engine::{softmax, synthesize, Model, Plan, PointwiseMode, State, SynthConfig};
+use prom_kernels::Kernels;
+use zbus::blocking::Connection;
+
+mod common;
+use common::{camera_proxy, method_error, root_proxy, PrivateBus};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// A running prom-daemon; killed on drop if still running.
+struct Daemon {
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Daemon {
+    fn start(bus: &PrivateBus, config: &str, args: &[&str], env: &[(&str, &str)]) -> Daemon {
+        let config_path = bus.dir.join(format!("daemon-{}.toml", rand_suffix()));
+        std::fs::write(&config_path, config).unwrap();
+        let log = config_path.with_extension("log");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_prom-daemon"));
+        cmd.arg("--config")
+            .arg(&config_path)
+            .arg("--bus-address")
+            .arg(&bus.address)
+            .args(args)
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC")
+            .env_remove("JOURNAL_STREAM")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("start prom-daemon");
+        let mut d = Daemon { child: Some(child), log };
+        d.wait_on_bus(&bus.client());
+        d
+    }
+
+    fn wait_on_bus(&mut self, conn: &Connection) {
+        let dbus = zbus::blocking::fdo::DBusProxy::new(conn).unwrap();
+        let name = zbus::names::BusName::try_from(prom_daemon::dbus::BUS_NAME).unwrap();
+        let until = Instant::now() + WAIT;
+        while !dbus.name_has_owner(name.clone()).unwrap() {
+            if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("prom-daemon exited early ({st}); log:\n{}", self.log());
+            }
+            assert!(Instant::now() < until, "prom-daemon not on the bus; log:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn signal(&self, sig: &str) {
+        let st = Command::new("kill").arg(format!("-{sig}")).arg(self.pid().to_string()).status();
+        assert!(st.unwrap().success());
+    }
+
+    /// Sends `sig` and waits for the exit; returns the status and how long it took.
+    fn stop_with(&mut self, sig: &str) -> (ExitStatus, Duration) {
+        self.signal(sig);
+        let t = Instant::now();
+        let child = self.child.as_mut().unwrap();
+        loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                self.child = None;
+                return (st, t.elapsed());
+            }
+            assert!(t.elapsed() < WAIT, "prom-daemon ignored SIG{sig}; log:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn rand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::SeqCst)
+}
+
+/// Writes a small synthesized model and returns its path.
+fn small_model(dir: &Path, name: &str, classes: u32, seed: u64) -> PathBuf {
+    let cfg = SynthConfig { width: 0.35, resolution: 96, classes, seed, ..SynthConfig::default() };
+    let path = dir.join(format!("{name}.prom"));
+    synthesize(&cfg).unwrap().write(&path).unwrap();
+    path
+}
+
+/// A deterministic 80x60 PPM picture.
+fn picture(dir: &Path) -> PathBuf {
+    let (w, h) = (80usize, 60usize);
+    let mut bytes = format!("P6\n{w} {h}\n255\n").into_bytes();
+    for y in 0..h {
+        for x in 0..w {
+            bytes.extend_from_slice(&[(x * 3) as u8, (y * 4) as u8, ((x * y) % 251) as u8]);
+        }
+    }
+    let path = dir.join("picture.ppm");
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+/// What the daemon must publish for `image` with `model`: the same source and
+/// preprocessing, the engine run directly, the top `k` by score (ties to the lower id).
+fn expected(model: &Path, image: &Path, k: usize) -> Vec<Prediction> {
+    let mut src = FileSource::open(image, 10.0, false).unwrap();
+    let mut buf = Vec::new();
+    let meta = src.next_frame(&mut buf).unwrap();
+    let model = Arc::new(Model::open(model).unwrap());
+    let (iw, ih) = (model.metadata().input_width as usize, model.metadata().input_height as usize);
+    let mut pre =
+        Preprocessor::new(meta.format, meta.width, meta.height, Crop::Centre, iw, ih).unwrap();
+    let mut input = vec![0u8; iw * ih * 3];
+    let frame = Frame {
+        format: meta.format,
+        width: meta.width,
+        height: meta.height,
+        stride: meta.stride,
+        data: &buf,
+    };
+    pre.run(&frame, &mut input).unwrap();
+    let scale = model.graph().tensors.last().unwrap().scale;
+    let labels = model.labels().to_vec();
+    let plan = Arc::new(Plan::new(model, Kernels::detect().unwrap(), PointwiseMode::Ternary));
+    let mut state = State::new(plan, 1);
+    let mut probs = vec![0f32; labels.len()];
+    softmax(state.run(&input), scale, &mut probs);
+    let mut order: Vec<usize> = (0..probs.len()).collect();
+    order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]).then(a.cmp(&b)));
+    order.truncate(k);
+    order.into_iter().map(|c| (c as u32, labels[c].clone(), f64::from(probs[c]))).collect()
+}
+
+fn file_camera_config(model: &Path, image: &Path, extra: &str) -> String {
+    format!(
+        "model = \"{}\"\nthreads = 1\n\n[[camera]]\nname = \"files\"\nsource = \"file:{}\"\nfps = 25\n\n[camera.publish]\ntop_k = 3\n{extra}",
+        model.display(),
+        image.display()
+    )
+}
+
+/// Collects `n` results of `camera`.
+fn results(conn: &Connection, camera: &str, n: usize) -> Vec<Classified> {
+    let mut got = Vec::new();
+    watch_signals(conn, Some(camera), Some(WAIT), |c| {
+        got.push(c);
+        Ok(got.len() < n)
+    })
+    .unwrap();
+    got
+}
+
+/// Waits for a result equal to `want` among the next `within` results.
+fn wait_for_result(conn: &Connection, camera: &str, want: &[Prediction], within: usize) {
+    let mut seen = Vec::new();
+    let r = watch_signals(conn, Some(camera), Some(WAIT), |c| {
+        let done = c.top_k == want;
+        seen.push(c.top_k);
+        Ok(!done && seen.len() < within)
+    });
+    r.unwrap();
+    assert_eq!(seen.last().unwrap(), want, "results seen: {seen:?}");
+}
+
+fn poll<T: PartialEq + std::fmt::Debug>(what: &str, want: T, mut f: impl FnMut() -> T) {
+    let until = Instant::now() + WAIT;
+    loop {
+        let got = f();
+        if got == want {
+            return;
+        }
+        assert!(Instant::now() < until, "{what}: still {got:?}, want {want:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn signals_carry_the_engines_result_and_properties_follow() {
+    let bus = PrivateBus::start();
+    let model = small_model(&bus.dir, "a", 10, 7);
+    let image = picture(&bus.dir);
+    let want = expected(&model, &image, 3);
+    let daemon = Daemon::start(&bus, &file_camera_config(&model, &image, ""), &[], &[]);
+    let conn = bus.client();
+
+    let got = results(&conn, "files", 5);
+    for (i, r) in got.iter().enumerate() {
+        assert_eq!(r.camera, "files");
+        assert_eq!(r.top_k, want, "result {i} differs from the engine's own output");
+        if i > 0 {
+            assert!(r.sequence > got[i - 1].sequence, "sequence numbers increase");
+            assert!(r.capture_timestamp_us >= got[i - 1].capture_timestamp_us);
+        }
+    }
+    let now_us = prom_daemon::pipeline::unix_us(std::time::SystemTime::now());
+    assert!(now_us - got[4].capture_timestamp_us < 5_000_000, "capture time is recent");
+
+    let root = root_proxy(&conn);
+    assert_eq!(root.state().unwrap(), "running");
+    assert_eq!(root.threads().unwrap(), 1);
+    assert_eq!(root.tier().unwrap(), Kernels::detect().unwrap().tier().name());
+    let info = root.model().unwrap();
+    let checksum = format!("crc32:{:08x}", Model::open(&model).unwrap().checksum());
+    assert_eq!(<&str>::try_from(&info["checksum"]).unwrap(), checksum);
+    assert_eq!(u32::try_from(&info["classes"]).unwrap(), 10);
+    assert_eq!(u32::try_from(&info["input_width"]).unwrap(), 96);
+    assert_eq!(<&str>::try_from(&info["name"]).unwrap(), "a");
+
+    let cam = camera_proxy(&conn, "files");
+    assert_eq!(cam.state().unwrap(), "running");
+    let first = cam.frames_classified().unwrap();
+    poll("FramesClassified grows", true, || cam.frames_classified().unwrap() > first + 5);
+    assert!(cam.frames_captured().unwrap() >= cam.frames_classified().unwrap());
+    poll("Fps is measured", true, || (cam.fps().unwrap() - 25.0).abs() < 10.0);
+    let (p50, p99) = cam.latency_ms().unwrap();
+    assert!(p50 > 0.0 && p99 >= p50, "latency p50 {p50} p99 {p99}");
+    drop(daemon);
+}
+
+#[test]
+fn reload_success_and_failure() {
+    let bus = PrivateBus::start();
+    let model_a = small_model(&bus.dir, "a", 10, 7);
+    let model_b = small_model(&bus.dir, "b", 7, 8);
+    let image = picture(&bus.dir);
+    let (want_a, want_b) = (expected(&model_a, &image, 3), expected(&model_b, &image, 3));
+    assert_ne!(want_a, want_b);
+    let _daemon = Daemon::start(&bus, &file_camera_config(&model_a, &image, ""), &[], &[]);
+    let conn = bus.client();
+    wait_for_result(&conn, "files", &want_a, 3);
+
+    let root = root_proxy(&conn);
+    root.reload_model(model_b.to_str().unwrap()).unwrap();
+    let checksum_b = format!("crc32:{:08x}", Model::open(&model_b).unwrap().checksum());
+    assert_eq!(<&str>::try_from(&root.model().unwrap()["checksum"]).unwrap(), checksum_b);
+    wait_for_result(&conn, "files", &want_b, 3);
+
+    // A missing file and a damaged file are refused; model b keeps serving.
+    let (name, msg) = method_error(root.reload_model("/nonexistent/model.prom").unwrap_err());
+    assert_eq!(name, "io.prom.Classifier1.Error.ReloadFailed");
+    assert!(msg.contains("/nonexistent/model.prom"), "{msg}");
+    let mut damaged = std::fs::read(&model_b).unwrap();
+    let at = damaged.len() - 100;
+    damaged[at] ^= 0x40;
+    let damaged_path = bus.dir.join("damaged.prom");
+    std::fs::write(&damaged_path, damaged).unwrap();
+    let (name, msg) = method_error(root.reload_model(damaged_path.to_str().unwrap()).unwrap_err());
+    assert_eq!(name, "io.prom.Classifier1.Error.ReloadFailed");
+    assert!(msg.to_lowercase().contains("checksum") || msg.contains("CRC"), "{msg}");
+    assert_eq!(<&str>::try_from(&root.model().unwrap()["checksum"]).unwrap(), checksum_b);
+    assert_eq!(root.state().unwrap(), "running");
+    let after = results(&conn, "files", 2);
+    assert!(after.iter().all(|r| r.top_k == want_b));
+}
+
+#[test]
+fn classify_image_answers_and_rejects_malformed_input() {
+    let bus = PrivateBus::start();
+    let model = small_model(&bus.dir, "a", 10, 7);
+    let image = picture(&bus.dir);
+    let _daemon = Daemon::start(&bus, &file_camera_config(&model, &image, ""), &[], &[]);
+    let conn = bus.client();
+    let root = root_proxy(&conn);
+    let top = root.classify_image(&std::fs::read(&image).unwrap()).unwrap();
+    assert_eq!(top.len(), 5);
+    assert!(top.windows(2).all(|w| w[0].2 >= w[1].2), "best first: {top:?}");
+    assert!(top.iter().all(|(c, label, s)| *c < 10 && label == &format!("class {c}") && *s > 0.0));
+    let (name, _) = method_error(root.classify_image(b"definitely not an image").unwrap_err());
+    assert_eq!(name, "io.prom.Classifier1.Error.InvalidImage");
+    let mut truncated = std::fs::read(&image).unwrap();
+    truncated.truncate(40);
+    let (name, _) = method_error(root.classify_image(&truncated).unwrap_err());
+    assert_eq!(name, "io.prom.Classifier1.Error.InvalidImage");
+    // The pipeline was not disturbed.
+    assert_eq!(results(&conn, "files", 2).len(), 2);
+}
+
+#[test]
+fn pause_and_resume() {
+    let bus = PrivateBus::start();
+    let model = small_model(&bus.dir, "a", 10, 7);
+    let image = picture(&bus.dir);
+    let _daemon = Daemon::start(&bus, &file_camera_config(&model, &image, ""), &[], &[]);
+    let conn = bus.client();
+    let cam = camera_proxy(&conn, "files");
+    results(&conn, "files", 2);
+    cam.pause().unwrap();
+    assert_eq!(cam.state().unwrap(), "paused");
+    std::thread::sleep(Duration::from_millis(300)); // a frame in flight may still finish
+    let frozen = cam.frames_classified().unwrap();
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(cam.frames_classified().unwrap(), frozen, "no frames while paused");
+    cam.resume().unwrap();
+    assert_eq!(cam.state().unwrap(), "running");
+    poll("frames after resume", true, || cam.frames_classified().unwrap() > frozen);
+}
+
+#[test]
+fn sigterm_and_sigint_exit_cleanly_within_a_second() {
+    for sig in ["TERM", "INT"] {
+        let bus = PrivateBus::start();
+        let model = small_model(&bus.dir, "a", 10, 7);
+        let image = picture(&bus.dir);
+        let mut daemon = Daemon::start(&bus, &file_camera_config(&model, &image, ""), &[], &[]);
+        results(&bus.client(), "files", 2);
+        let (status, took) = daemon.stop_with(sig);
+        assert_eq!(status.code(), Some(0), "SIG{sig}: {status}; log:\n{}", daemon.log());
+        assert!(took < Duration::from_secs(1), "SIG{sig}: exit took {took:?}");
+        assert!(daemon.log().contains(&format!("stopped (SIG{sig})")), "{}", daemon.log());
+    }
+}
+
+#[test]
+fn fifo_source_disappears_and_comes_back() {
+    use std::io::Write;
+    let bus = PrivateBus::start();
+    let model = small_model(&bus.dir, "a", 10, 7);
+    let fifo = bus.dir.join("frames.fifo");
+    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let config = format!(
+        "model = \"{}\"\nthreads = 1\n\n[[camera]]\nname = \"pipe\"\nsource = \"fifo:{}\"\nformat = \"rgb24\"\nwidth = 32\nheight = 24\n\n[camera.retry]\ninitial_ms = 20\nmax_ms = 100\n",
+        model.display(),
+        fifo.display()
+    );
+    let mut daemon = Daemon::start(&bus, &config, &[], &[]);
+    let conn = bus.client();
+    let cam = camera_proxy(&conn, "pipe");
+    let frame: Vec<u8> = (0..32 * 24 * 3).map(|i| (i * 7 % 256) as u8).collect();
+    let (tx, rx) = crossbeam_channel::bounded(16);
+    let watcher = {
+        let conn = conn.clone();
+        std::thread::spawn(move || {
+            let mut n = 0;
+            watch_signals(&conn, Some("pipe"), Some(WAIT), |c| {
+                tx.send(c.sequence).unwrap();
+                n += 1;
+                Ok(n < 5)
+            })
+            .unwrap();
+        })
+    };
+    std::thread::sleep(Duration::from_millis(200)); // let the match rule reach the bus
+    for (round, frames) in [(0, 3u64), (1, 2)] {
+        let mut w = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+        for _ in 0..frames {
+            w.write_all(&frame).unwrap();
+            // Paced so the newest-frame slot drops nothing (this test counts frames).
+            std::thread::sleep(Duration::from_millis(150));
+        }
+        drop(w); // the writer goes away
+        if round == 0 {
+            poll("camera waits for a new writer", "waiting".to_owned(), || cam.state().unwrap());
+            assert_eq!(cam.frames_captured().unwrap(), 3);
+        }
+    }
+    watcher.join().unwrap();
+    let seqs: Vec<u64> = rx.try_iter().collect();
+    assert_eq!(seqs, [0, 1, 2, 3, 4], "frames before and after the reconnect");
+    poll("frames captured", 5, || cam.frames_captured().unwrap());
+    let (status, took) = daemon.stop_with("TERM");
+    assert_eq!(status.code(), Some(0));
+    assert!(took < Duration::from_secs(1), "exit with a FIFO waiting for a writer took {took:?}");
+}
+
+/// Receives notifications on a datagram socket standing in for systemd.
+fn notify_socket(dir: &Path) -> (PathBuf, crossbeam_channel::Receiver<String>) {
+    let path = dir.join("notify.sock");
+    let sock = UnixDatagram::bind(&path).unwrap();
+    let (tx, rx) = crossbeam_channel::unbounded();
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 4096];
+        while let Ok(n) = sock.recv(&mut buf) {
+            if tx.send(String::from_utf8_lossy(&buf[..n]).into_owned()).is_err() {
+                return;
+            }
+        }
+    });
+    (path, rx)
+}
+
+fn expect_message(rx: &crossbeam_channel::Receiver<String>, prefix: &str) -> Vec<String> {
+    let until = Instant::now() + WAIT;
+    let mut seen = Vec::new();
+    loop {
+        let left = until.saturating_duration_since(Instant::now());
+        let m = rx.recv_timeout(left).unwrap_or_else(|_| panic!("no {prefix:?}; saw {seen:?}"));
+        let hit = m.starts_with(prefix);
+        seen.push(m);
+        if hit {
+            return seen;
+        }
+    }
+}
+
+#[test]
+fn systemd_notify_ready_watchdog_reload_and_stopping() {
+    let bus = PrivateBus::start();
+    let model_path = bus.dir.join("served.prom");
+    std::fs::copy(small_model(&bus.dir, "a", 10, 7), &model_path).unwrap();
+    let image = picture(&bus.dir);
+    let (sock, rx) = notify_socket(&bus.dir);
+    let sock = sock.to_str().unwrap().to_owned();
+    let mut daemon = Daemon::start(
+        &bus,
+        &file_camera_config(&model_path, &image, ""),
+        &[],
+        &[("NOTIFY_SOCKET", &sock), ("WATCHDOG_USEC", "400000")],
+    );
+    let seen = expect_message(&rx, "READY=1");
+    assert!(seen[0].starts_with("READY=1"), "READY comes first: {seen:?}");
+    assert!(seen[0].contains("\nSTATUS="), "{seen:?}");
+    // Pings at least every 100 ms (a quarter of the watchdog period).
+    let t = Instant::now();
+    for _ in 0..5 {
+        expect_message(&rx, "WATCHDOG=1");
+    }
+    assert!(t.elapsed() < Duration::from_secs(2), "5 pings took {:?}", t.elapsed());
+    let status = expect_message(&rx, "STATUS=");
+    assert!(status.last().unwrap().contains("files"), "{status:?}");
+
+    // SIGHUP re-reads the model file: RELOADING=1, then READY=1, new model served.
+    let conn = bus.client();
+    let root = root_proxy(&conn);
+    let model_b = small_model(&bus.dir, "b", 7, 8);
+    let checksum_b = format!("crc32:{:08x}", Model::open(&model_b).unwrap().checksum());
+    prom_engine::writer::write_atomically(&model_path, &std::fs::read(&model_b).unwrap()).unwrap();
+    daemon.signal("HUP");
+    expect_message(&rx, "RELOADING=1");
+    let ready = expect_message(&rx, "READY=1");
+    assert!(!ready.last().unwrap().contains("failed"), "{ready:?}");
+    assert_eq!(<&str>::try_from(&root.model().unwrap()["checksum"]).unwrap(), checksum_b);
+    // A damaged file at the same path: RELOADING, READY with the failure, old model kept.
+    std::fs::write(&model_path, b"PROM but not really").unwrap();
+    daemon.signal("HUP");
+    expect_message(&rx, "RELOADING=1");
+    let ready = expect_message(&rx, "READY=1");
+    assert!(ready.last().unwrap().contains("reload failed"), "{ready:?}");
+    assert_eq!(<&str>::try_from(&root.model().unwrap()["checksum"]).unwrap(), checksum_b);
+
+    let (status, _) = daemon.stop_with("TERM");
+    assert_eq!(status.code(), Some(0), "{status}; log:\n{}", daemon.log());
+    expect_message(&rx, "STOPPING=1");
+}
+
+#[test]
+fn a_stuck_inference_stops_the_watchdog_pings() {
+    let bus = PrivateBus::start();
+    let model = small_model(&bus.dir, "a", 10, 7);
+    let image = picture(&bus.dir);
+    let (sock, rx) = notify_socket(&bus.dir);
+    let sock = sock.to_str().unwrap().to_owned();
+    let mut daemon = Daemon::start(
+        &bus,
+        &file_camera_config(&model, &image, ""),
+        &["--debug-stall-after-frames", "10"],
+        &[("NOTIFY_SOCKET", &sock), ("WATCHDOG_USEC", "400000")],
+    );
+    expect_message(&rx, "READY=1");
+    expect_message(&rx, "WATCHDOG=1");
+    let root = root_proxy(&bus.client());
+    poll("State after the stall", "stalled".to_owned(), || root.state().unwrap());
+    // Drain what was sent before the stall was noticed, then expect silence.
+    std::thread::sleep(Duration::from_millis(100));
+    while rx.try_recv().is_ok() {}
+    std::thread::sleep(Duration::from_millis(1000));
+    let late: Vec<String> = rx.try_iter().filter(|m| m.contains("WATCHDOG=1")).collect();
+    assert!(late.is_empty(), "pings after the stall: {late:?}");
+    let (status, _) = daemon.stop_with("TERM");
+    assert_eq!(status.code(), Some(0));
+}
+
+#[test]
+fn start_up_errors_are_reported() {
+    let bus = PrivateBus::start();
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_prom-daemon"))
+            .args(args)
+            .arg("--bus-address")
+            .arg(&bus.address)
+            .output()
+            .unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (code, err) = run(&["--config", "/nonexistent/prom.toml"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("/nonexistent/prom.toml"), "{err}");
+    let bad = bus.dir.join("bad.toml");
+    std::fs::write(&bad, "threads = 0\n").unwrap();
+    let (code, err) = run(&["--config", bad.to_str().unwrap()]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("threads"), "{err}");
+    let (code, err) = run(&["--config", "/dev/null", "--model", "/nonexistent/m.prom"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("/nonexistent/m.prom"), "{err}");
+    // Built-in defaults plus the embedded model check out.
+    let (code, err) = run(&["--config", "/dev/null", "--embedded-model", "--check-config"]);
+    assert_eq!(code, Some(0), "{err}");
+}
