@@ -7,6 +7,8 @@
 #   - gcc-arm-linux-gnueabihf + libc6-dev-armhf-cross: optional armv7 tests (skipped, loudly,
 #     by scripts/test.sh when they cannot be installed);
 #   - dbus: dbus-daemon for the D-Bus integration tests;
+#   - libclang-dev: libclang (and clang's headers) for bindgen, which the `v4l` crate's
+#     v4l2-sys-mit dependency runs at build time to generate the V4L2 bindings;
 #   - rustup targets aarch64-unknown-linux-gnu, armv7-unknown-linux-gnueabihf and the
 #     clippy and rustfmt components.
 # apt-get runs directly as root, through sudo otherwise. Rust itself (rustup + cargo) must
@@ -30,6 +32,9 @@ command -v readelf >/dev/null || want binutils
 command -v arm-linux-gnueabihf-gcc >/dev/null || want gcc-arm-linux-gnueabihf libc6-dev-armhf-cross
 [ -e /usr/arm-linux-gnueabihf/include/stdio.h ] || want libc6-dev-armhf-cross
 command -v dbus-daemon >/dev/null || want dbus
+# LIBCLANG_PATH points bindgen at a libclang elsewhere (clang-sys honours it).
+[ -n "${LIBCLANG_PATH-}" ] || compgen -G '/usr/lib/llvm-*/lib/libclang.so' >/dev/null \
+  || want libclang-dev
 
 optional_apt=(gcc-arm-linux-gnueabihf libc6-dev-armhf-cross)
 

@@ -219,7 +219,8 @@ mod tests {
 
     #[test]
     fn moving_average_over_the_window() {
-        let publish = Publish { top_k: 2, smoothing: Smoothing::MovingAverage { window: 3 }, ..cfg() };
+        let publish =
+            Publish { top_k: 2, smoothing: Smoothing::MovingAverage { window: 3 }, ..cfg() };
         let mut p = Policy::new(publish, 2);
         let mut out = Scores::default();
         let now = Instant::now();

@@ -1,7 +1,7 @@
 //! Frame sources: where a camera's frames come from.
 //!
 //! Every source implements [`FrameSource`]: [`FrameSource::next_frame`] fills a caller-owned
-//! buffer with one tightly packed frame (reusing its capacity, so a warm capture loop does not
+//! buffer with one frame (reusing its capacity, so a warm capture loop does not
 //! allocate) and returns its [`FrameMeta`].
 //!
 //! - [`TestPattern`] (`testpattern`): deterministic rendered scenes ([`Scene`]), paced to the
@@ -13,7 +13,8 @@
 //!   as they come. The end of the stream is [`SourceError::Ended`]; a FIFO can be
 //!   [reopened](FrameSource::reopen) for the next writer.
 //!
-//! V4L2 devices are not handled here yet ([`open`] reports them as a configuration error).
+//! - [`V4l2Source`](crate::v4l2::V4l2Source) (`v4l2:/dev/videoN`), in [`crate::v4l2`]: mmap
+//!   streaming from a capture device, rows at the driver's stride.
 //!
 //! [`Backoff`] is the retry schedule the capture loop uses between attempts to reopen a
 //! vanished source.
@@ -82,7 +83,8 @@ pub struct FrameMeta {
     pub width: usize,
     /// Height in pixels.
     pub height: usize,
-    /// Bytes per row of the first plane (frames are tightly packed: the format's row bytes).
+    /// Bytes per row of the first plane: the format's row bytes, or more for V4L2 drivers
+    /// that pad rows (`bytesperline`).
     pub stride: usize,
     /// 0 for the source's first frame, then counting up by one per delivered frame (across
     /// reopens).
@@ -137,12 +139,10 @@ pub fn open(camera: &Camera, paced: bool) -> Result<Box<dyn FrameSource + Send>,
                 _ => Box::new(RawStream::stdin(format, w, h)?),
             }
         }
-        Source::V4l2 { .. } => {
-            return Err(SourceError::Config(format!(
-                "{}: V4L2 capture is not supported by this build",
-                camera.source
-            )))
-        }
+        Source::V4l2 { device } => Box::new(crate::v4l2::V4l2Source::open(
+            device,
+            crate::v4l2::Request::for_camera(camera),
+        )?),
     })
 }
 

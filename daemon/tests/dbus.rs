@@ -1,17 +1,12 @@
 //! The D-Bus layer against a real private dbus-daemon and a zbus client.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use prom_daemon::dbus::{
-    camera_path, BusChoice, Camera1ProxyBlocking, CameraControl, CameraStats,
-    Classifier1ProxyBlocking, ModelInfo, Service, ServiceError, ServiceOptions, BUS_NAME,
-    ROOT_PATH,
+    camera_path, BusChoice, CameraControl, CameraStats, ModelInfo, Service, ServiceError,
+    ServiceOptions, BUS_NAME, ROOT_PATH,
 };
 use zbus::blocking::Connection;
-use zbus::proxy::CacheProperties;
 use zbus::zvariant::OwnedValue;
 
 mod common;
