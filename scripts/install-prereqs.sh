@@ -6,20 +6,28 @@
 #   - qemu-user: qemu-aarch64 / qemu-arm run the cross-built tests (.cargo/config.toml);
 #   - gcc-arm-linux-gnueabihf + libc6-dev-armhf-cross: optional armv7 tests (skipped, loudly,
 #     by scripts/test.sh when they cannot be installed);
-#   - dbus: dbus-daemon for the D-Bus integration tests;
+#   - dbus: dbus-daemon for the D-Bus integration tests and `promctl demo`;
+#   - systemd (systemd-analyze, busctl), util-linux (setpriv), procps (kill): the unit,
+#     bus-policy and end-to-end daemon tests;
 #   - libclang-dev: libclang (and clang's headers) for bindgen, which the `v4l` crate's
 #     v4l2-sys-mit dependency runs at build time to generate the V4L2 bindings;
 #   - rustup targets aarch64-unknown-linux-gnu, armv7-unknown-linux-gnueabihf and the
 #     clippy and rustfmt components.
 # apt-get runs directly as root, through sudo otherwise. Rust itself (rustup + cargo) must
 # already be installed (https://rustup.rs); this script does not download installers.
+# With --demo, only what building and running `promctl demo` needs (README's run command):
+# libclang-dev, dbus, procps; no cross toolchains, emulators or extra Rust targets.
 set -euo pipefail
+
+mode=test
+[ "${1-}" != --demo ] || mode=demo
 
 log() { echo "install-prereqs: $*" >&2; }
 
 need_apt=()
 want() { local p; for p in "$@"; do [[ " ${need_apt[*]-} " == *" $p "* ]] || need_apt+=("$p"); done; }
 
+if [ "$mode" = test ]; then
 command -v aarch64-linux-gnu-gcc >/dev/null || want gcc-aarch64-linux-gnu
 [ -e /usr/aarch64-linux-gnu/lib/libc.so ] || [ -e /usr/aarch64-linux-gnu/lib/libc.so.6 ] \
   || want libc6-dev-arm64-cross
@@ -31,7 +39,12 @@ command -v objdump >/dev/null || want binutils
 command -v readelf >/dev/null || want binutils
 command -v arm-linux-gnueabihf-gcc >/dev/null || want gcc-arm-linux-gnueabihf libc6-dev-armhf-cross
 [ -e /usr/arm-linux-gnueabihf/include/stdio.h ] || want libc6-dev-armhf-cross
+command -v systemd-analyze >/dev/null || want systemd
+command -v busctl >/dev/null || want systemd
+command -v setpriv >/dev/null || want util-linux
+fi
 command -v dbus-daemon >/dev/null || want dbus
+command -v kill >/dev/null || want procps
 # LIBCLANG_PATH points bindgen at a libclang elsewhere (clang-sys honours it).
 [ -n "${LIBCLANG_PATH-}" ] || compgen -G '/usr/lib/llvm-*/lib/libclang.so' >/dev/null \
   || want libclang-dev
@@ -67,6 +80,10 @@ fi
 if ! command -v cargo >/dev/null; then
   log "cargo not found: install Rust with rustup (https://rustup.rs) first"
   exit 1
+fi
+if [ "$mode" = demo ]; then
+  log "ready (demo)"
+  exit 0
 fi
 if command -v rustup >/dev/null; then
   installed_targets=$(rustup target list --installed)
