@@ -438,8 +438,9 @@ enum TopKPayload {
     Indexed(Arc<[String]>, Box<Scores>),
 }
 
-/// Score buffers kept in circulation per camera (queue depth plus what is being worked on).
-const SPARE_SCORES: usize = 8;
+/// Score buffers per camera beyond the signal queue's capacity: one being filled by the
+/// inference thread, one being emitted by the publisher.
+const SPARE_SCORES_EXTRA: usize = 2;
 
 mod erased {
     use super::{Arc, Scores};
@@ -923,6 +924,7 @@ pub struct Service {
     handle: ServiceHandle,
     cameras: Arc<Mutex<Vec<Arc<CameraShared>>>>,
     signals_tx: Sender<Published>,
+    signal_queue: usize,
     stop_tx: Option<Sender<()>>,
     publisher: Option<JoinHandle<()>>,
 }
@@ -1027,6 +1029,7 @@ impl Service {
             handle: ServiceHandle { shared, wake },
             cameras,
             signals_tx,
+            signal_queue: opts.signal_queue.max(1),
             stop_tx: Some(stop_tx),
             publisher: Some(publisher),
         })
@@ -1045,7 +1048,13 @@ impl Service {
             return Err(ServiceError::BadCamera(format!("{name:?}: duplicate path {path}")));
         }
         let (control_tx, control_rx) = bounded(8);
-        let (spare_scores_tx, spare_scores) = bounded(SPARE_SCORES);
+        // Enough score buffers for a full signal queue, allocated now: `recycle` then never
+        // allocates, even while the publisher lags (a full queue drops, returning the box).
+        let spares = self.signal_queue + SPARE_SCORES_EXTRA;
+        let (spare_scores_tx, spare_scores) = bounded(spares);
+        for _ in 0..spares {
+            let _ = spare_scores_tx.try_send(Box::<Scores>::default());
+        }
         let cam = Arc::new(CameraShared {
             name: name.to_owned(),
             path: opath,

@@ -25,7 +25,7 @@ use prom_kernels::Kernels;
 
 use crate::config::{Camera, Source};
 use crate::dbus::{CameraHandle, CameraStats, ModelInfo, Scores};
-use crate::preprocess::{Crop as PreCrop, Frame, Preprocessor};
+use crate::preprocess::{Crop as PreCrop, Frame, PixelFormat, Preprocessor};
 use crate::publish::Policy;
 use crate::sources::{self, Backoff, FrameMeta, FrameSource, SourceError};
 
@@ -569,9 +569,11 @@ struct CameraRuntime {
     cam: Arc<CameraShared>,
     slot: Receiver<FrameMsg>,
     free: Sender<Vec<u8>>,
-    pre: Option<Preprocessor>,
-    /// The (format, width, height, input width, input height) `pre` was built for.
-    pre_key: (crate::preprocess::PixelFormat, usize, usize, usize, usize),
+    /// One preprocessor per engine worker (up to [`MAX_PREP_SPLIT`]): frames are converted
+    /// by all workers, each doing a band of output rows.
+    pres: Vec<Mutex<Preprocessor>>,
+    /// The (format, width, height, input width, input height) `pres` were built for.
+    pre_key: (PixelFormat, usize, usize, usize, usize),
     policy: Policy,
     spare: Option<Box<Scores>>,
     classified: u64,
@@ -599,8 +601,8 @@ impl CameraRuntime {
             cam,
             slot,
             free,
-            pre: None,
-            pre_key: (crate::preprocess::PixelFormat::Rgb24, 0, 0, 0, 0),
+            pres: Vec::new(),
+            pre_key: (PixelFormat::Rgb24, 0, 0, 0, 0),
             policy: Policy::new(camera.publish, 0),
             spare: None,
             classified: 0,
@@ -650,6 +652,39 @@ impl CameraRuntime {
         let mut report = lock(&self.cam.report);
         report.stats = stats;
         report.stages = self.stages;
+    }
+}
+
+/// Most engine workers that share the conversion of one frame.
+const MAX_PREP_SPLIT: usize = 8;
+
+/// Converts `frame` into `input` on all of `state`'s workers, worker `i` doing the `i`-th
+/// band of output rows with its own preprocessor. Allocates nothing.
+fn prepare_split(
+    state: &State,
+    pres: &[Mutex<Preprocessor>],
+    frame: &Frame,
+    input: &mut [u8],
+    row_bytes: usize,
+) -> Result<(), crate::preprocess::PreprocessError> {
+    let rows = input.len() / row_bytes;
+    let per = rows.div_ceil(pres.len());
+    let mut bands = input.chunks_mut(per * row_bytes);
+    let bands: [Mutex<Option<&mut [u8]>>; MAX_PREP_SPLIT] =
+        std::array::from_fn(|_| Mutex::new(bands.next()));
+    let failure = Mutex::new(None);
+    state.parallel(&|worker, _| {
+        let (Some(band), Some(pre)) = (bands.get(worker), pres.get(worker)) else { return };
+        let Some(out) = lock(band).take() else { return };
+        let start = worker * per;
+        let r = lock(pre).run_rows(frame, start..start + out.len() / row_bytes, out);
+        if let Err(e) = r {
+            *lock(&failure) = Some(e);
+        }
+    });
+    match failure.into_inner().unwrap_or_else(|e| e.into_inner()) {
+        Some(e) => Err(e),
+        None => Ok(()),
     }
 }
 
@@ -730,7 +765,7 @@ impl InferenceWorker {
         probs.resize(self.model.classes(), 0.0);
         for c in &mut self.cameras {
             c.policy = Policy::new(c.camera.publish, probs.len());
-            c.pre = None;
+            c.pres.clear();
         }
         tracing::info!("now serving model {} ({})", self.model.info.name, self.model.info.checksum);
         let _ = done.send(());
@@ -742,7 +777,8 @@ impl InferenceWorker {
         let c = &mut self.cameras[index];
         let FrameMsg { buf, meta } = msg;
         let key = (meta.format, meta.width, meta.height, iw, ih);
-        if c.pre.is_none() || c.pre_key != key {
+        let workers = self.state.threads().min(MAX_PREP_SPLIT);
+        if c.pres.len() != workers || c.pre_key != key {
             let crop = match c.camera.crop {
                 None => PreCrop::Centre,
                 Some(_) => {
@@ -756,17 +792,19 @@ impl InferenceWorker {
                     }
                 }
             };
-            match Preprocessor::new(meta.format, meta.width, meta.height, crop, iw, ih) {
-                Ok(p) => {
-                    c.pre = Some(p);
-                    c.pre_key = key;
-                }
-                Err(e) => {
-                    tracing::warn!("camera {}: {e}", c.camera.name);
-                    let _ = c.free.try_send(buf);
-                    return;
+            c.pres.clear();
+            for _ in 0..workers {
+                match Preprocessor::new(meta.format, meta.width, meta.height, crop, iw, ih) {
+                    Ok(p) => c.pres.push(Mutex::new(p)),
+                    Err(e) => {
+                        tracing::warn!("camera {}: {e}", c.camera.name);
+                        c.pres.clear();
+                        let _ = c.free.try_send(buf);
+                        return;
+                    }
                 }
             }
+            c.pre_key = key;
         }
         let frame = Frame {
             format: meta.format,
@@ -775,9 +813,13 @@ impl InferenceWorker {
             stride: meta.stride,
             data: &buf,
         };
-        let converted = c.pre.as_mut().map(|p| p.run(&frame, input));
+        let converted = if workers > 1 && meta.format != PixelFormat::Mjpeg {
+            prepare_split(&self.state, &c.pres, &frame, input, iw * 3)
+        } else {
+            lock(&c.pres[0]).run(&frame, input)
+        };
         let _ = c.free.try_send(buf);
-        if let Some(Err(e)) = converted {
+        if let Err(e) = converted {
             tracing::warn!("camera {}: frame {} skipped: {e}", c.camera.name, meta.sequence);
             c.cam.dropped.fetch_add(1, Ordering::Relaxed);
             return;

@@ -362,15 +362,20 @@ impl Resampler {
 
     /// Resizes `C`-channel samples into RGB `out`: `row(y)` gives the samples-of-column
     /// function of source row `y`, `finish` turns resized samples into an RGB pixel.
-    fn run<const C: usize, R, P, F>(&mut self, out: &mut [u8], row: R, finish: F)
-    where
+    fn run<const C: usize, R, P, F>(
+        &mut self,
+        rows: std::ops::Range<usize>,
+        out: &mut [u8],
+        row: R,
+        finish: F,
+    ) where
         R: Fn(usize) -> P,
         P: Fn(usize) -> [u8; C],
         F: Fn([u8; C]) -> [u8; 3],
     {
         self.held = [None; 2];
         let ytaps = std::mem::take(&mut self.ytaps);
-        for (t, dst) in ytaps.iter().zip(out.chunks_exact_mut(self.out_w * 3)) {
+        for (t, dst) in ytaps[rows].iter().zip(out.chunks_exact_mut(self.out_w * 3)) {
             let keep = self.held.iter().position(|&h| h == Some(t.b));
             let sa = self.load(t.a, keep, &row);
             let sb = self.load(t.b, Some(sa), &row);
@@ -550,17 +555,38 @@ impl Preprocessor {
 
     /// Converts `frame` into `out` (`out_h x out_w x 3` RGB bytes).
     pub fn run(&mut self, frame: &Frame, out: &mut [u8]) -> Result<(), PreprocessError> {
+        self.run_rows(frame, 0..self.out_h, out)
+    }
+
+    /// Output rows `rows` of [`run`](Preprocessor::run)'s result into `out`
+    /// (`rows.len() x out_w x 3` bytes), so several threads can share one frame, each with
+    /// its own `Preprocessor`. The bytes are exactly those rows of a full run. MJPEG frames
+    /// are decoded whole, so for them only the full range is accepted.
+    pub fn run_rows(
+        &mut self,
+        frame: &Frame,
+        rows: std::ops::Range<usize>,
+        out: &mut [u8],
+    ) -> Result<(), PreprocessError> {
+        if rows.start > rows.end
+            || rows.end > self.out_h
+            || (self.format == PixelFormat::Mjpeg && rows != (0..self.out_h))
+        {
+            return Err(PreprocessError::Config(format!(
+                "output rows {rows:?} are not a range of 0..{}{}",
+                self.out_h,
+                if self.format == PixelFormat::Mjpeg { " (MJPEG: only the whole)" } else { "" }
+            )));
+        }
         if (frame.format, frame.width, frame.height) != (self.format, self.width, self.height) {
             return Err(PreprocessError::FrameMismatch {
                 expected: (self.format, self.width, self.height),
                 actual: (frame.format, frame.width, frame.height),
             });
         }
-        if out.len() != self.output_len() {
-            return Err(PreprocessError::OutputLength {
-                expected: self.output_len(),
-                actual: out.len(),
-            });
+        let expected = rows.len() * self.out_w * 3;
+        if out.len() != expected {
+            return Err(PreprocessError::OutputLength { expected, actual: out.len() });
         }
         if self.format == PixelFormat::Mjpeg {
             return self.run_jpeg(frame.data, out);
@@ -579,6 +605,7 @@ impl Preprocessor {
         let yuv = |[y, u, v]: [u8; 3]| yuv_to_rgb(y, u, v);
         match self.format {
             PixelFormat::Yuyv => rs.run(
+                rows.clone(),
                 out,
                 |y| {
                     let r = &data[y * stride..][..w * 2];
@@ -592,6 +619,7 @@ impl Preprocessor {
             PixelFormat::Nv12 => {
                 let (luma, uv) = data.split_at(stride * h);
                 rs.run(
+                    rows.clone(),
                     out,
                     |y| {
                         let (l, c) = (&luma[y * stride..][..w], &uv[y / 2 * stride..][..w]);
@@ -605,6 +633,7 @@ impl Preprocessor {
                 let (luma, chroma) = data.split_at(stride * h);
                 let (u, v) = chroma.split_at(cs * (h / 2));
                 rs.run(
+                    rows.clone(),
                     out,
                     |y| {
                         let l = &luma[y * stride..][..w];
@@ -615,6 +644,7 @@ impl Preprocessor {
                 )
             }
             PixelFormat::Rgb24 => rs.run(
+                rows.clone(),
                 out,
                 |y| {
                     let r = &data[y * stride..][..w * 3];
@@ -623,6 +653,7 @@ impl Preprocessor {
                 |p| p,
             ),
             PixelFormat::Bgr24 => rs.run(
+                rows.clone(),
                 out,
                 |y| {
                     let r = &data[y * stride..][..w * 3];
@@ -631,6 +662,7 @@ impl Preprocessor {
                 |p| p,
             ),
             PixelFormat::Grey => rs.run(
+                rows.clone(),
                 out,
                 |y| {
                     let r = &data[y * stride..][..w];
@@ -677,10 +709,12 @@ impl Preprocessor {
             // Only tiny frames round differently; the tables keep their capacity.
             self.set_decoded_size((dw, dh));
         }
+        let out_h = self.out_h;
         let rs = &mut self.resampler;
         if channels == 1 {
             // Decoded JPEG luma is full range, so grey is replicated, not expanded.
             rs.run(
+                0..out_h,
                 out,
                 |y| {
                     let r = &pixels[y * dw..][..dw];
@@ -690,6 +724,7 @@ impl Preprocessor {
             );
         } else {
             rs.run(
+                0..out_h,
                 out,
                 |y| {
                     let r = &pixels[y * dw * 3..][..dw * 3];

@@ -162,8 +162,12 @@ fn expected(model: &Path, image: &Path, k: usize) -> Vec<Prediction> {
 }
 
 fn file_camera_config(model: &Path, image: &Path, extra: &str) -> String {
+    file_camera_config_threads(model, image, extra, 1)
+}
+
+fn file_camera_config_threads(model: &Path, image: &Path, extra: &str, threads: u32) -> String {
     format!(
-        "model = \"{}\"\nthreads = 1\n\n[[camera]]\nname = \"files\"\nsource = \"file:{}\"\nfps = 25\n\n[camera.publish]\ntop_k = 3\n{extra}",
+        "model = \"{}\"\nthreads = {threads}\n\n[[camera]]\nname = \"files\"\nsource = \"file:{}\"\nfps = 25\n\n[camera.publish]\ntop_k = 3\n{extra}",
         model.display(),
         image.display()
     )
@@ -210,7 +214,9 @@ fn signals_carry_the_engines_result_and_properties_follow() {
     let model = small_model(&bus.dir, "a", 10, 7);
     let image = picture(&bus.dir);
     let want = expected(&model, &image, 3);
-    let daemon = Daemon::start(&bus, &file_camera_config(&model, &image, ""), &[], &[]);
+    // Two engine threads: the frame conversion is split over both (bit-exactly).
+    let config = file_camera_config_threads(&model, &image, "", 2);
+    let daemon = Daemon::start(&bus, &config, &[], &[]);
     let conn = bus.client();
 
     let got = results(&conn, "files", 5);
@@ -227,7 +233,7 @@ fn signals_carry_the_engines_result_and_properties_follow() {
 
     let root = root_proxy(&conn);
     assert_eq!(root.state().unwrap(), "running");
-    assert_eq!(root.threads().unwrap(), 1);
+    assert_eq!(root.threads().unwrap(), 2);
     assert_eq!(root.tier().unwrap(), Kernels::detect().unwrap().tier().name());
     let info = root.model().unwrap();
     let checksum = format!("crc32:{:08x}", Model::open(&model).unwrap().checksum());

@@ -230,6 +230,38 @@ fn random_frames_match_reference_bit_exactly() {
 }
 
 #[test]
+fn row_bands_from_separate_preprocessors_equal_a_full_run() {
+    // How the daemon splits a frame over its engine workers.
+    let mut rng = Rng(0xba2d);
+    for &(w, h, ow, oh, bands) in
+        &[(640, 480, 224, 224, 2), (640, 480, 224, 224, 3), (62, 34, 17, 23, 4), (32, 24, 5, 1, 2)]
+    {
+        for format in RAW {
+            let stride = format.row_bytes(w).unwrap() + 2;
+            let data = rng.bytes(buffer_len(format, h, stride));
+            let frame = Frame { format, width: w, height: h, stride, data: &data };
+            let want = run(&frame, Crop::Centre, ow, oh);
+            let mut got = vec![0u8; want.len()];
+            let per = oh.div_ceil(bands);
+            for (i, band) in got.chunks_mut(per * ow * 3).enumerate() {
+                let mut pre = Preprocessor::new(format, w, h, Crop::Centre, ow, oh).unwrap();
+                let rows = i * per..i * per + band.len() / (ow * 3);
+                pre.run_rows(&frame, rows, band).unwrap();
+            }
+            assert_same(&got, &want, &format!("{format} {w}x{h} -> {ow}x{oh} in {bands} bands"));
+        }
+    }
+    let mut pre = Preprocessor::new(PixelFormat::Yuyv, 4, 4, Crop::Centre, 2, 2).unwrap();
+    let data = [0u8; 32];
+    let frame = Frame::new(PixelFormat::Yuyv, 4, 4, &data);
+    assert!(pre.run_rows(&frame, 1..3, &mut [0u8; 12]).is_err(), "rows past the end");
+    assert!(pre.run_rows(&frame, 0..1, &mut [0u8; 12]).is_err(), "wrong output length");
+    let mut mjpeg = Preprocessor::new(PixelFormat::Mjpeg, 16, 16, Crop::Centre, 8, 8).unwrap();
+    let frame = Frame::new(PixelFormat::Mjpeg, 16, 16, &data);
+    assert!(mjpeg.run_rows(&frame, 0..4, &mut [0u8; 96]).is_err(), "MJPEG only whole");
+}
+
+#[test]
 fn strided_frames_need_only_bytes_up_to_the_last_one_read() {
     let mut rng = Rng(3);
     let (w, h) = (8, 4);

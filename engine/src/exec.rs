@@ -259,6 +259,15 @@ impl State {
         self.pool.threads()
     }
 
+    /// Runs `job(worker, workers)` once on every worker of this state's pool (the caller
+    /// being worker 0) and returns when all are done: lets the caller spread work that
+    /// belongs with an inference (such as preparing its input) over the same threads.
+    /// Allocates nothing.
+    pub fn parallel(&self, job: &(dyn Fn(usize, usize) + Sync)) {
+        let workers = self.pool.threads();
+        self.pool.run(&|worker| job(worker, workers));
+    }
+
     /// Runs one inference on `input` (uint8 RGB, `H x W x 3` of the model) and returns the
     /// int32 logits. Allocates nothing.
     pub fn run(&mut self, input: &[u8]) -> &[i32] {
