@@ -21,10 +21,18 @@ pub enum LogTarget {
 /// Whether standard error is the journal stream systemd announced.
 pub fn stderr_is_journal() -> bool {
     use std::os::unix::fs::MetadataExt;
-    let Some(stream) = std::env::var_os("JOURNAL_STREAM") else { return false };
-    let Some((dev, ino)) = stream.to_str().and_then(|s| s.split_once(':')) else { return false };
-    let (Ok(dev), Ok(ino)) = (dev.parse::<u64>(), ino.parse::<u64>()) else { return false };
-    std::fs::metadata("/proc/self/fd/2").is_ok_and(|m| m.dev() == dev && m.ino() == ino)
+    let stream = std::env::var_os("JOURNAL_STREAM");
+    let Ok(stderr) = std::fs::metadata("/proc/self/fd/2") else { return false };
+    journal_stream_is(stream.as_deref(), stderr.dev(), stderr.ino())
+}
+
+/// Whether a `JOURNAL_STREAM` value (`<device>:<inode>`, decimal) names the file with
+/// `dev` and `ino`.
+pub fn journal_stream_is(value: Option<&std::ffi::OsStr>, dev: u64, ino: u64) -> bool {
+    let Some((d, i)) = value.and_then(|v| v.to_str()).and_then(|s| s.split_once(':')) else {
+        return false;
+    };
+    d.parse::<u64>() == Ok(dev) && i.parse::<u64>() == Ok(ino)
 }
 
 /// Installs the global subscriber at `level` (`RUST_LOG` overrides it when set). Returns
@@ -45,4 +53,20 @@ pub fn init(level: tracing::Level) -> LogTarget {
     let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false);
     let _ = tracing_subscriber::registry().with(filter).with(fmt).try_init();
     LogTarget::Stderr
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::OsStr;
+
+    #[test]
+    fn journal_stream_must_name_standard_error() {
+        assert!(journal_stream_is(Some(OsStr::new("27:123456")), 27, 123456));
+        assert!(!journal_stream_is(Some(OsStr::new("27:123457")), 27, 123456));
+        assert!(!journal_stream_is(Some(OsStr::new("28:123456")), 27, 123456));
+        assert!(!journal_stream_is(Some(OsStr::new("27")), 27, 123456));
+        assert!(!journal_stream_is(Some(OsStr::new("a:b")), 27, 123456));
+        assert!(!journal_stream_is(None, 27, 123456));
+    }
 }

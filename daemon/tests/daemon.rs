@@ -532,3 +532,84 @@ fn start_up_errors_are_reported() {
     let (code, err) = run(&["--config", "/dev/null", "--embedded-model", "--check-config"]);
     assert_eq!(code, Some(0), "{err}");
 }
+
+fn promctl(args: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_promctl")).args(args).output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn promctl_client_commands() {
+    let bus = PrivateBus::start();
+    let addr = bus.address.clone();
+    let bus_args = |cmd: &[&str]| {
+        let mut v: Vec<String> = cmd.iter().map(|s| s.to_string()).collect();
+        v.push("--bus-address".into());
+        v.push(addr.clone());
+        v
+    };
+    let run = |cmd: &[&str]| {
+        let args = bus_args(cmd);
+        promctl(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let (code, _, err) = run(&["status"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("not running"), "{err}");
+
+    let model = small_model(&bus.dir, "a", 10, 7);
+    let image = picture(&bus.dir);
+    let _daemon = Daemon::start(&bus, &file_camera_config(&model, &image, ""), &[], &[]);
+    let (code, out, err) = run(&["status"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("state:   running") && out.contains("camera files: running"), "{out}");
+    let (code, out, _) = run(&["status", "--json"]);
+    assert_eq!(code, Some(0));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["cameras"][0]["name"], "files");
+    assert_eq!(v["model"]["classes"], 10);
+
+    let (code, out, err) = run(&["watch", "--count", "3", "--json"]);
+    assert_eq!(code, Some(0), "{err}");
+    let want = expected(&model, &image, 3);
+    let lines: Vec<serde_json::Value> =
+        out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 3);
+    for l in &lines {
+        assert_eq!(l["camera"], "files");
+        assert_eq!(l["top_k"][0]["class"], want[0].0);
+        assert_eq!(l["top_k"][0]["label"], want[0].1.as_str());
+    }
+
+    let (code, out, _) = run(&["pause", "files"]);
+    assert_eq!((code, out.trim()), (Some(0), "camera files: paused"));
+    let (code, out, _) = run(&["resume", "files"]);
+    assert_eq!((code, out.trim()), (Some(0), "camera files: running"));
+    let (code, _, err) = run(&["pause", "nosuchcamera"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("nosuchcamera"), "{err}");
+
+    let (code, out, err) = run(&["reload"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("now serving a"), "{out}");
+    let (code, _, err) = run(&["reload", "/nonexistent/m.prom"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("ReloadFailed") || err.contains("/nonexistent/m.prom"), "{err}");
+}
+
+#[test]
+fn promctl_demo_runs_end_to_end() {
+    let (code, out, err) = promctl(&["demo", "--frames", "4", "--json"]);
+    assert_eq!(code, Some(0), "stderr:\n{err}");
+    let lines: Vec<serde_json::Value> =
+        out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 4, "{out}");
+    assert!(lines
+        .iter()
+        .all(|l| l["camera"] == "demo" && l["top_k"].as_array().unwrap().len() == 5));
+    assert!(err.contains("not trained"), "the demo says its model is synthesized: {err}");
+    assert!(err.contains("exit status: 0"), "{err}");
+}
