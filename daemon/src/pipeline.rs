@@ -658,9 +658,18 @@ impl CameraRuntime {
 /// Most engine workers that share the conversion of one frame.
 const MAX_PREP_SPLIT: usize = 8;
 
-/// Converts `frame` into `input` on all of `state`'s workers, worker `i` doing the `i`-th
-/// band of output rows with its own preprocessor. Allocates nothing.
-fn prepare_split(
+/// Output rows per band of a split conversion.
+const PREP_BAND_ROWS: usize = 16;
+
+/// Most bands of a split conversion (larger inputs use taller bands).
+const MAX_PREP_BANDS: usize = 32;
+
+/// Converts `frame` into `input` on all of `state`'s workers (the inference thread's
+/// conversion; public for the `frame_prep` benchmark). The output rows are cut into
+/// bands that the workers take in turn from a shared counter, each with its own
+/// preprocessor: a worker still waking up from its sleep between frames (hundreds of
+/// microseconds on some machines) simply takes fewer bands. Allocates nothing.
+pub fn prepare_split(
     state: &State,
     pres: &[Mutex<Preprocessor>],
     frame: &Frame,
@@ -668,18 +677,23 @@ fn prepare_split(
     row_bytes: usize,
 ) -> Result<(), crate::preprocess::PreprocessError> {
     let rows = input.len() / row_bytes;
-    let per = rows.div_ceil(pres.len());
-    let mut bands = input.chunks_mut(per * row_bytes);
-    let bands: [Mutex<Option<&mut [u8]>>; MAX_PREP_SPLIT] =
-        std::array::from_fn(|_| Mutex::new(bands.next()));
+    let per = PREP_BAND_ROWS.max(rows.div_ceil(MAX_PREP_BANDS));
+    let mut chunks = input.chunks_mut(per * row_bytes);
+    let bands: [Mutex<Option<&mut [u8]>>; MAX_PREP_BANDS] =
+        std::array::from_fn(|_| Mutex::new(chunks.next()));
+    let next = AtomicU64::new(0);
     let failure = Mutex::new(None);
     state.parallel(&|worker, _| {
-        let (Some(band), Some(pre)) = (bands.get(worker), pres.get(worker)) else { return };
-        let Some(out) = lock(band).take() else { return };
-        let start = worker * per;
-        let r = lock(pre).run_rows(frame, start..start + out.len() / row_bytes, out);
-        if let Err(e) = r {
-            *lock(&failure) = Some(e);
+        let Some(pre) = pres.get(worker) else { return };
+        let mut pre = lock(pre);
+        loop {
+            let band = next.fetch_add(1, Ordering::Relaxed) as usize;
+            let Some(out) = bands.get(band).and_then(|b| lock(b).take()) else { return };
+            let start = band * per;
+            if let Err(e) = pre.run_rows(frame, start..start + out.len() / row_bytes, out) {
+                *lock(&failure) = Some(e);
+                return;
+            }
         }
     });
     match failure.into_inner().unwrap_or_else(|e| e.into_inner()) {
