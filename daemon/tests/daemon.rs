@@ -613,3 +613,32 @@ fn promctl_demo_runs_end_to_end() {
     assert!(err.contains("not trained"), "the demo says its model is synthesized: {err}");
     assert!(err.contains("exit status: 0"), "{err}");
 }
+
+#[test]
+fn several_cameras_at_once() {
+    let bus = PrivateBus::start();
+    let model = small_model(&bus.dir, "a", 10, 7);
+    let image = picture(&bus.dir);
+    let want = expected(&model, &image, 3);
+    let config = format!(
+        "{}\n[[camera]]\nname = \"pattern\"\nsource = \"testpattern\"\nwidth = 320\nheight = 240\nfps = 20\n\n[camera.publish]\ntop_k = 2\n",
+        file_camera_config_threads(&model, &image, "", 2)
+    );
+    let _daemon = Daemon::start(&bus, &config, &[], &[]);
+    let conn = bus.client();
+    let mut seen = std::collections::BTreeMap::<String, usize>::new();
+    watch_signals(&conn, None, Some(WAIT), |c| {
+        match c.camera.as_str() {
+            "files" => assert_eq!(c.top_k, want),
+            "pattern" => assert_eq!(c.top_k.len(), 2),
+            other => panic!("unexpected camera {other}"),
+        }
+        *seen.entry(c.camera).or_default() += 1;
+        Ok(seen.values().filter(|&&n| n >= 3).count() < 2)
+    })
+    .unwrap();
+    assert_eq!(seen.keys().collect::<Vec<_>>(), ["files", "pattern"]);
+    for name in ["files", "pattern"] {
+        assert_eq!(camera_proxy(&conn, name).state().unwrap(), "running");
+    }
+}
