@@ -295,6 +295,16 @@ fn check_stem(kern: Kernels) {
 fn check_small_ops(kern: Kernels) {
     let mut rng = Rng::new(7);
     let scalar = Kernels::scalar();
+    // The MobileNetV2-1.4 classifier size at the extremes of the int8 ranges (largest sums).
+    for (xv, wv) in [(-128i8, -127i8), (-128, 127), (127, 127)] {
+        let (k, n) = (1792, 1001);
+        let (x, w) = (vec![xv; k], vec![wv; k * n]);
+        let bias: Vec<i32> = (0..n as i32).map(|i| i * 1000 - 500_000).collect();
+        let (mut a, mut b) = (vec![0; n], vec![0; n]);
+        kern.linear(&x, &w, &bias, &mut a);
+        scalar.linear(&x, &w, &bias, &mut b);
+        assert_eq!(a, b, "linear at x={xv}, w={wv}");
+    }
     for _ in 0..50 {
         let (k, n) = (rng.usize(1, 1792), rng.usize(1, 40));
         let (x, w) = (rng.i8s(k), rng.weights(k * n));
