@@ -15,6 +15,7 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
 use crate::config::{Bus, CliOverrides, Config, ModelChoice, DEFAULT_MODEL_PATH, DEFAULT_PATH};
 use crate::dbus::{BusChoice, DecodedImage, Prediction, Service, ServiceHandle, ServiceOptions};
+use crate::lock;
 use crate::logging::{self, LogTarget};
 use crate::notify::Notifier;
 use crate::pipeline::{LoadedModel, ModelOrigin, Pipeline, PipelineOptions};
@@ -116,10 +117,6 @@ impl Reloader {
             }
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The model to serve at start-up.

@@ -12,4 +12,10 @@ pub mod pipeline;
 pub mod preprocess;
 pub mod publish;
 pub mod sources;
+
+/// Locks `m`, taking the data even if a thread panicked while holding it: every value the
+/// daemon guards stays consistent at each unlock, so poisoning carries no information here.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
 pub mod v4l2;

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_channel::{bounded, Receiver, Select, Sender, TrySendError};
 use prom_engine::{softmax, Model, Plan, PointwiseMode, State};
@@ -25,6 +25,7 @@ use prom_kernels::Kernels;
 
 use crate::config::{Camera, Source};
 use crate::dbus::{CameraHandle, CameraStats, ModelInfo, Scores};
+use crate::lock;
 use crate::preprocess::{Crop as PreCrop, Frame, PixelFormat, Preprocessor};
 use crate::publish::Policy;
 use crate::sources::{self, Backoff, FrameMeta, FrameSource, SourceError};
@@ -148,10 +149,7 @@ fn absolute(path: &Path) -> PathBuf {
     std::path::absolute(path).unwrap_or_else(|_| path.to_owned())
 }
 
-/// Microseconds since the Unix epoch.
-pub fn unix_us(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
-}
+pub use crate::sources::unix_us;
 
 /// Which pipeline thread is starting (see [`PipelineOptions::thread_hook`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -256,7 +254,6 @@ pub struct Pipeline {
     health: Arc<Health>,
     cameras: Vec<Arc<CameraShared>>,
     threads: usize,
-    model: Mutex<Arc<LoadedModel>>,
 }
 
 impl Pipeline {
@@ -336,7 +333,6 @@ impl Pipeline {
             health,
             cameras: shared,
             threads,
-            model: Mutex::new(model),
         })
     }
 
@@ -348,11 +344,6 @@ impl Pipeline {
     /// Engine worker threads.
     pub fn threads(&self) -> usize {
         self.threads
-    }
-
-    /// The model being served.
-    pub fn model(&self) -> Arc<LoadedModel> {
-        lock(&self.model).clone()
     }
 
     /// Per-camera statistics.
@@ -367,13 +358,11 @@ impl Pipeline {
         let state = Box::new(State::new(model.plan.clone(), self.threads));
         let (done, done_rx) = bounded(1);
         self.swap_tx
-            .send_timeout(Swap { model: model.clone(), state, done }, timeout)
+            .send_timeout(Swap { model, state, done }, timeout)
             .map_err(|_| "the inference thread did not take the new model".to_owned())?;
         done_rx
             .recv_timeout(timeout)
-            .map_err(|_| "the inference thread did not confirm the new model".to_owned())?;
-        *lock(&self.model) = model;
-        Ok(())
+            .map_err(|_| "the inference thread did not confirm the new model".to_owned())
     }
 
     /// Stops every thread, waiting at most `deadline` for them. Threads blocked in a
@@ -399,10 +388,6 @@ impl Pipeline {
         }
         ended == total
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Sleeps up to `d`, in short steps so that `stop` is noticed; returns whether to go on.
@@ -820,13 +805,7 @@ impl InferenceWorker {
             }
             c.pre_key = key;
         }
-        let frame = Frame {
-            format: meta.format,
-            width: meta.width,
-            height: meta.height,
-            stride: meta.stride,
-            data: &buf,
-        };
+        let frame = meta.frame(&buf);
         let converted = if workers > 1 && meta.format != PixelFormat::Mjpeg {
             prepare_split(&self.state, &c.pres, &frame, input, iw * 3)
         } else {

@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::config::{Camera, Retry, Source};
-use crate::preprocess::PixelFormat;
+use crate::preprocess::{Frame, PixelFormat};
 
 /// Default memory budget for the decoded frames a [`FileSource`] keeps (64 MiB).
 pub const DEFAULT_CACHE_BUDGET: usize = 64 << 20;
@@ -95,6 +95,19 @@ pub struct FrameMeta {
     pub captured_unix_us: u64,
 }
 
+impl FrameMeta {
+    /// The frame these metadata describe, in `data` (the buffer `next_frame` filled).
+    pub fn frame<'a>(&self, data: &'a [u8]) -> Frame<'a> {
+        Frame {
+            format: self.format,
+            width: self.width,
+            height: self.height,
+            stride: self.stride,
+            data,
+        }
+    }
+}
+
 /// A source of camera frames.
 pub trait FrameSource {
     /// Fills `buf` with the next frame (resizing it to the frame's length, reusing its
@@ -146,9 +159,13 @@ pub fn open(camera: &Camera, paced: bool) -> Result<Box<dyn FrameSource + Send>,
     })
 }
 
+/// Microseconds since the Unix epoch (0 before it).
+pub fn unix_us(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
+}
+
 fn now_stamps() -> (Instant, u64) {
-    let unix = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64);
-    (Instant::now(), unix)
+    (Instant::now(), unix_us(SystemTime::now()))
 }
 
 fn meta(format: PixelFormat, width: usize, height: usize, sequence: u64) -> FrameMeta {

@@ -31,7 +31,7 @@ use std::fmt;
 use std::io;
 use std::panic::{self, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use v4l::buffer::Type as BufferType;
 use v4l::capability::Flags as CapabilityFlags;
@@ -599,7 +599,7 @@ fn capture_stamps(now: Instant, flags: u32, stamp: Timestamp) -> (Instant, u64) 
         .unwrap_or_default();
     let captured = now.checked_sub(age).unwrap_or(now);
     let wall = wall.checked_sub(age).unwrap_or(wall);
-    (captured, wall.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64))
+    (captured, crate::sources::unix_us(wall))
 }
 
 // ---------------------------------------------------------------------------------------------

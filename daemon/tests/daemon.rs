@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use prom_daemon::client::{watch_signals, Classified};
 use prom_daemon::dbus::Prediction;
-use prom_daemon::preprocess::{Crop, Frame, Preprocessor};
+use prom_daemon::preprocess::{Crop, Preprocessor};
 use prom_daemon::sources::{FileSource, FrameSource};
 use prom_engine::{softmax, synthesize, Model, Plan, PointwiseMode, State, SynthConfig};
 use prom_kernels::Kernels;
@@ -141,13 +141,7 @@ fn expected(model: &Path, image: &Path, k: usize) -> Vec<Prediction> {
     let mut pre =
         Preprocessor::new(meta.format, meta.width, meta.height, Crop::Centre, iw, ih).unwrap();
     let mut input = vec![0u8; iw * ih * 3];
-    let frame = Frame {
-        format: meta.format,
-        width: meta.width,
-        height: meta.height,
-        stride: meta.stride,
-        data: &buf,
-    };
+    let frame = meta.frame(&buf);
     pre.run(&frame, &mut input).unwrap();
     let scale = model.graph().tensors.last().unwrap().scale;
     let labels = model.labels().to_vec();
@@ -161,13 +155,13 @@ fn expected(model: &Path, image: &Path, k: usize) -> Vec<Prediction> {
     order.into_iter().map(|c| (c as u32, labels[c].clone(), f64::from(probs[c]))).collect()
 }
 
-fn file_camera_config(model: &Path, image: &Path, extra: &str) -> String {
-    file_camera_config_threads(model, image, extra, 1)
+fn file_camera_config(model: &Path, image: &Path) -> String {
+    file_camera_config_threads(model, image, 1)
 }
 
-fn file_camera_config_threads(model: &Path, image: &Path, extra: &str, threads: u32) -> String {
+fn file_camera_config_threads(model: &Path, image: &Path, threads: u32) -> String {
     format!(
-        "model = \"{}\"\nthreads = {threads}\n\n[[camera]]\nname = \"files\"\nsource = \"file:{}\"\nfps = 25\n\n[camera.publish]\ntop_k = 3\n{extra}",
+        "model = \"{}\"\nthreads = {threads}\n\n[[camera]]\nname = \"files\"\nsource = \"file:{}\"\nfps = 25\n\n[camera.publish]\ntop_k = 3\n",
         model.display(),
         image.display()
     )
@@ -215,7 +209,7 @@ fn signals_carry_the_engines_result_and_properties_follow() {
     let image = picture(&bus.dir);
     let want = expected(&model, &image, 3);
     // Two engine threads: the frame conversion is split over both (bit-exactly).
-    let config = file_camera_config_threads(&model, &image, "", 2);
+    let config = file_camera_config_threads(&model, &image, 2);
     let daemon = Daemon::start(&bus, &config, &[], &[]);
     let conn = bus.client();
 
@@ -261,7 +255,7 @@ fn reload_success_and_failure() {
     let image = picture(&bus.dir);
     let (want_a, want_b) = (expected(&model_a, &image, 3), expected(&model_b, &image, 3));
     assert_ne!(want_a, want_b);
-    let _daemon = Daemon::start(&bus, &file_camera_config(&model_a, &image, ""), &[], &[]);
+    let _daemon = Daemon::start(&bus, &file_camera_config(&model_a, &image), &[], &[]);
     let conn = bus.client();
     wait_for_result(&conn, "files", &want_a, 3);
 
@@ -294,7 +288,7 @@ fn classify_image_answers_and_rejects_malformed_input() {
     let bus = PrivateBus::start();
     let model = small_model(&bus.dir, "a", 10, 7);
     let image = picture(&bus.dir);
-    let _daemon = Daemon::start(&bus, &file_camera_config(&model, &image, ""), &[], &[]);
+    let _daemon = Daemon::start(&bus, &file_camera_config(&model, &image), &[], &[]);
     let conn = bus.client();
     let root = root_proxy(&conn);
     let top = root.classify_image(&std::fs::read(&image).unwrap()).unwrap();
@@ -316,7 +310,7 @@ fn pause_and_resume() {
     let bus = PrivateBus::start();
     let model = small_model(&bus.dir, "a", 10, 7);
     let image = picture(&bus.dir);
-    let _daemon = Daemon::start(&bus, &file_camera_config(&model, &image, ""), &[], &[]);
+    let _daemon = Daemon::start(&bus, &file_camera_config(&model, &image), &[], &[]);
     let conn = bus.client();
     let cam = camera_proxy(&conn, "files");
     results(&conn, "files", 2);
@@ -337,7 +331,7 @@ fn sigterm_and_sigint_exit_cleanly_within_a_second() {
         let bus = PrivateBus::start();
         let model = small_model(&bus.dir, "a", 10, 7);
         let image = picture(&bus.dir);
-        let mut daemon = Daemon::start(&bus, &file_camera_config(&model, &image, ""), &[], &[]);
+        let mut daemon = Daemon::start(&bus, &file_camera_config(&model, &image), &[], &[]);
         results(&bus.client(), "files", 2);
         let (status, took) = daemon.stop_with(sig);
         assert_eq!(status.code(), Some(0), "SIG{sig}: {status}; log:\n{}", daemon.log());
@@ -438,7 +432,7 @@ fn systemd_notify_ready_watchdog_reload_and_stopping() {
     let sock = sock.to_str().unwrap().to_owned();
     let mut daemon = Daemon::start(
         &bus,
-        &file_camera_config(&model_path, &image, ""),
+        &file_camera_config(&model_path, &image),
         &[],
         &[("NOTIFY_SOCKET", &sock), ("WATCHDOG_USEC", "400000")],
     );
@@ -487,7 +481,7 @@ fn a_stuck_inference_stops_the_watchdog_pings() {
     let sock = sock.to_str().unwrap().to_owned();
     let mut daemon = Daemon::start(
         &bus,
-        &file_camera_config(&model, &image, ""),
+        &file_camera_config(&model, &image),
         &["--debug-stall-after-frames", "10"],
         &[("NOTIFY_SOCKET", &sock), ("WATCHDOG_USEC", "400000")],
     );
@@ -562,7 +556,7 @@ fn promctl_client_commands() {
 
     let model = small_model(&bus.dir, "a", 10, 7);
     let image = picture(&bus.dir);
-    let _daemon = Daemon::start(&bus, &file_camera_config(&model, &image, ""), &[], &[]);
+    let _daemon = Daemon::start(&bus, &file_camera_config(&model, &image), &[], &[]);
     let (code, out, err) = run(&["status"]);
     assert_eq!(code, Some(0), "{err}");
     assert!(out.contains("state:   running") && out.contains("camera files: running"), "{out}");
@@ -622,7 +616,7 @@ fn several_cameras_at_once() {
     let want = expected(&model, &image, 3);
     let config = format!(
         "{}\n[[camera]]\nname = \"pattern\"\nsource = \"testpattern\"\nwidth = 320\nheight = 240\nfps = 20\n\n[camera.publish]\ntop_k = 2\n",
-        file_camera_config_threads(&model, &image, "", 2)
+        file_camera_config_threads(&model, &image, 2)
     );
     let _daemon = Daemon::start(&bus, &config, &[], &[]);
     let conn = bus.client();

@@ -1,9 +1,11 @@
 //! The systemd unit and the D-Bus system-bus policy shipped in systemd/ and packaging/.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+mod common;
+use common::PrivateBus;
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
@@ -47,11 +49,9 @@ fn systemd_unit_verifies_and_has_the_notify_contract() {
 
 /// A system-like bus (default deny for method calls, as Debian's system.conf) with our
 /// policy file included.
-fn system_like_bus(dir: &Path) -> (std::process::Child, String) {
+fn system_like_bus() -> PrivateBus {
     let policy = repo().join("packaging/dbus/io.prom.Classifier1.conf");
-    let config = dir.join("system.conf");
-    std::fs::write(
-        &config,
+    PrivateBus::with_config(|dir| {
         format!(
             r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-BUS Bus Configuration 1.0//EN"
  "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
@@ -78,25 +78,8 @@ fn system_like_bus(dir: &Path) -> (std::process::Child, String) {
 "#,
             dir.display(),
             policy.display()
-        ),
-    )
-    .unwrap();
-    let mut child = Command::new("dbus-daemon")
-        .arg(format!("--config-file={}", config.display()))
-        .arg("--nofork")
-        .arg("--nopidfile")
-        .arg("--print-address=1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("dbus-daemon");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    if line.trim().is_empty() {
-        let out = child.wait_with_output().unwrap();
-        panic!("dbus-daemon rejected the policy: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    (child, line.trim().to_owned())
+        )
+    })
 }
 
 fn busctl(address: &str, as_nobody: bool, args: &[&str]) -> (bool, String) {
@@ -115,8 +98,8 @@ fn busctl(address: &str, as_nobody: bool, args: &[&str]) -> (bool, String) {
 
 #[test]
 fn bus_policy_lets_everyone_read_and_only_privileged_users_control() {
-    let dir = temp_dir("policy");
-    let (mut bus, address) = system_like_bus(&dir);
+    let bus = system_like_bus();
+    let address = bus.address.clone();
     let mut daemon = Command::new(env!("CARGO_BIN_EXE_prom-daemon"))
         .args(["--config", "/dev/null", "--embedded-model", "--threads", "1", "--bus-address"])
         .arg(&address)
@@ -186,9 +169,6 @@ fn bus_policy_lets_everyone_read_and_only_privileged_users_control() {
     }
     let _ = daemon.kill();
     let _ = daemon.wait();
-    let _ = bus.kill();
-    let _ = bus.wait();
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// Whether this process runs as root (needed to switch to `nobody`).

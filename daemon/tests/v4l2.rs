@@ -675,13 +675,7 @@ fn captures_from_a_real_device() {
         if meta.format != PixelFormat::Mjpeg {
             assert!(meta.stride >= meta.format.row_bytes(meta.width).unwrap());
         }
-        let frame = Frame {
-            format: meta.format,
-            width: meta.width,
-            height: meta.height,
-            stride: meta.stride,
-            data: &buf,
-        };
+        let frame = meta.frame(&buf);
         pre.run(&frame, &mut out).unwrap_or_else(|e| panic!("frame {sequence}: {e}"));
         *previous = Some(meta);
     };

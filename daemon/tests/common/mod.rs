@@ -19,17 +19,9 @@ pub struct PrivateBus {
 }
 
 impl PrivateBus {
+    /// A session-type bus where everything is allowed.
     pub fn start() -> PrivateBus {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "prom-dbus-test-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::SeqCst)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        let config = dir.join("bus.conf");
-        std::fs::write(
-            &config,
+        PrivateBus::with_config(|dir| {
             format!(
                 r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
  "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
@@ -46,11 +38,24 @@ impl PrivateBus {
 </busconfig>
 "#,
                 dir.display()
-            ),
-        )
-        .unwrap();
+            )
+        })
+    }
+
+    /// A bus run with the configuration `config(dir)`, which must listen on
+    /// `unix:path=<dir>/bus`.
+    pub fn with_config(config: impl FnOnce(&std::path::Path) -> String) -> PrivateBus {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "prom-dbus-test-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config_path = dir.join("bus.conf");
+        std::fs::write(&config_path, config(&dir)).unwrap();
         let mut child = match Command::new("dbus-daemon")
-            .arg(format!("--config-file={}", config.display()))
+            .arg(format!("--config-file={}", config_path.display()))
             .arg("--nofork")
             .arg("--print-address=1")
             .stdin(Stdio::null())
