@@ -521,7 +521,7 @@ impl Progress {
     }
     fn tick(&mut self) {
         self.done += 1;
-        if self.on && (self.done % 5 == 0 || self.done == self.total) {
+        if self.on && (self.done.is_multiple_of(5) || self.done == self.total) {
             let width = 30;
             let filled = width * self.done / self.total.max(1);
             eprint!(

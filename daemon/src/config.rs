@@ -967,10 +967,10 @@ fn validate_camera(camera: &Camera, key: &dyn Fn(&str) -> String) -> Result<()> 
         check_int(&key("width"), i64::from(camera.width), FRAME_SIZE)?;
         check_int(&key("height"), i64::from(camera.height), FRAME_SIZE)?;
         if let Some(format) = camera.format {
-            if format.needs_even_width() && camera.width % 2 != 0 {
+            if format.needs_even_width() && !camera.width.is_multiple_of(2) {
                 return invalid("width", format!("{} must be even for {format}", camera.width));
             }
-            if format.needs_even_height() && camera.height % 2 != 0 {
+            if format.needs_even_height() && !camera.height.is_multiple_of(2) {
                 return invalid("height", format!("{} must be even for {format}", camera.height));
             }
         }

@@ -144,8 +144,8 @@ impl PixelFormat {
         if width == 0
             || height == 0
             || stride < row
-            || (self.even_width() && width % 2 != 0)
-            || (self.even_height() && height % 2 != 0)
+            || (self.even_width() && !width.is_multiple_of(2))
+            || (self.even_height() && !height.is_multiple_of(2))
         {
             return None;
         }
@@ -153,7 +153,7 @@ impl PixelFormat {
         match self {
             PixelFormat::Nv12 => luma.checked_add(stride.checked_mul(height / 2 - 1)? + width),
             PixelFormat::Yuv420 => {
-                if stride % 2 != 0 {
+                if !stride.is_multiple_of(2) {
                     return None;
                 }
                 let cs = stride / 2;

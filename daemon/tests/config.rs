@@ -367,7 +367,7 @@ fn validation_errors_name_their_key() {
         ("threads = 5000".into(), "threads: 5000 is out of range 1..=1024"),
         ("threads = \"4\"".into(), "threads: expected an integer, found string \"4\""),
         ("threads = 2.5".into(), "threads: expected an integer, found float 2.5"),
-        ("kernel_tier = \"sse\"".into(), "kernel_tier: unknown kernel tier \"sse\" (expected scalar, avx2, neon)"),
+        ("kernel_tier = \"sse\"".into(), "kernel_tier: unknown kernel tier \"sse\" (expected scalar, avx2, avx512, neon)"),
         ("bus = \"sytem\"".into(), "bus: \"sytem\" is not \"system\", \"session\" or a D-Bus address"),
         ("bus = true".into(), "bus: expected a string, found boolean true"),
         ("log = \"loud\"".into(), "log: unknown log level \"loud\" (expected error, warn, info, debug, trace)"),

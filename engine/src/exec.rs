@@ -521,7 +521,7 @@ mod tests {
                         let r = split(len, n, w, q);
                         assert_eq!(r.start, next.min(len));
                         next = r.end;
-                        assert!(r.start % q == 0 || r.is_empty());
+                        assert!(r.start.is_multiple_of(q) || r.is_empty());
                     }
                     assert_eq!(next, len);
                 }

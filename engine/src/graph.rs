@@ -429,7 +429,7 @@ impl BlobCheck<'_> {
         if b.len != expected_len {
             return Err(ctx(format!("{name} blob is {} bytes, expected {expected_len}", b.len)));
         }
-        if b.offset % ALIGN != 0 {
+        if !b.offset.is_multiple_of(ALIGN) {
             return Err(ctx(format!("{name} blob offset {} is not 64-byte aligned", b.offset)));
         }
         let end = b.offset.checked_add(b.len).filter(|&e| e <= self.weights.len());

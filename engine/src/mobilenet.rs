@@ -534,7 +534,7 @@ pub fn synthesize(cfg: &SynthConfig) -> Result<ModelSpec, SynthError> {
     if !(0.35..=1.4).contains(&cfg.width) {
         return Err(SynthError::Width(cfg.width));
     }
-    if !(96..=224).contains(&cfg.resolution) || cfg.resolution % 32 != 0 {
+    if !(96..=224).contains(&cfg.resolution) || !cfg.resolution.is_multiple_of(32) {
         return Err(SynthError::Resolution(cfg.resolution));
     }
     if cfg.classes == 0 {

@@ -177,7 +177,10 @@ impl Model {
     /// A blob as little-endian int32 values, in place.
     pub fn blob_i32(&self, b: Blob) -> &[i32] {
         let bytes = self.blob_u8(b);
-        assert!(b.len % 4 == 0 && (bytes.as_ptr() as usize) % 4 == 0, "unaligned i32 blob");
+        assert!(
+            b.len.is_multiple_of(4) && (bytes.as_ptr() as usize).is_multiple_of(4),
+            "unaligned i32 blob"
+        );
         // SAFETY: validated blobs start at a 64-byte aligned file offset and the file data
         // starts on a page (mmap) or 64-byte (AlignedBuf) boundary, so the pointer is 4-byte
         // aligned (asserted); the length is a multiple of 4; every bit pattern is a valid

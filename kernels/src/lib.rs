@@ -7,14 +7,16 @@
 //! Three tiers implement the same numeric contract bit for bit (docs/FORMAT.md):
 //! - `scalar`: plain loops, the oracle;
 //! - `avx2`: x86_64 with AVX2 (module [`x86_64`]);
+//! - `avx512`: x86_64 with AVX-512 F/BW/VL: its own add-only ternary pointwise kernel
+//!   (32-pixel tiles), the AVX2 kernels for the other operations;
 //! - `neon`: aarch64 (module `aarch64`).
 //!
 //! [`Kernels::detect`] picks the best tier once and logs it; the environment variable
-//! `PROM_KERNEL_TIER` (`scalar`, `avx2`, `neon`) forces one, which is an error if this CPU
+//! `PROM_KERNEL_TIER` (`scalar`, `avx2`, `avx512`, `neon`) forces one, which is an error if this CPU
 //! cannot run it.
 //!
 //! Unsafe code is fenced: SIMD functions are `#[target_feature]` `unsafe fn`s reachable only
-//! through a capability token ([`x86_64::Avx2`], `aarch64::Neon`) that can be built only when
+//! through a capability token ([`x86_64::Avx2`], [`x86_64::Avx512`], `aarch64::Neon`) that can be built only when
 //! the CPU has the feature.
 
 pub mod buffer;
@@ -48,19 +50,22 @@ pub enum Tier {
     Scalar,
     /// x86_64 AVX2.
     Avx2,
+    /// x86_64 AVX-512 (F, BW, VL).
+    Avx512,
     /// aarch64 NEON (Advanced SIMD).
     Neon,
 }
 
 impl Tier {
     /// All tiers, in order of preference from worst to best.
-    pub const ALL: [Tier; 3] = [Tier::Scalar, Tier::Avx2, Tier::Neon];
+    pub const ALL: [Tier; 4] = [Tier::Scalar, Tier::Avx2, Tier::Avx512, Tier::Neon];
 
     /// Lower-case name, as accepted by `PROM_KERNEL_TIER`.
     pub fn name(self) -> &'static str {
         match self {
             Tier::Scalar => "scalar",
             Tier::Avx2 => "avx2",
+            Tier::Avx512 => "avx512",
             Tier::Neon => "neon",
         }
     }
@@ -79,7 +84,8 @@ impl Tier {
         match self {
             Tier::Scalar => 0,
             Tier::Avx2 => 1,
-            Tier::Neon => 2,
+            Tier::Avx512 => 2,
+            Tier::Neon => 3,
         }
     }
 }
@@ -106,7 +112,7 @@ impl std::fmt::Display for TierError {
                 write!(f, "kernel tier `{t}` is not available on this CPU")
             }
             TierError::UnknownName(n) => {
-                write!(f, "{TIER_ENV}={n:?} names no kernel tier (scalar, avx2, neon)")
+                write!(f, "{TIER_ENV}={n:?} names no kernel tier (scalar, avx2, avx512, neon)")
             }
         }
     }
@@ -114,7 +120,7 @@ impl std::fmt::Display for TierError {
 
 impl std::error::Error for TierError {}
 
-static CALLS: [AtomicU64; 3] = [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)];
+static CALLS: [AtomicU64; 4] = [const { AtomicU64::new(0) }; 4];
 
 /// Number of kernel calls each tier has served in this process. Tests use it to prove that
 /// the tier they mean to test really ran.
@@ -127,6 +133,8 @@ enum Imp {
     Scalar,
     #[cfg(target_arch = "x86_64")]
     Avx2(x86_64::Avx2),
+    #[cfg(target_arch = "x86_64")]
+    Avx512(x86_64::Avx512),
     #[cfg(target_arch = "aarch64")]
     Neon(aarch64::Neon),
 }
@@ -242,6 +250,10 @@ impl Kernels {
     /// The best tier this CPU supports, ignoring the environment.
     pub fn best() -> Kernels {
         #[cfg(target_arch = "x86_64")]
+        if let Some(t) = x86_64::Avx512::detect() {
+            return Kernels { imp: Imp::Avx512(t) };
+        }
+        #[cfg(target_arch = "x86_64")]
         if let Some(t) = x86_64::Avx2::detect() {
             return Kernels { imp: Imp::Avx2(t) };
         }
@@ -263,6 +275,8 @@ impl Kernels {
             Tier::Scalar => Some(Imp::Scalar),
             #[cfg(target_arch = "x86_64")]
             Tier::Avx2 => x86_64::Avx2::detect().map(Imp::Avx2),
+            #[cfg(target_arch = "x86_64")]
+            Tier::Avx512 => x86_64::Avx512::detect().map(Imp::Avx512),
             #[cfg(target_arch = "aarch64")]
             Tier::Neon => aarch64::Neon::detect().map(Imp::Neon),
             #[allow(unreachable_patterns)]
@@ -277,6 +291,8 @@ impl Kernels {
             Imp::Scalar => Tier::Scalar,
             #[cfg(target_arch = "x86_64")]
             Imp::Avx2(_) => Tier::Avx2,
+            #[cfg(target_arch = "x86_64")]
+            Imp::Avx512(_) => Tier::Avx512,
             #[cfg(target_arch = "aarch64")]
             Imp::Neon(_) => Tier::Neon,
         }
@@ -293,6 +309,8 @@ impl Kernels {
             Imp::Scalar => max_n * 4,
             #[cfg(target_arch = "x86_64")]
             Imp::Avx2(_) => x86_64::scratch_bytes(max_k, max_n),
+            #[cfg(target_arch = "x86_64")]
+            Imp::Avx512(_) => x86_64::scratch_bytes_avx512(max_k, max_n),
             #[cfg(target_arch = "aarch64")]
             Imp::Neon(_) => aarch64::scratch_bytes(max_k, max_n),
         };
@@ -313,6 +331,8 @@ impl Kernels {
             }
             #[cfg(target_arch = "x86_64")]
             Imp::Avx2(_) => x86_64::prepare_lists(weights.codes, k, n),
+            #[cfg(target_arch = "x86_64")]
+            Imp::Avx512(_) => x86_64::prepare_lists_avx512(weights.codes, k, n),
             #[cfg(target_arch = "aarch64")]
             Imp::Neon(_) => aarch64::prepare_lists(weights.codes, k, n),
         };
@@ -349,6 +369,16 @@ impl Kernels {
             Imp::Avx2(t) => {
                 x86_64::ternary_pointwise(t, shape, input, &weights.data, epi, output, scratch)
             }
+            #[cfg(target_arch = "x86_64")]
+            Imp::Avx512(t) => x86_64::ternary_pointwise_avx512(
+                t,
+                shape,
+                input,
+                &weights.data,
+                epi,
+                output,
+                scratch,
+            ),
             #[cfg(target_arch = "aarch64")]
             Imp::Neon(t) => {
                 aarch64::ternary_pointwise(t, shape, input, &weights.data, epi, output, scratch)
@@ -362,7 +392,7 @@ impl Kernels {
         let data = match self.imp {
             Imp::Scalar => AlignedBuf::from_i8(weights),
             #[cfg(target_arch = "x86_64")]
-            Imp::Avx2(_) => x86_64::pack_int8_pointwise(weights, n, k),
+            Imp::Avx2(_) | Imp::Avx512(_) => x86_64::pack_int8_pointwise(weights, n, k),
             #[cfg(target_arch = "aarch64")]
             Imp::Neon(_) => aarch64::pack_int8_pointwise(weights, n, k),
         };
@@ -400,6 +430,10 @@ impl Kernels {
             Imp::Avx2(t) => {
                 x86_64::int8_pointwise(t, shape, input, &weights.data, epi, output, scratch)
             }
+            #[cfg(target_arch = "x86_64")]
+            Imp::Avx512(t) => {
+                x86_64::int8_pointwise(t.avx2(), shape, input, &weights.data, epi, output, scratch)
+            }
             #[cfg(target_arch = "aarch64")]
             Imp::Neon(t) => {
                 aarch64::int8_pointwise(t, shape, input, &weights.data, epi, output, scratch)
@@ -436,6 +470,17 @@ impl Kernels {
             Imp::Avx2(t) => {
                 x86_64::depthwise3x3(t, shape, input, input_zero_point, weights, epi, rows, output)
             }
+            #[cfg(target_arch = "x86_64")]
+            Imp::Avx512(t) => x86_64::depthwise3x3_avx512(
+                t,
+                shape,
+                input,
+                input_zero_point,
+                weights,
+                epi,
+                rows,
+                output,
+            ),
             #[cfg(target_arch = "aarch64")]
             Imp::Neon(t) => {
                 aarch64::depthwise3x3(t, shape, input, input_zero_point, weights, epi, rows, output)
@@ -471,6 +516,17 @@ impl Kernels {
             Imp::Avx2(t) => {
                 x86_64::stem3x3s2(t, shape, input, input_zero_point, weights, epi, rows, output)
             }
+            #[cfg(target_arch = "x86_64")]
+            Imp::Avx512(t) => x86_64::stem3x3s2(
+                t.avx2(),
+                shape,
+                input,
+                input_zero_point,
+                weights,
+                epi,
+                rows,
+                output,
+            ),
             #[cfg(target_arch = "aarch64")]
             Imp::Neon(t) => {
                 aarch64::stem3x3s2(t, shape, input, input_zero_point, weights, epi, rows, output)
@@ -487,6 +543,8 @@ impl Kernels {
         match self.imp {
             #[cfg(target_arch = "x86_64")]
             Imp::Avx2(t) => x86_64::linear(t, input, weights, bias, logits),
+            #[cfg(target_arch = "x86_64")]
+            Imp::Avx512(t) => x86_64::linear(t.avx2(), input, weights, bias, logits),
             _ => scalar::linear(input, weights, bias, logits),
         }
     }
@@ -499,6 +557,8 @@ impl Kernels {
         match self.imp {
             #[cfg(target_arch = "x86_64")]
             Imp::Avx2(t) => x86_64::add(t, a, b, params, output),
+            #[cfg(target_arch = "x86_64")]
+            Imp::Avx512(t) => x86_64::add_avx512(t, a, b, params, output),
             _ => scalar::add(a, b, params, output),
         }
     }
@@ -511,7 +571,10 @@ impl Kernels {
         params: &PoolParams,
         out: &mut [i8],
     ) {
-        assert!(channels > 0 && input.len() % channels == 0, "pool: input not pixels x channels");
+        assert!(
+            channels > 0 && input.len().is_multiple_of(channels),
+            "pool: input not pixels x channels"
+        );
         assert!(!input.is_empty(), "pool: empty input");
         assert!(input.len() / channels <= 1 << 16, "pool: more than 65536 pixels");
         assert_eq!(out.len(), channels, "pool: output length");
@@ -520,6 +583,8 @@ impl Kernels {
         match self.imp {
             #[cfg(target_arch = "x86_64")]
             Imp::Avx2(t) => x86_64::global_avg_pool(t, input, channels, params, out),
+            #[cfg(target_arch = "x86_64")]
+            Imp::Avx512(t) => x86_64::global_avg_pool(t.avx2(), input, channels, params, out),
             _ => scalar::global_avg_pool(input, channels, params, out),
         }
     }

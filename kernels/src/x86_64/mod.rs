@@ -1,12 +1,16 @@
-//! x86_64 AVX2 tier.
+//! x86_64 tiers: AVX2, and AVX-512 (F, BW, VL) for the ternary pointwise kernel.
 //!
-//! Every SIMD function here is an `unsafe fn` with `#[target_feature(enable = "avx2")]`; the
-//! safe entry points take an [`Avx2`] token, which can only be constructed when the CPU has
-//! AVX2, and that is the whole safety argument for calling them.
+//! Every SIMD function here is an `unsafe fn` with `#[target_feature(enable = ...)]`; the
+//! safe entry points take an [`Avx2`] or [`Avx512`] token, which can only be constructed when
+//! the CPU has those features, and that is the whole safety argument for calling them. The
+//! AVX-512 tier runs the operations it has no kernel of its own for with the AVX2 kernels
+//! (every AVX-512 CPU has AVX2, and [`Avx512::avx2`] hands out that token).
 
 // Kernel function names follow XNNPACK's convention `op_tile__isa`.
 #[allow(non_snake_case)]
 mod dw;
+#[allow(non_snake_case)]
+mod dw512;
 #[allow(non_snake_case)]
 mod int8_pw;
 mod requant;
@@ -15,6 +19,59 @@ mod stem;
 // Deliberately not named `ternary*`: only its add-only MAC functions carry that word.
 #[allow(non_snake_case)]
 mod table_pw;
+#[allow(non_snake_case)]
+mod table_pw512;
+
+/// Defines `fn $name([$v; 16]) -> [$v; 16]`, a 16x16 byte transpose done independently in
+/// every 128-bit lane of `$v` (the unpack instructions work per lane), from the nine
+/// intrinsics given: zero, then the low/high unpacks of 8-, 16-, 32- and 64-bit elements.
+/// Shared by the SSE2 (one matrix) and AVX2 (two matrices at once) tile transposes.
+macro_rules! byte_transpose16 {
+    ($(#[$attr:meta])* fn $name:ident($v:ty) {
+        $zero:ident, $lo8:ident, $hi8:ident, $lo16:ident, $hi16:ident, $lo32:ident,
+        $hi32:ident, $lo64:ident, $hi64:ident
+    }) => {
+        $(#[$attr])*
+        fn $name(r: [$v; 16]) -> [$v; 16] {
+            // SAFETY: register-only operations of an instruction set the function's target
+            // features (or the x86_64 baseline, for SSE2) guarantee.
+            #[allow(unused_unsafe)]
+            unsafe {
+                let mut a = [$zero(); 16];
+                for i in 0..8 {
+                    a[i] = $lo8(r[2 * i], r[2 * i + 1]);
+                    a[i + 8] = $hi8(r[2 * i], r[2 * i + 1]);
+                }
+                // a[h*8 + i]: rows 2i, 2i+1; columns h*8..h*8+8
+                let mut b = [$zero(); 16];
+                for h in 0..2 {
+                    for i in 0..4 {
+                        let (x, y) = (a[h * 8 + 2 * i], a[h * 8 + 2 * i + 1]);
+                        b[h * 8 + i] = $lo16(x, y);
+                        b[h * 8 + 4 + i] = $hi16(x, y);
+                    }
+                }
+                // b[base + i] (base = h*8 + q*4): rows 4i..4i+4; columns base..base+4
+                let mut c = [$zero(); 16];
+                for base in [0, 4, 8, 12] {
+                    for i in 0..2 {
+                        let (x, y) = (b[base + 2 * i], b[base + 2 * i + 1]);
+                        c[base + i] = $lo32(x, y);
+                        c[base + 2 + i] = $hi32(x, y);
+                    }
+                }
+                // c[base + 2e + i]: rows 8i..8i+8; columns base+2e, base+2e+1
+                let mut out = [$zero(); 16];
+                for base in (0..16).step_by(2) {
+                    out[base] = $lo64(c[base], c[base + 1]);
+                    out[base + 1] = $hi64(c[base], c[base + 1]);
+                }
+                out
+            }
+        }
+    };
+}
+pub(crate) use byte_transpose16;
 
 use crate::params::{AddParams, DepthwiseShape, Epilogue, PointwiseShape, PoolParams, StemShape};
 use crate::{AlignedBuf, Scratch};
@@ -29,6 +86,46 @@ impl Avx2 {
     pub fn detect() -> Option<Avx2> {
         is_x86_feature_detected!("avx2").then_some(Avx2(()))
     }
+}
+
+/// Capability token: proof that this CPU supports AVX-512 F, BW and VL, and AVX2.
+#[derive(Clone, Copy, Debug)]
+pub struct Avx512(());
+
+impl Avx512 {
+    /// Returns the token when the CPU has AVX-512 F/BW/VL and AVX2.
+    pub fn detect() -> Option<Avx512> {
+        let has = is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512vl")
+            && is_x86_feature_detected!("avx2");
+        has.then_some(Avx512(()))
+    }
+
+    /// The AVX2 token (an `Avx512` token proves AVX2 too).
+    pub fn avx2(self) -> Avx2 {
+        Avx2(())
+    }
+}
+
+pub(crate) fn scratch_bytes_avx512(max_k: usize, max_n: usize) -> usize {
+    table_pw512::scratch_bytes(max_k, max_n).max(scratch_bytes(max_k, max_n))
+}
+
+pub(crate) fn prepare_lists_avx512(codes: &[u8], k: usize, n: usize) -> AlignedBuf {
+    table_pw512::prepare(codes, k, n)
+}
+
+pub(crate) fn ternary_pointwise_avx512(
+    t: Avx512,
+    shape: PointwiseShape,
+    input: &[i8],
+    w: &AlignedBuf,
+    epi: &Epilogue<'_>,
+    output: &mut [i8],
+    scratch: &mut Scratch,
+) {
+    table_pw512::run(t, shape, input, w, epi, output, &mut scratch.buf)
 }
 
 pub(crate) fn scratch_bytes(max_k: usize, max_n: usize) -> usize {
@@ -82,6 +179,20 @@ pub(crate) fn depthwise3x3(
 }
 
 #[allow(clippy::too_many_arguments)]
+pub(crate) fn depthwise3x3_avx512(
+    t: Avx512,
+    shape: DepthwiseShape,
+    input: &[i8],
+    input_zero_point: i8,
+    weights: &[i8],
+    epi: &Epilogue<'_>,
+    rows: Range<usize>,
+    output: &mut [i8],
+) {
+    dw512::run(t, shape, input, input_zero_point, weights, epi, rows, output)
+}
+
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn stem3x3s2(
     t: Avx2,
     shape: StemShape,
@@ -131,7 +242,7 @@ pub(crate) fn linear(t: Avx2, input: &[i8], weights: &[i8], bias: &[i32], logits
 unsafe fn linear_4rows_x16__avx2(_t: Avx2, input: &[i8], w: &[i8], k: usize) -> [i32; 4] {
     use std::arch::x86_64::*;
     let len = input.len();
-    assert!(len % 16 == 0 && len <= k && w.len() >= 3 * k + len, "linear tile bounds");
+    assert!(len.is_multiple_of(16) && len <= k && w.len() >= 3 * k + len, "linear tile bounds");
     let mut acc = [_mm256_setzero_si256(); 4];
     for j in (0..len).step_by(16) {
         // SAFETY: j + 16 <= len <= input.len(), and row r's j + 16 <= 3k + len <= w.len().
@@ -156,6 +267,15 @@ unsafe fn linear_4rows_x16__avx2(_t: Avx2, input: &[i8], w: &[i8], k: usize) -> 
 
 // The other small ops (residual add, pool) are the scalar code compiled with AVX2 enabled,
 // which LLVM vectorises; same integer arithmetic, so bit-identical by construction.
+
+pub(crate) fn add_avx512(_t: Avx512, a: &[i8], b: &[i8], p: &AddParams, out: &mut [i8]) {
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2")]
+    fn add_avx512(a: &[i8], b: &[i8], p: &AddParams, out: &mut [i8]) {
+        crate::scalar::add(a, b, p, out)
+    }
+    // SAFETY: the `Avx512` token proves the CPU has these features.
+    unsafe { add_avx512(a, b, p, out) }
+}
 
 pub(crate) fn add(_t: Avx2, a: &[i8], b: &[i8], p: &AddParams, out: &mut [i8]) {
     #[target_feature(enable = "avx2")]

@@ -38,46 +38,76 @@ const WINDOW: usize = 2 * CHUNK;
 const CHUNK81: usize = 12;
 /// Groups an int16 sum of the 81-row scheme spans before it is widened.
 const WINDOW81: usize = 5 * CHUNK81;
-/// Output channels summed side by side in the 81-row scheme (independent add chains).
-const LANES: usize = 4;
+/// Output channels summed side by side in the 81-row scheme (independent add chains; their
+/// four u16 row offsets of a group are one u64 in the prepared lists).
+pub(super) const LANES: usize = 4;
 const _: () = assert!(WINDOW81 * 4 * 128 < 1 << 15 && CHUNK81 * CODES * ROW < 1 << 16);
 /// Byte offset of the all-zero row that pads odd lists.
 const ZERO_ROW: usize = CHUNK * ROWS * ROW;
-const _: () = assert!(ZERO_ROW + ROW <= 1 << 16, "row offsets must fit u16");
-const _: () = assert!(WINDOW * 4 * 128 < 1 << 15 && WINDOW % CHUNK == 0);
+const _: () = assert!(WINDOW * 4 * 128 < 1 << 15 && WINDOW.is_multiple_of(CHUNK));
 
-/// `ENTRY[code] = (list, row offset)`: list 0 adds, list 1 subtracts, 2 = all-zero group.
-const ENTRY: [(u8, u16); CODES] = {
-    let mut t = [(2u8, 0u16); CODES];
-    let mut code = 0;
-    while code < CODES {
-        if code > 40 {
-            t[code] = (0, ((code - 41) * ROW) as u16);
-        } else if code < 40 {
-            t[code] = (1, ((80 - code - 41) * ROW) as u16);
-        }
-        code += 1;
+/// Table geometry of one tier: bytes per table row (one vector of int16 pixel sums) and the
+/// groups per chunk of each scheme. The prepared lists hold row byte offsets, so they depend
+/// on it.
+#[derive(Clone, Copy)]
+pub(super) struct Geometry {
+    /// Bytes of one table row.
+    pub row: usize,
+    /// Groups per lut40 chunk.
+    pub chunk40: usize,
+    /// Groups per lut81 chunk.
+    pub chunk81: usize,
+}
+
+impl Geometry {
+    /// Byte offset of the all-zero row that pads odd lut40 lists (after a chunk's tables).
+    pub const fn zero_row(self) -> usize {
+        self.chunk40 * ROWS * self.row
     }
-    t
-};
+
+    /// Whether every row offset of a chunk (and the zero row) fits the u16 lists.
+    pub const fn offsets_fit_u16(self) -> bool {
+        self.zero_row() + self.row <= 1 << 16 && self.chunk81 * CODES * self.row <= 1 << 16
+    }
+}
+
+/// This tier's geometry: 16-pixel rows of 32 bytes.
+const GEOMETRY: Geometry = Geometry { row: ROW, chunk40: CHUNK, chunk81: CHUNK81 };
+const _: () = assert!(GEOMETRY.offsets_fit_u16() && GEOMETRY.zero_row() == ZERO_ROW);
+
+/// `(list, stored row)` of a code: list 0 adds, list 1 subtracts, 2 = all-zero group; the
+/// stored row of code `c > 40` is `c - 41`, and `-T[c] = T[80 - c]`.
+const fn entry(code: usize) -> (u8, usize) {
+    if code > 40 {
+        (0, code - 41)
+    } else if code < 40 {
+        (1, 80 - code - 41)
+    } else {
+        (2, 0)
+    }
+}
 
 /// Table scheme of a layer. `Lut40` stores half the rows but gives every channel two
 /// variable-length lists (a loop exit per list and chunk); `Lut81` stores all 81 rows, and
 /// every channel reads exactly one row per group, so four channels run in lockstep. The full
 /// table pays off only when very many outputs share it.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Scheme {
+pub(super) enum Scheme {
     Lut40,
     Lut81,
 }
 
 impl Scheme {
     /// Lut81 when at least as many outputs as inputs share the tables (MobileNetV2's expand
-    /// layers): there the 41 extra stored rows per group cost less than lut40's per-channel
-    /// list overhead (a loop exit per list and chunk). Measured on the AVX2 machine: for
-    /// 12544x16x96 lut81 is ~1.2x faster than lut40, for 3136x96x24 lut40 is ~1.3x faster.
-    fn for_layer(k: usize, n: usize) -> Scheme {
-        if n >= k {
+    /// layers) or when there are at least [`LUT81_MIN_N`] outputs; lut40 for the few-output
+    /// project layers, where building 81 rows per group would cost more than the lookups.
+    /// Lut40's per-channel lists have data-dependent lengths, so every list costs a branch
+    /// misprediction or two; with many outputs that costs more than the 41 extra stored
+    /// rows. Measured on the x86 machine (AVX-512 tier, `promctl benchmark`): 49x960x320
+    /// 0.21 ms with lut40, 0.105 ms with lut81; 196x576x96 0.11 vs 0.09 ms; 784x192x32
+    /// 0.061 vs 0.075 ms (lut40 better).
+    pub(super) fn for_layer(k: usize, n: usize) -> Scheme {
+        if n >= k || n >= LUT81_MIN_N {
             Scheme::Lut81
         } else {
             Scheme::Lut40
@@ -85,41 +115,57 @@ impl Scheme {
     }
 }
 
+/// Output count from which a layer uses full 81-row tables whatever its input count.
+const LUT81_MIN_N: usize = 96;
+
 /// Number of prepared entries (u16) for `k` inputs and `n` outputs (an upper bound for
 /// lut40: per chunk and output a 2-entry header and one pad per list, one entry per group).
-fn prepared_len(k: usize, n: usize) -> usize {
+pub(super) fn prepared_len(k: usize, n: usize, geo: Geometry) -> usize {
     let g = groups(k);
     match Scheme::for_layer(k, n) {
-        Scheme::Lut40 => n * (g + 4 * g.div_ceil(CHUNK)),
-        Scheme::Lut81 => n * g,
+        Scheme::Lut40 => n * (g + 4 * g.div_ceil(geo.chunk40)),
+        Scheme::Lut81 => n.div_ceil(LANES) * LANES * g,
     }
 }
 
-/// Prepares packed ternary codes (`n` rows of `groups(k)`, all below 81) for the scheme `n`
-/// selects.
+/// Prepares packed ternary codes (`n` rows of `groups(k)`, all below 81) for this tier.
 pub(super) fn prepare(codes: &[u8], k: usize, n: usize) -> AlignedBuf {
-    let mut buf = AlignedBuf::zeroed(prepared_len(k, n) * 2);
-    let out = buf.as_u16_mut(prepared_len(k, n));
+    prepare_for(codes, k, n, GEOMETRY)
+}
+
+/// Prepares packed ternary codes for the scheme `k` and `n` select, with row offsets of the
+/// given geometry.
+pub(super) fn prepare_for(codes: &[u8], k: usize, n: usize, geo: Geometry) -> AlignedBuf {
+    assert!(geo.offsets_fit_u16(), "table geometry: row offsets exceed u16");
+    let len = prepared_len(k, n, geo);
+    let mut buf = AlignedBuf::zeroed(len * 2);
+    let out = buf.as_u16_mut(len);
     match Scheme::for_layer(k, n) {
-        Scheme::Lut40 => prepare_lut40(codes, k, n, out),
-        Scheme::Lut81 => prepare_lut81(codes, k, n, out),
+        Scheme::Lut40 => prepare_lut40(codes, k, n, geo, out),
+        Scheme::Lut81 => prepare_lut81(codes, k, n, geo, out),
     }
     buf
 }
 
-/// Lut81: for each chunk of groups, for each output channel, one chunk-relative row byte
-/// offset per group.
-fn prepare_lut81(codes: &[u8], k: usize, n: usize, out: &mut [u16]) {
+/// Lut81: for each chunk of groups, for each quad of output channels, for each group, the
+/// four channels' chunk-relative row byte offsets side by side (one u64), so the lookup loop
+/// reads four offsets with one load. Spare lanes of a last partial quad name row 0 (their
+/// sums are never stored).
+fn prepare_lut81(codes: &[u8], k: usize, n: usize, geo: Geometry, out: &mut [u16]) {
     let g = groups(k);
+    let rows: Vec<&[u8]> = codes.chunks_exact(g).take(n).collect();
     let mut pos = 0;
     let mut gs = 0;
     while gs < g {
-        let len = CHUNK81.min(g - gs);
-        for row in codes.chunks_exact(g).take(n) {
-            for (j, &code) in row[gs..gs + len].iter().enumerate() {
-                out[pos + j] = ((j * CODES + usize::from(code)) * ROW) as u16;
+        let len = geo.chunk81.min(g - gs);
+        for quad in rows.chunks(LANES) {
+            for j in 0..len {
+                for (lane, row) in quad.iter().enumerate() {
+                    let code = usize::from(row[gs + j]);
+                    out[pos + lane] = ((j * CODES + code) * geo.row) as u16;
+                }
+                pos += LANES;
             }
-            pos += len;
         }
         gs += len;
     }
@@ -128,43 +174,38 @@ fn prepare_lut81(codes: &[u8], k: usize, n: usize, out: &mut [u16]) {
 /// Lut40: for each chunk of groups, for each output channel,
 /// `[plus count, minus count, plus offsets.., minus offsets..]` with both counts even (odd
 /// lists are padded with the zero row).
-fn prepare_lut40(codes: &[u8], k: usize, n: usize, out: &mut [u16]) {
+fn prepare_lut40(codes: &[u8], k: usize, n: usize, geo: Geometry, out: &mut [u16]) {
     let g = groups(k);
+    let mut lists = [Vec::with_capacity(geo.chunk40 + 1), Vec::with_capacity(geo.chunk40 + 1)];
     let mut pos = 0;
     let mut gs = 0;
     while gs < g {
-        let len = CHUNK.min(g - gs);
+        let len = geo.chunk40.min(g - gs);
         for row in codes.chunks_exact(g).take(n) {
-            let mut lists = [[0u16; CHUNK + 1]; 2];
-            let mut count = [0usize; 2];
-            let mut base = 0u16;
-            for &code in &row[gs..gs + len] {
-                let (list, offset) = ENTRY[usize::from(code)];
+            lists.iter_mut().for_each(Vec::clear);
+            for (j, &code) in row[gs..gs + len].iter().enumerate() {
+                let (list, stored) = entry(usize::from(code));
                 if list < 2 {
-                    let l = usize::from(list);
-                    lists[l][count[l]] = base + offset;
-                    count[l] += 1;
+                    lists[usize::from(list)].push(((j * ROWS + stored) * geo.row) as u16);
                 }
-                base += (ROWS * ROW) as u16;
             }
-            for l in 0..2 {
-                if count[l] % 2 == 1 {
-                    lists[l][count[l]] = ZERO_ROW as u16;
-                    count[l] += 1;
+            for (l, list) in lists.iter_mut().enumerate() {
+                if list.len() % 2 == 1 {
+                    list.push(geo.zero_row() as u16);
                 }
-                out[pos + l] = count[l] as u16;
+                out[pos + l] = list.len() as u16;
             }
             pos += 2;
-            for l in 0..2 {
-                out[pos..pos + count[l]].copy_from_slice(&lists[l][..count[l]]);
-                pos += count[l];
+            for list in &lists {
+                out[pos..pos + list.len()].copy_from_slice(list);
+                pos += list.len();
             }
         }
         gs += len;
     }
 }
 
-fn round64(bytes: usize) -> usize {
+pub(super) fn round64(bytes: usize) -> usize {
     bytes.div_ceil(64) * 64
 }
 
@@ -213,7 +254,10 @@ pub(super) fn run(
 ) {
     let layout = Layout::new(shape.k, shape.n);
     assert!(scratch.len() >= layout.total, "scratch too small for this pointwise shape");
-    assert!(lists.len() >= prepared_len(shape.k, shape.n) * 2, "prepared weights too short");
+    assert!(
+        lists.len() >= prepared_len(shape.k, shape.n, GEOMETRY) * 2,
+        "prepared weights too short"
+    );
     // SAFETY: the `Avx2` token proves the CPU has AVX2. `Kernels::ternary_pointwise` checked
     // input/output lengths against the shape and the epilogue lengths, and the lists were
     // produced by `prepare` for this k and n (the `PreparedTernary` invariant), so every
@@ -287,23 +331,23 @@ unsafe fn run_avx2(
 }
 
 /// One chunk of groups and where it stands in its int16 window.
-struct Chunk {
+pub(super) struct Chunk {
     /// First group.
-    gs: usize,
+    pub gs: usize,
     /// Groups in the chunk.
-    len: usize,
+    pub len: usize,
     /// First chunk of a window: the sums start from zero.
-    open: bool,
+    pub open: bool,
     /// Last chunk of a window: the sums are widened into the int32 totals.
-    close: bool,
+    pub close: bool,
     /// The window is the tile's first: the totals are written, not added to.
-    first: bool,
+    pub first: bool,
 }
 
 /// The chunks of a tile's `groups`, `chunk` groups at a time, in int16 windows of `window`
 /// groups. A layer that fits one window never closes it: it keeps its int16 sums and the
 /// epilogue widens them.
-struct Chunks {
+pub(super) struct Chunks {
     groups: usize,
     chunk: usize,
     window: usize,
@@ -312,12 +356,12 @@ struct Chunks {
 }
 
 impl Chunks {
-    fn new(groups: usize, chunk: usize, window: usize) -> Chunks {
+    pub(super) fn new(groups: usize, chunk: usize, window: usize) -> Chunks {
         Chunks { groups, chunk, window, gs: 0, in_window: 0 }
     }
 
     /// Whether a layer of `groups` groups keeps its sums as int16.
-    fn single(groups: usize, window: usize) -> bool {
+    pub(super) fn single(groups: usize, window: usize) -> bool {
         groups <= window
     }
 }
@@ -415,14 +459,10 @@ unsafe fn ternary_pw_16x4c_lut81__avx2_mac(
         unsafe {
             ternary_build_tables__avx2(xt.add(gs * 4), len, tables, CODES, ternary_table81__avx2);
             let (mut wide, mut narrow) = (acc.wide, acc.narrow);
+            let mut quads = list.cast::<u64>();
             let mut c = 0;
             while c < n {
                 let live = LANES.min(n - c);
-                // Rows of the live channels; spare lanes repeat the last one.
-                let mut rows = [list; LANES];
-                for i in 1..LANES {
-                    rows[i] = if i < live { rows[i - 1].add(len) } else { rows[i - 1] };
-                }
                 let mut sums = [_mm256_setzero_si256(); LANES];
                 if !open {
                     for (i, s) in sums.iter_mut().enumerate().take(live) {
@@ -430,19 +470,21 @@ unsafe fn ternary_pw_16x4c_lut81__avx2_mac(
                     }
                 }
                 for j in 0..len {
-                    for (s, r) in sums.iter_mut().zip(rows) {
-                        let row = tables.add(usize::from(*r.add(j)));
+                    let offsets = quads.add(j).read_unaligned();
+                    for (i, s) in sums.iter_mut().enumerate() {
+                        let row = tables.add((offsets >> (16 * i)) as usize & 0xffff);
                         *s = _mm256_add_epi16(*s, _mm256_load_si256(row.cast()));
                     }
                 }
+                quads = quads.add(len);
                 for sum in sums.into_iter().take(live) {
                     ternary_store_sum__avx2(sum, narrow, wide, close, first);
                     wide = wide.add(2);
                     narrow = narrow.add(1);
-                    list = list.add(len);
                 }
                 c += LANES;
             }
+            list = quads.cast();
         }
     }
 }
@@ -741,41 +783,13 @@ unsafe fn store_output(otile: *const u8, n: usize, valid: usize, output: *mut i8
     }
 }
 
-/// Transposes a 16x16 byte matrix held as 16 rows.
-#[inline(always)]
-fn transpose16x16(r: [__m128i; 16]) -> [__m128i; 16] {
-    // SAFETY: SSE2 is part of the x86_64 baseline; these are register-only operations.
-    unsafe {
-        let mut a = [_mm_setzero_si128(); 16];
-        for i in 0..8 {
-            a[i] = _mm_unpacklo_epi8(r[2 * i], r[2 * i + 1]);
-            a[i + 8] = _mm_unpackhi_epi8(r[2 * i], r[2 * i + 1]);
-        }
-        // a[h*8 + i]: rows 2i, 2i+1; columns h*8..h*8+8
-        let mut b = [_mm_setzero_si128(); 16];
-        for h in 0..2 {
-            for i in 0..4 {
-                let (x, y) = (a[h * 8 + 2 * i], a[h * 8 + 2 * i + 1]);
-                b[h * 8 + i] = _mm_unpacklo_epi16(x, y);
-                b[h * 8 + 4 + i] = _mm_unpackhi_epi16(x, y);
-            }
-        }
-        // b[base + i] (base = h*8 + q*4): rows 4i..4i+4; columns base..base+4
-        let mut c = [_mm_setzero_si128(); 16];
-        for base in [0, 4, 8, 12] {
-            for i in 0..2 {
-                let (x, y) = (b[base + 2 * i], b[base + 2 * i + 1]);
-                c[base + i] = _mm_unpacklo_epi32(x, y);
-                c[base + 2 + i] = _mm_unpackhi_epi32(x, y);
-            }
-        }
-        // c[base + 2e + i]: rows 8i..8i+8; columns base+2e, base+2e+1
-        let mut out = [_mm_setzero_si128(); 16];
-        for base in (0..16).step_by(2) {
-            out[base] = _mm_unpacklo_epi64(c[base], c[base + 1]);
-            out[base + 1] = _mm_unpackhi_epi64(c[base], c[base + 1]);
-        }
-        out
+super::byte_transpose16! {
+    /// Transposes a 16x16 byte matrix held as 16 rows.
+    #[inline(always)]
+    fn transpose16x16(__m128i) {
+        _mm_setzero_si128, _mm_unpacklo_epi8, _mm_unpackhi_epi8, _mm_unpacklo_epi16,
+        _mm_unpackhi_epi16, _mm_unpacklo_epi32, _mm_unpackhi_epi32, _mm_unpacklo_epi64,
+        _mm_unpackhi_epi64
     }
 }
 

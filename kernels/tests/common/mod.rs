@@ -41,7 +41,7 @@ impl Rng {
             .map(|_| {
                 if self.next_u64() % 100 < zero_percent {
                     0
-                } else if self.next_u64() % 2 == 0 {
+                } else if self.next_u64().is_multiple_of(2) {
                     1
                 } else {
                     -1

@@ -1,0 +1,631 @@
+//! AVX-512 ternary pointwise convolution by partial-sum tables (add-only): the scheme of
+//! [`super::table_pw`] (lut40 / lut81 tables of the signed sums of four input channels, one
+//! row per output channel and group, load-time row-offset lists) with 32-pixel tiles, one
+//! int16 lane per pixel of a zmm register, so every `vpaddw`/`vpsubw` does 128 MACs.
+//!
+//! What changes with the width besides the tables:
+//! - tiles are transposed to and from channel-major with 256-bit byte transposes that do the
+//!   two 16-pixel halves of a tile at once, and channel or pixel tails use masked loads and
+//!   stores (AVX-512BW/VL) instead of scalar loops;
+//! - the requantization epilogue handles 16 int32 lanes per step and narrows with the
+//!   saturating `vpmovsdb`.
+//!
+//! Chunks keep the tables near 30 KiB (L1): 12 groups of lut40 (12 * 40 rows of 64 bytes) or
+//! 6 groups of lut81 (6 * 81 * 64). Int16 sums wrap, so only a sum's final value has to fit:
+//! they run over at most 48 (lut40) or 60 (lut81) groups, `60 * 4 * 128 < 2^15`, before they
+//! are widened into int32 totals.
+
+use super::table_pw::{prepared_len, round64, Chunk, Chunks, Geometry, Scheme, LANES};
+use super::Avx512;
+use crate::params::{Epilogue, PointwiseShape};
+use crate::ternary::{groups, CODES};
+use crate::AlignedBuf;
+use core::arch::x86_64::*;
+
+/// Pixels per tile (int16 lanes of a zmm register).
+const TILE: usize = 32;
+/// Bytes of one table row.
+const ROW: usize = TILE * 2;
+/// Stored rows per lut40 group: codes 41..=80.
+const ROWS: usize = 40;
+/// Table geometry (row offsets in the prepared lists).
+const GEOMETRY: Geometry = Geometry { row: ROW, chunk40: 12, chunk81: 6 };
+/// Groups an int16 lut40 sum may span before it is widened (|sum| <= 48 * 512 < 2^15).
+const WINDOW: usize = 4 * GEOMETRY.chunk40;
+/// Groups an int16 lut81 sum spans before it is widened.
+const WINDOW81: usize = 10 * GEOMETRY.chunk81;
+const _: () = assert!(GEOMETRY.offsets_fit_u16());
+const _: () = assert!(WINDOW * 4 * 128 < 1 << 15 && WINDOW81 * 4 * 128 < 1 << 15);
+const _: () =
+    assert!(WINDOW.is_multiple_of(GEOMETRY.chunk40) && WINDOW81.is_multiple_of(GEOMETRY.chunk81));
+
+/// Prepares packed ternary codes for this tier (row offsets of 64-byte rows).
+pub(super) fn prepare(codes: &[u8], k: usize, n: usize) -> AlignedBuf {
+    super::table_pw::prepare_for(codes, k, n, GEOMETRY)
+}
+
+/// Scratch layout: transposed input tile, table chunk (with its zero row), int32 totals,
+/// int16 running sums, channel-major output tile, per-channel rounding terms and shifts.
+struct Layout {
+    xt: usize,
+    tables: usize,
+    wide: usize,
+    narrow: usize,
+    otile: usize,
+    rounds: usize,
+    posts: usize,
+    total: usize,
+}
+
+impl Layout {
+    fn new(k: usize, n: usize) -> Layout {
+        let xt = 0;
+        // Whole 16-channel blocks: the transpose writes every vector of its last block.
+        let tables = xt + k.div_ceil(16) * 16 * ROW;
+        let table_bytes = (GEOMETRY.zero_row() + ROW).max(GEOMETRY.chunk81 * CODES * ROW);
+        let wide = tables + round64(table_bytes);
+        let narrow = wide + n * 2 * ROW;
+        let otile = narrow + n * ROW;
+        // Whole 16-channel blocks again: the output transpose reads them (tails masked).
+        let rounds = otile + n.div_ceil(16) * 16 * TILE;
+        let posts = rounds + round64(n * 8);
+        let total = posts + round64(n * 4);
+        Layout { xt, tables, wide, narrow, otile, rounds, posts, total }
+    }
+}
+
+pub(super) fn scratch_bytes(max_k: usize, max_n: usize) -> usize {
+    Layout::new(max_k, max_n).total
+}
+
+/// Kept out of line so that the multiplies of tiling and requantization are never inlined
+/// into a function whose name contains `ternary`.
+#[inline(never)]
+pub(super) fn run(
+    _t: Avx512,
+    shape: PointwiseShape,
+    input: &[i8],
+    lists: &AlignedBuf,
+    epi: &Epilogue<'_>,
+    output: &mut [i8],
+    scratch: &mut AlignedBuf,
+) {
+    let layout = Layout::new(shape.k, shape.n);
+    assert!(scratch.len() >= layout.total, "scratch too small for this pointwise shape");
+    assert!(
+        lists.len() >= prepared_len(shape.k, shape.n, GEOMETRY) * 2,
+        "prepared weights too short"
+    );
+    assert_eq!(input.len(), shape.pixels * shape.k, "pointwise: input length");
+    assert_eq!(output.len(), shape.pixels * shape.n, "pointwise: output length");
+    epi.check(shape.n);
+    // SAFETY: the `Avx512` token proves the CPU has AVX-512 F/BW/VL (and AVX2). Input and
+    // output lengths and the epilogue match the shape (asserted above); the lists were
+    // produced by `prepare` for this k and n (the `PreparedTernary` invariant), so every
+    // offset names a row of its chunk's tables or the zero row; the scratch is 64-byte
+    // aligned and large enough (asserted above).
+    unsafe {
+        run_avx512(shape, input, lists.as_ptr().cast(), epi, output, scratch.as_mut_ptr(), &layout)
+    }
+}
+
+/// # Safety
+/// AVX-512 F/BW/VL; `input`, `output` and `epi` match `shape`; `lists` was produced by
+/// [`prepare`] for `shape.k` and `shape.n`; `scratch` is 64-byte aligned with `layout.total`
+/// bytes.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2")]
+unsafe fn run_avx512(
+    shape: PointwiseShape,
+    input: &[i8],
+    lists: *const u16,
+    epi: &Epilogue<'_>,
+    output: &mut [i8],
+    scratch: *mut u8,
+    layout: &Layout,
+) {
+    let PointwiseShape { pixels, k, n } = shape;
+    let g = groups(k);
+    let scheme = Scheme::for_layer(k, n);
+    // SAFETY: the regions lie inside the scratch (layout.total bytes), 64-byte aligned.
+    let (xt, tables, acc, otile) = unsafe {
+        let acc = Acc {
+            wide: scratch.add(layout.wide).cast::<__m512i>(),
+            narrow: scratch.add(layout.narrow).cast::<__m512i>(),
+        };
+        let tables = scratch.add(layout.tables);
+        _mm512_store_si512(tables.add(GEOMETRY.zero_row()).cast(), _mm512_setzero_si512());
+        (scratch.add(layout.xt).cast::<__m512i>(), tables, acc, scratch.add(layout.otile))
+    };
+    // The per-channel rounding terms and post shifts, once per call rather than per tile.
+    // SAFETY: the layout reserved n i64 and n i32 for them, suitably aligned.
+    let (rounds, posts) = unsafe {
+        (
+            std::slice::from_raw_parts_mut(scratch.add(layout.rounds).cast::<i64>(), n),
+            std::slice::from_raw_parts_mut(scratch.add(layout.posts).cast::<i32>(), n),
+        )
+    };
+    for ((r, p), &s) in rounds.iter_mut().zip(posts.iter_mut()).zip(epi.shift) {
+        *r = 1i64 << (s - 1);
+        *p = i32::from(s) - 32;
+    }
+    let requant = Requant {
+        epi,
+        rounds,
+        posts,
+        zero_point: _mm512_set1_epi32(i32::from(epi.output_zero_point)),
+        min: _mm256_set1_epi8(epi.output_min),
+        max: _mm256_set1_epi8(epi.output_max),
+    };
+    let (window, chunk) = match scheme {
+        Scheme::Lut40 => (WINDOW, GEOMETRY.chunk40),
+        Scheme::Lut81 => (WINDOW81, GEOMETRY.chunk81),
+    };
+    let sums =
+        if Chunks::single(g, window) { Sums::Narrow(acc.narrow) } else { Sums::Wide(acc.wide) };
+    let mut start = 0;
+    while start < pixels {
+        let valid = TILE.min(pixels - start);
+        // SAFETY: rows start..start+valid exist in input and output; the scratch regions
+        // have the sizes the layout computed for k and n; the lists match (caller).
+        unsafe {
+            transpose_input(input.as_ptr().add(start * k), k, valid, xt);
+            match scheme {
+                Scheme::Lut40 => {
+                    ternary_pw_32x4c_lut40__avx512_mac(xt, lists, g, n, tables, acc, chunk, window)
+                }
+                Scheme::Lut81 => {
+                    ternary_pw_32x4c_lut81__avx512_mac(xt, lists, g, n, tables, acc, chunk, window)
+                }
+            }
+            requantize_tile(sums, &requant, n, otile);
+            store_output(otile, n, valid, output.as_mut_ptr().add(start * n));
+        }
+        start += valid;
+    }
+}
+
+/// Accumulator areas: int32 totals (2 vectors per channel: pixels 0..16 and 16..32) and
+/// int16 running sums (1 vector per channel).
+#[derive(Clone, Copy)]
+struct Acc {
+    wide: *mut __m512i,
+    narrow: *mut __m512i,
+}
+
+/// Add-only MAC of one 32-pixel tile: for each chunk of groups, build the chunk's lut40
+/// tables, then for every output channel add its plus rows and subtract its minus rows.
+///
+/// # Safety
+/// AVX-512 F/BW; `xt` holds `groups * 4` aligned vectors (transposed input, int16); `lists`
+/// was produced by [`prepare`] for these `groups` and `n`; `tables` has room for a chunk of
+/// tables and holds the zero row; `acc` has room for `n` channels; `chunk` and `window` are
+/// the lut40 ones.
+#[allow(clippy::too_many_arguments)]
+#[inline(never)]
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn ternary_pw_32x4c_lut40__avx512_mac(
+    xt: *const __m512i,
+    lists: *const u16,
+    groups: usize,
+    n: usize,
+    tables: *mut u8,
+    acc: Acc,
+    chunk: usize,
+    window: usize,
+) {
+    let mut list = lists;
+    for Chunk { gs, len, open, close, first } in Chunks::new(groups, chunk, window) {
+        // SAFETY: groups gs..gs+len exist in xt and their tables fit the table area; the
+        // lists of this chunk hold, per channel, a header and offsets of rows of these
+        // tables (or the zero row); accumulators stay inside the n channels.
+        unsafe {
+            ternary_build_tables__avx512(
+                xt.add(gs * 4),
+                len,
+                tables,
+                ROWS,
+                ternary_table40__avx512,
+            );
+            let (mut wide, mut narrow) = (acc.wide, acc.narrow);
+            for _ in 0..n {
+                let start = if open { _mm512_setzero_si512() } else { _mm512_load_si512(narrow) };
+                let (sum, next) = ternary_lists__avx512(start, tables, list);
+                list = next;
+                ternary_store_sum__avx512(sum, narrow, wide, close, first);
+                wide = wide.add(2);
+                narrow = narrow.add(1);
+            }
+        }
+    }
+}
+
+/// Add-only MAC of one 32-pixel tile with full 81-row tables: for each chunk of groups,
+/// build the tables, then four channels at a time add one row per group.
+///
+/// # Safety
+/// AVX-512 F/BW; `xt` holds `groups * 4` aligned vectors; `lists` was produced by
+/// [`prepare`] for these `groups` and `n` (lut81); `tables` has room for a chunk of 81-row
+/// tables; `acc` for `n` channels; `chunk` and `window` are the lut81 ones.
+#[allow(clippy::too_many_arguments)]
+#[inline(never)]
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn ternary_pw_32x4c_lut81__avx512_mac(
+    xt: *const __m512i,
+    lists: *const u16,
+    groups: usize,
+    n: usize,
+    tables: *mut u8,
+    acc: Acc,
+    chunk: usize,
+    window: usize,
+) {
+    let mut list = lists;
+    for Chunk { gs, len, open, close, first } in Chunks::new(groups, chunk, window) {
+        // SAFETY: groups gs..gs+len exist in xt and their tables fit the table area; this
+        // chunk's lists hold `len` offsets per channel, each naming a row of its group's
+        // table; accumulators stay inside the n channels.
+        unsafe {
+            ternary_build_tables__avx512(
+                xt.add(gs * 4),
+                len,
+                tables,
+                CODES,
+                ternary_table81__avx512,
+            );
+            let (mut wide, mut narrow) = (acc.wide, acc.narrow);
+            let mut quads = list.cast::<u64>();
+            let mut c = 0;
+            while c < n {
+                let live = LANES.min(n - c);
+                let mut sums = [_mm512_setzero_si512(); LANES];
+                if !open {
+                    for (i, s) in sums.iter_mut().enumerate().take(live) {
+                        *s = _mm512_load_si512(narrow.add(i));
+                    }
+                }
+                for j in 0..len {
+                    let offsets = quads.add(j).read_unaligned();
+                    for (i, s) in sums.iter_mut().enumerate() {
+                        let row = tables.add((offsets >> (16 * i)) as usize & 0xffff);
+                        *s = _mm512_add_epi16(*s, _mm512_load_si512(row.cast()));
+                    }
+                }
+                quads = quads.add(len);
+                for sum in sums.into_iter().take(live) {
+                    ternary_store_sum__avx512(sum, narrow, wide, close, first);
+                    wide = wide.add(2);
+                    narrow = narrow.add(1);
+                }
+                c += LANES;
+            }
+            list = quads.cast();
+        }
+    }
+}
+
+/// Stores one channel's int16 sum: kept as int16 inside a window, widened into the int32
+/// totals (written on the first window, added afterwards) when it closes.
+///
+/// # Safety
+/// AVX-512 F/BW; `narrow` points at one and `wide` at two aligned, writable vectors.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn ternary_store_sum__avx512(
+    sum: __m512i,
+    narrow: *mut __m512i,
+    wide: *mut __m512i,
+    close: bool,
+    first: bool,
+) {
+    // SAFETY: (caller) the vectors exist.
+    unsafe {
+        if !close {
+            _mm512_store_si512(narrow, sum);
+            return;
+        }
+        let lo = _mm512_cvtepi16_epi32(_mm512_castsi512_si256(sum));
+        let hi = _mm512_cvtepi16_epi32(_mm512_extracti64x4_epi64::<1>(sum));
+        if first {
+            _mm512_store_si512(wide, lo);
+            _mm512_store_si512(wide.add(1), hi);
+        } else {
+            _mm512_store_si512(wide, _mm512_add_epi32(_mm512_load_si512(wide), lo));
+            let w1 = wide.add(1);
+            _mm512_store_si512(w1, _mm512_add_epi32(_mm512_load_si512(w1), hi));
+        }
+    }
+}
+
+/// Builds the tables of `len` consecutive groups (four input vectors each), `rows` rows
+/// apart, with `build` (lut40 or lut81).
+///
+/// # Safety
+/// AVX-512 F/BW; `x` holds `4 len` aligned vectors; `tables` has room for `len * rows`
+/// rows; `build` writes `rows` rows from four vectors.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn ternary_build_tables__avx512(
+    x: *const __m512i,
+    len: usize,
+    tables: *mut u8,
+    rows: usize,
+    build: unsafe fn(*const __m512i, *mut u8),
+) {
+    let (mut x, mut t) = (x, tables);
+    for _ in 0..len {
+        // SAFETY: (caller) group j's inputs and table lie inside the given areas.
+        unsafe {
+            build(x, t);
+            x = x.add(4);
+            t = t.add(rows * ROW);
+        }
+    }
+}
+
+/// Builds all 81 rows of one group's table: row `c` holds `T[c]`, `c = l + 9 h`.
+///
+/// # Safety
+/// AVX-512 F/BW; `x` holds 4 aligned vectors; `t` is 64-byte aligned with room for 81 rows.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn ternary_table81__avx512(x: *const __m512i, t: *mut u8) {
+    // SAFETY: (caller) 4 readable vectors and 81 writable rows.
+    unsafe {
+        let low = ternary_table9__avx512(_mm512_load_si512(x), _mm512_load_si512(x.add(1)));
+        let high = ternary_table9__avx512(_mm512_load_si512(x.add(2)), _mm512_load_si512(x.add(3)));
+        let mut dst = t;
+        for h in &high {
+            for l in &low {
+                _mm512_store_si512(dst.cast(), _mm512_add_epi16(*l, *h));
+                dst = dst.add(ROW);
+            }
+        }
+    }
+}
+
+/// Builds the 40 stored rows of one group's table (codes 41..=80, see
+/// [`super::table_pw`]): codes 41..=44 are `low[5..9]`, then `high[h] + low[l]` for `h` in
+/// 5..9 and every `l`.
+///
+/// # Safety
+/// AVX-512 F/BW; `x` holds 4 aligned vectors; `t` is 64-byte aligned with room for 40 rows.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn ternary_table40__avx512(x: *const __m512i, t: *mut u8) {
+    // SAFETY: (caller) 4 readable vectors and 40 writable rows.
+    unsafe {
+        let low = ternary_table9__avx512(_mm512_load_si512(x), _mm512_load_si512(x.add(1)));
+        let high = ternary_table9__avx512(_mm512_load_si512(x.add(2)), _mm512_load_si512(x.add(3)));
+        let mut dst = t;
+        for l in &low[5..] {
+            _mm512_store_si512(dst.cast(), *l);
+            dst = dst.add(ROW);
+        }
+        for h in &high[5..] {
+            for l in &low {
+                _mm512_store_si512(dst.cast(), _mm512_add_epi16(*l, *h));
+                dst = dst.add(ROW);
+            }
+        }
+    }
+}
+
+/// The 9 signed sums of two vectors: `[d0 + 3 d1] = (d0 - 1) * a + (d1 - 1) * b`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw")]
+fn ternary_table9__avx512(a: __m512i, b: __m512i) -> [__m512i; 9] {
+    let z = _mm512_setzero_si512();
+    let sum = _mm512_add_epi16(a, b);
+    let diff = _mm512_sub_epi16(a, b);
+    [
+        _mm512_sub_epi16(z, sum),
+        _mm512_sub_epi16(z, b),
+        diff,
+        _mm512_sub_epi16(z, a),
+        z,
+        a,
+        _mm512_sub_epi16(z, diff),
+        b,
+        sum,
+    ]
+}
+
+/// One channel's chunk: `start` plus its plus rows minus its minus rows, two offsets per
+/// load in two add chains. Returns the sum and the start of the next channel's lists.
+///
+/// # Safety
+/// AVX-512 F/BW; `list` is a `[plus count, minus count, offsets..]` record from [`prepare`]
+/// whose offsets name aligned rows inside `tables`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn ternary_lists__avx512(
+    start: __m512i,
+    tables: *const u8,
+    list: *const u16,
+) -> (__m512i, *const u16) {
+    // SAFETY: (caller) the record and every row it names are in bounds.
+    unsafe {
+        let row = |off: u32| _mm512_load_si512(tables.add(off as usize).cast::<__m512i>());
+        let plus = usize::from(*list) / 2;
+        let minus = usize::from(*list.add(1)) / 2;
+        let mut p = list.add(2).cast::<u32>();
+        let (mut s0, mut s1) = (start, _mm512_setzero_si512());
+        for _ in 0..plus {
+            let pair = p.read_unaligned();
+            s0 = _mm512_add_epi16(s0, row(pair & 0xffff));
+            s1 = _mm512_add_epi16(s1, row(pair >> 16));
+            p = p.add(1);
+        }
+        for _ in 0..minus {
+            let pair = p.read_unaligned();
+            s0 = _mm512_sub_epi16(s0, row(pair & 0xffff));
+            s1 = _mm512_sub_epi16(s1, row(pair >> 16));
+            p = p.add(1);
+        }
+        (_mm512_add_epi16(s0, s1), p.cast())
+    }
+}
+
+super::byte_transpose16! {
+    /// Two 16x16 byte transposes at once, one per 128-bit lane.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn transpose16x16x2(__m256i) {
+        _mm256_setzero_si256, _mm256_unpacklo_epi8, _mm256_unpackhi_epi8,
+        _mm256_unpacklo_epi16, _mm256_unpackhi_epi16, _mm256_unpacklo_epi32,
+        _mm256_unpackhi_epi32, _mm256_unpacklo_epi64, _mm256_unpackhi_epi64
+    }
+}
+
+/// Mask of the first `count` (at most 16) bytes.
+#[inline]
+fn first_bytes(count: usize) -> __mmask16 {
+    ((1u32 << count.min(16)) - 1) as __mmask16
+}
+
+/// Transposes a tile of `valid` pixels x `k` int8 channels into int16 vectors of 32 pixels,
+/// one per channel, for whole 16-channel blocks (missing pixels and channels are zero).
+///
+/// # Safety
+/// AVX-512 BW/VL; `input` readable for `valid * k` bytes; `xt` writable for
+/// `round_up(k, 16)` aligned vectors.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2")]
+unsafe fn transpose_input(input: *const i8, k: usize, valid: usize, xt: *mut __m512i) {
+    for b in 0..k.div_ceil(16) {
+        let mask = first_bytes(k - b * 16);
+        // Lane 0 of row i holds pixel i, lane 1 pixel i + 16 (zero past `valid`); masked
+        // loads never touch bytes past the channels or pixels.
+        let rows: [__m256i; 16] = core::array::from_fn(|i| {
+            // SAFETY: (caller) pixel p < valid has k readable bytes from p * k; the mask
+            // limits the load to channels b * 16.. below k.
+            let load = |p: usize| unsafe {
+                if p < valid {
+                    _mm_maskz_loadu_epi8(mask, input.add(p * k + b * 16))
+                } else {
+                    _mm_setzero_si128()
+                }
+            };
+            _mm256_inserti128_si256::<1>(_mm256_castsi128_si256(load(i)), load(i + 16))
+        });
+        let cols = transpose16x16x2(rows);
+        for (j, c) in cols.iter().enumerate() {
+            // SAFETY: (caller) xt holds round_up(k, 16) vectors; b * 16 + j is below that.
+            unsafe { _mm512_store_si512(xt.add(b * 16 + j), _mm512_cvtepi8_epi16(*c)) };
+        }
+    }
+}
+
+/// Requantization parameters of a call: the epilogue plus the per-channel rounding terms
+/// and post shifts computed once per call, and the output zero point and clamp bounds.
+#[derive(Clone, Copy)]
+struct Requant<'a> {
+    epi: &'a Epilogue<'a>,
+    rounds: &'a [i64],
+    posts: &'a [i32],
+    zero_point: __m512i,
+    min: __m256i,
+    max: __m256i,
+}
+
+/// Where a tile's per-channel sums are: int16 (one vector per channel) when the layer fits
+/// one window, else int32 totals (two vectors per channel).
+#[derive(Clone, Copy)]
+enum Sums {
+    Narrow(*const __m512i),
+    Wide(*const __m512i),
+}
+
+impl Sums {
+    /// Channel `c`'s sums of pixels 0..16 and 16..32 as int32.
+    ///
+    /// # Safety
+    /// AVX-512 F/BW; channel `c` exists in the area.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw")]
+    unsafe fn load(self, c: usize) -> (__m512i, __m512i) {
+        // SAFETY: (caller) the vectors of channel c exist and are aligned.
+        unsafe {
+            match self {
+                Sums::Narrow(p) => {
+                    let v = _mm512_load_si512(p.add(c));
+                    (
+                        _mm512_cvtepi16_epi32(_mm512_castsi512_si256(v)),
+                        _mm512_cvtepi16_epi32(_mm512_extracti64x4_epi64::<1>(v)),
+                    )
+                }
+                Sums::Wide(p) => {
+                    (_mm512_load_si512(p.add(2 * c)), _mm512_load_si512(p.add(2 * c + 1)))
+                }
+            }
+        }
+    }
+}
+
+/// Requantizes the tile's sums: channel `c`'s 32 pixels become 32 bytes at `otile + 32 c`.
+/// Same rule as the AVX2 epilogue ([`super::requant`]): the 64-bit products of the even and
+/// odd lanes plus `2^(s-1)`, their high halves, then an arithmetic shift by `s - 32`.
+///
+/// # Safety
+/// AVX-512 F/BW/VL; `sums` holds `n` channels; `otile` is writable for `32 n` bytes; the
+/// epilogue has `n` entries with shifts in the contract's range.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2")]
+unsafe fn requantize_tile(sums: Sums, requant: &Requant<'_>, n: usize, otile: *mut u8) {
+    let Requant { epi, rounds, posts, zero_point, min, max } = *requant;
+    for c in 0..n {
+        let bias = _mm512_set1_epi32(epi.bias[c]);
+        let multiplier = _mm512_set1_epi32(epi.multiplier[c]);
+        let round = _mm512_set1_epi64(rounds[c]);
+        let post = _mm_cvtsi32_si128(posts[c]);
+        let apply = |acc: __m512i| {
+            let x = _mm512_add_epi32(acc, bias);
+            let even = _mm512_add_epi64(_mm512_mul_epi32(x, multiplier), round);
+            let odd =
+                _mm512_add_epi64(_mm512_mul_epi32(_mm512_srli_epi64::<32>(x), multiplier), round);
+            let high = _mm512_mask_blend_epi32(0xaaaa, _mm512_srli_epi64::<32>(even), odd);
+            let y = _mm512_add_epi32(_mm512_sra_epi32(high, post), zero_point);
+            // Saturating to int8 first, then clamping, equals clamping the exact value:
+            // the clamp bounds lie inside the int8 range.
+            _mm512_cvtsepi32_epi8(y)
+        };
+        // SAFETY: (caller) channel c < n exists in the sums; 32 bytes at 32 c are writable.
+        unsafe {
+            let (lo, hi) = sums.load(c);
+            let bytes = _mm256_inserti128_si256::<1>(_mm256_castsi128_si256(apply(lo)), apply(hi));
+            let clamped = _mm256_min_epi8(_mm256_max_epi8(bytes, min), max);
+            _mm256_store_si256(otile.add(32 * c).cast(), clamped);
+        }
+    }
+}
+
+/// Writes the channel-major output tile (`n` x 32 bytes) to `valid` pixel rows of `n`
+/// channels, 16 channels at a time (the last block's channel tail through masked stores).
+///
+/// # Safety
+/// AVX-512 BW/VL; `otile` readable for `32 * round_up(n, 16)` bytes, 32-byte aligned;
+/// `output` writable for `valid * n` bytes.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2")]
+unsafe fn store_output(otile: *const u8, n: usize, valid: usize, output: *mut i8) {
+    for b in 0..n.div_ceil(16) {
+        let mask = first_bytes(n - b * 16);
+        // SAFETY: (caller) the tile has whole 16-channel blocks of 32 bytes.
+        let rows: [__m256i; 16] = core::array::from_fn(|j| unsafe {
+            _mm256_load_si256(otile.add((b * 16 + j) * TILE).cast())
+        });
+        let cols = transpose16x16x2(rows);
+        // Column p: lane 0 is pixel p's 16 channels, lane 1 pixel p + 16's.
+        for (p, col) in cols.iter().enumerate() {
+            // SAFETY: (caller) pixels below `valid` have n writable bytes; the mask keeps
+            // the stores inside channels below n.
+            unsafe {
+                if p < valid {
+                    let dst = output.add(p * n + b * 16);
+                    _mm_mask_storeu_epi8(dst, mask, _mm256_castsi256_si128(*col));
+                }
+                if p + 16 < valid {
+                    let dst = output.add((p + 16) * n + b * 16);
+                    _mm_mask_storeu_epi8(dst, mask, _mm256_extracti128_si256::<1>(*col));
+                }
+            }
+        }
+    }
+}
