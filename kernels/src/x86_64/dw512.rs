@@ -1,13 +1,86 @@
-//! AVX-512 depthwise 3x3 convolution (placeholder: runs the AVX2 kernel until the
-//! 32-channel AVX-512 kernel lands).
+//! AVX-512 depthwise 3x3 convolution: int8, stride 1 or 2, padding 1 with the input zero point.
+//!
+//! Scheme (`dw3x3s1_s8_32c__avx512`, `dw3x3s2_s8_32c__avx512`): the AVX2 kernel's (see `dw.rs`)
+//! widened to 32 channels per block. A column's three input rows are sign-extended to int16
+//! (`vpmovsxbw zmm, m256`) and interleaved word-wise into `vpmaddwd` operands: rows 0 and 1
+//! as pairs `(r0, r1)`, row 2 as `(r2, r0)` against weight pairs `(w2, 0)`. `vpunpck*wd`
+//! works per 128-bit lane, so the two int32 halves of a block hold the channels
+//! `{0-3, 8-11, 16-19, 24-27}` ("lo") and `{4-7, 12-15, 20-23, 28-31}` ("hi"); that order is
+//! exactly what one `vpackssdw lo, hi` puts back in channel order, and `vpmovswb` finishes
+//! the narrowing. The epilogue parameters are loaded
+//! in the same lane order.
+//!
+//! Epilogue: the contract's rule with even/odd `vpmuldq` 64-bit products. When no bias can
+//! wrap `acc + bias` and every shift is at most [`FAST_MAX_SHIFT`] (true of real models), the
+//! bias, rounding term and output zero point fold into one 64-bit addend per channel,
+//! `bias * m + 2^(s-1) + zp * 2^s`, saving two adds per 16 lanes; otherwise the literal rule.
+//!
+//! Padding, bands of rows and the rolling accumulators are as in the AVX2 kernel. Channel
+//! tails: with `C >= 32` the last block moves back to `C - 32` (overlapping, recomputing
+//! identical values); `C < 32` runs one block with masked loads and stores.
+//!
+//! Overflow: none; `|acc| <= 9 * 128 * 128 = 147456 < 2^18`.
 
 use super::Avx512;
 use crate::params::{DepthwiseShape, Epilogue};
+use core::arch::x86_64::*;
 use std::ops::Range;
+
+/// Channels per block.
+const NC: usize = 32;
+/// Input bytes one band of output rows should span (its input rows stay in L1).
+const BAND_BYTES: usize = 32 * 1024;
+/// Largest `|acc|`: nine products of int8 values.
+const ACC_MAX: i32 = 9 * 128 * 128;
+/// Largest shift for the folded epilogue: `|x * m| < 2^62`, `2^(s-1) <= 2^52` and
+/// `|zp * 2^s| <= 2^60` keep the 64-bit sum below `2^63`.
+const FAST_MAX_SHIFT: u8 = 53;
+
+/// `vpmaddwd` operands of one column (or one kx of the weights):
+/// `[rows 0/1 lo, rows 0/1 hi, row 2 lo, row 2 hi]`.
+type Col = [__m512i; 4];
+/// int32 sums of the lo and hi channels.
+type Acc = [__m512i; 2];
+
+/// Requantization parameters of 16 lanes (the lo or hi channels of a block).
+#[derive(Clone, Copy)]
+struct Req {
+    /// Bias (generic path only; folded into `add_*` on the fast path).
+    bias: __m512i,
+    multiplier: __m512i,
+    /// The multiplier of the odd lanes, moved to the even ones.
+    multiplier_odd: __m512i,
+    /// 64-bit addend of the even / odd lanes' products.
+    add_even: __m512i,
+    add_odd: __m512i,
+    /// `s - 32` per lane.
+    post_shift: __m512i,
+}
+
+/// One 32-channel block: weights per kx, padding contributions, epilogue.
+struct Block {
+    taps: [Col; 3],
+    pad: [Acc; 3],
+    req: [Req; 2],
+    /// Output zero point as int32 (generic path only).
+    zero_point: __m512i,
+    min: __m256i,
+    max: __m256i,
+    /// Channel offset of the block.
+    cb: usize,
+    /// Valid channels (for masked loads and stores when `C < 32`).
+    mask: __mmask32,
+}
+
+/// Base pointer and pixel step of the three input rows of one output row.
+struct Rows {
+    ptr: [*const i8; 3],
+    step: [usize; 3],
+}
 
 #[allow(clippy::too_many_arguments)]
 pub(super) fn run(
-    t: Avx512,
+    _t: Avx512,
     shape: DepthwiseShape,
     input: &[i8],
     input_zero_point: i8,
@@ -16,5 +89,458 @@ pub(super) fn run(
     rows: Range<usize>,
     output: &mut [i8],
 ) {
-    super::dw::run(t.avx2(), shape, input, input_zero_point, weights, epi, rows, output)
+    let (c, wo) = (shape.channels, shape.out_width());
+    // Cheap restatements of `Kernels::depthwise3x3`'s checks: the pointer arithmetic below
+    // relies on them.
+    assert!(c > 0 && (shape.stride == 1 || shape.stride == 2), "depthwise: bad shape");
+    assert_eq!(input.len(), shape.height * shape.width * c, "depthwise: input length");
+    assert_eq!(weights.len(), 9 * c, "depthwise: weights length");
+    assert!(rows.start <= rows.end && rows.end <= shape.out_height(), "depthwise: rows");
+    assert_eq!(output.len(), rows.len() * wo * c, "depthwise: output length");
+    epi.check(c);
+    if rows.is_empty() {
+        return;
+    }
+    let fast = epi.shift.iter().all(|&s| s <= FAST_MAX_SHIFT)
+        && epi.bias.iter().all(|&b| b.unsigned_abs() <= (i32::MAX - ACC_MAX) as u32);
+    // SAFETY: the `Avx512` token proves AVX-512 F/BW/VL and AVX2; lengths and the row range
+    // were checked above.
+    unsafe {
+        if fast {
+            run_avx512::<true>(shape, input, input_zero_point, weights, epi, rows, output)
+        } else {
+            run_avx512::<false>(shape, input, input_zero_point, weights, epi, rows, output)
+        }
+    }
+}
+
+/// # Safety
+/// AVX-512 F/BW/VL must be available; slices and `rows` as checked in [`run`]; `FAST` only
+/// if every shift is at most [`FAST_MAX_SHIFT`] and no `acc + bias` can wrap.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2")]
+unsafe fn run_avx512<const FAST: bool>(
+    shape: DepthwiseShape,
+    input: &[i8],
+    input_zero_point: i8,
+    weights: &[i8],
+    epi: &Epilogue<'_>,
+    rows: Range<usize>,
+    output: &mut [i8],
+) {
+    let c = shape.channels;
+    let pad_row = [input_zero_point; NC];
+    let band = (BAND_BYTES / (shape.stride * shape.width * c)).max(1);
+    let mut start = rows.start;
+    while start < rows.end {
+        let band_rows = start..(start + band).min(rows.end);
+        let mut c0 = 0;
+        while c0 < c {
+            // SAFETY: every block lies inside the channels: either 32 channels at
+            // `min(c0, c - 32) + 32 <= c`, or the single block 0..c when `c < 32`. Lengths
+            // and rows were checked by `run`; `FAST` as promised by the caller.
+            unsafe {
+                if c >= NC {
+                    let b = block::<true, FAST>(weights, epi, &pad_row, c0.min(c - NC), NC);
+                    band_avx512::<true, FAST>(
+                        shape,
+                        input,
+                        &pad_row,
+                        &b,
+                        band_rows.clone(),
+                        &rows,
+                        output,
+                    );
+                } else {
+                    let b = block::<false, FAST>(weights, epi, &pad_row, 0, c);
+                    band_avx512::<false, FAST>(
+                        shape,
+                        input,
+                        &pad_row,
+                        &b,
+                        band_rows.clone(),
+                        &rows,
+                        output,
+                    );
+                }
+            }
+            c0 += NC;
+        }
+        start = band_rows.end;
+    }
+}
+
+/// Prepares the weights, padding contributions and epilogue of the block `cb..cb + width`.
+///
+/// # Safety
+/// AVX-512 F/BW/VL; `weights` holds `9 * C` values and the epilogue `C` channels, with
+/// `cb + 32 <= C` when `FULL`, else `cb == 0` and `width == C < 32`; `FAST` as for
+/// [`run_avx512`].
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2")]
+unsafe fn block<const FULL: bool, const FAST: bool>(
+    weights: &[i8],
+    epi: &Epilogue<'_>,
+    pad_row: &[i8; NC],
+    cb: usize,
+    width: usize,
+) -> Block {
+    let c = weights.len() / 9;
+    let mask: __mmask32 = if FULL { !0 } else { (1u32 << width) - 1 };
+    let mut taps = [[_mm512_setzero_si512(); 4]; 3];
+    for (kx, t) in taps.iter_mut().enumerate() {
+        // SAFETY: (caller) rows kx, 3 + kx and 6 + kx of the weights hold the block's bytes.
+        let (w0, w1, w2) = unsafe {
+            let p = weights.as_ptr().add(cb);
+            (
+                load32::<FULL>(p.add(kx * c), mask),
+                load32::<FULL>(p.add((3 + kx) * c), mask),
+                load32::<FULL>(p.add((6 + kx) * c), mask),
+            )
+        };
+        let zero = _mm512_setzero_si512();
+        *t = [
+            _mm512_unpacklo_epi16(w0, w1),
+            _mm512_unpackhi_epi16(w0, w1),
+            // Row 2 columns are `(r2, r0)` pairs: r0 meets a zero weight.
+            _mm512_unpacklo_epi16(w2, zero),
+            _mm512_unpackhi_epi16(w2, zero),
+        ];
+    }
+    // The padding column reads the zero-point row in all three rows.
+    let pad_rows = Rows { ptr: [pad_row.as_ptr(); 3], step: [0; 3] };
+    // SAFETY: the padding row has 32 bytes and a step of 0.
+    let pad_col = unsafe { column::<true>(&pad_rows, 0, !0) };
+    // SAFETY: (caller) the epilogue holds channels cb..cb + width.
+    let req = unsafe { lane_params::<FULL, FAST>(epi, cb, width) };
+    Block {
+        pad: [
+            contrib(&pad_col, &taps[0]),
+            contrib(&pad_col, &taps[1]),
+            contrib(&pad_col, &taps[2]),
+        ],
+        taps,
+        req,
+        zero_point: _mm512_set1_epi32(i32::from(epi.output_zero_point)),
+        min: _mm256_set1_epi8(epi.output_min),
+        max: _mm256_set1_epi8(epi.output_max),
+        cb,
+        mask,
+    }
+}
+
+/// Loads the epilogue of channels `cb..cb + width` in the block's lo / hi lane order.
+/// Channels past `width` get neutral parameters (their results are never stored).
+///
+/// # Safety
+/// AVX-512 F/BW/VL; the epilogue holds channels `cb..cb + 32` when `FULL`, else `cb == 0`
+/// and `width < 32` channels; `FAST` as for [`run_avx512`].
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2")]
+unsafe fn lane_params<const FULL: bool, const FAST: bool>(
+    epi: &Epilogue<'_>,
+    cb: usize,
+    width: usize,
+) -> [Req; 2] {
+    let (b, m, s) = if FULL {
+        // SAFETY: (caller) channels cb..cb + 32 exist in all three slices.
+        unsafe {
+            let (b, m, s) = (
+                epi.bias.as_ptr().add(cb),
+                epi.multiplier.as_ptr().add(cb),
+                epi.shift.as_ptr().add(cb),
+            );
+            (
+                [_mm512_loadu_si512(b.cast()), _mm512_loadu_si512(b.add(16).cast())],
+                [_mm512_loadu_si512(m.cast()), _mm512_loadu_si512(m.add(16).cast())],
+                [
+                    _mm512_cvtepu8_epi32(_mm_loadu_si128(s.cast())),
+                    _mm512_cvtepu8_epi32(_mm_loadu_si128(s.add(16).cast())),
+                ],
+            )
+        }
+    } else {
+        // Only for `C < 32`, once per band: a stack copy is simplest.
+        let (mut b, mut m, mut s) = ([0i32; NC], [0i32; NC], [32i32; NC]);
+        b[..width].copy_from_slice(&epi.bias[cb..cb + width]);
+        m[..width].copy_from_slice(&epi.multiplier[cb..cb + width]);
+        for (d, &v) in s.iter_mut().zip(&epi.shift[cb..cb + width]) {
+            *d = i32::from(v);
+        }
+        // SAFETY: each array holds 32 i32, two 64-byte loads.
+        unsafe {
+            (
+                [
+                    _mm512_loadu_si512(b.as_ptr().cast()),
+                    _mm512_loadu_si512(b.as_ptr().add(16).cast()),
+                ],
+                [
+                    _mm512_loadu_si512(m.as_ptr().cast()),
+                    _mm512_loadu_si512(m.as_ptr().add(16).cast()),
+                ],
+                [
+                    _mm512_loadu_si512(s.as_ptr().cast()),
+                    _mm512_loadu_si512(s.as_ptr().add(16).cast()),
+                ],
+            )
+        }
+    };
+    let lo = _mm512_setr_epi32(0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27);
+    let hi = _mm512_add_epi32(lo, _mm512_set1_epi32(4));
+    let one = _mm512_set1_epi64(1);
+    let zp = _mm512_set1_epi64(i64::from(epi.output_zero_point));
+    [lo, hi].map(|idx| {
+        let bias = _mm512_permutex2var_epi32(b[0], idx, b[1]);
+        let multiplier = _mm512_permutex2var_epi32(m[0], idx, m[1]);
+        let shift = _mm512_permutex2var_epi32(s[0], idx, s[1]);
+        let multiplier_odd = _mm512_srli_epi64::<32>(multiplier);
+        let shift_even = _mm512_and_si512(shift, _mm512_set1_epi64(0xffff_ffff));
+        let shift_odd = _mm512_srli_epi64::<32>(shift);
+        let mut add_even = _mm512_sllv_epi64(one, _mm512_sub_epi64(shift_even, one));
+        let mut add_odd = _mm512_sllv_epi64(one, _mm512_sub_epi64(shift_odd, one));
+        if FAST {
+            // bias * m + 2^(s-1) + zp * 2^s (the shift of a negative zp is its product).
+            add_even = _mm512_add_epi64(
+                _mm512_add_epi64(add_even, _mm512_mul_epi32(bias, multiplier)),
+                _mm512_sllv_epi64(zp, shift_even),
+            );
+            add_odd = _mm512_add_epi64(
+                _mm512_add_epi64(
+                    add_odd,
+                    _mm512_mul_epi32(_mm512_srli_epi64::<32>(bias), multiplier_odd),
+                ),
+                _mm512_sllv_epi64(zp, shift_odd),
+            );
+        }
+        Req {
+            bias,
+            multiplier,
+            multiplier_odd,
+            add_even,
+            add_odd,
+            post_shift: _mm512_sub_epi32(shift, _mm512_set1_epi32(32)),
+        }
+    })
+}
+
+/// Runs one block over the output rows `band` (absolute), writing into `output`, which holds
+/// the rows `all.start..all.end`.
+///
+/// # Safety
+/// AVX-512 F/BW/VL; `b` was made by [`block`] for these channels; `band` lies inside `all`;
+/// lengths as checked by [`run`].
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2")]
+unsafe fn band_avx512<const FULL: bool, const FAST: bool>(
+    shape: DepthwiseShape,
+    input: &[i8],
+    pad_row: &[i8; NC],
+    b: &Block,
+    band: Range<usize>,
+    all: &Range<usize>,
+    output: &mut [i8],
+) {
+    let (h, w, c, s) = (shape.height, shape.width, shape.channels, shape.stride);
+    let wo = shape.out_width();
+    for oy in band {
+        let mut rows = Rows { ptr: [pad_row.as_ptr(); 3], step: [0; 3] };
+        for ky in 0..3 {
+            let iy = (oy * s + ky).wrapping_sub(1);
+            if iy < h {
+                // SAFETY: row iy exists; the block's channels lie inside each pixel.
+                rows.ptr[ky] = unsafe { input.as_ptr().add(iy * w * c + b.cb) };
+                rows.step[ky] = c;
+            }
+        }
+        // SAFETY: output row oy - all.start exists (oy < all.end) and the block's channels
+        // lie inside each of its pixels.
+        unsafe {
+            let out = output.as_mut_ptr().add((oy - all.start) * wo * c + b.cb);
+            if s == 1 {
+                dw3x3s1_s8_32c__avx512::<FULL, FAST>(&rows, w, b, out, c);
+            } else {
+                dw3x3s2_s8_32c__avx512::<FULL, FAST>(&rows, w, b, out, c);
+            }
+        }
+    }
+}
+
+/// One output row of one block, stride 1 (`w` outputs).
+///
+/// Column `ix` adds its kx = 2 term to output `ix - 1` (then complete and stored), its kx = 1
+/// term to output `ix` and starts output `ix + 1` with its kx = 0 term.
+///
+/// # Safety
+/// AVX-512 F/BW/VL; `rows` point at `w` readable pixels (step `c`) or at the padding row
+/// (step 0); `out` is writable for `w` pixels of step `c`, 32 bytes each when `FULL`, else
+/// the bytes of `b.mask`.
+// Inlined into the band's row loop: the block's ~30 vectors then stay in registers across
+// rows instead of being reloaded per row (worth ~15% on the 7x7 and 14x14 layers).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2")]
+unsafe fn dw3x3s1_s8_32c__avx512<const FULL: bool, const FAST: bool>(
+    rows: &Rows,
+    w: usize,
+    b: &Block,
+    out: *mut i8,
+    c: usize,
+) {
+    // SAFETY: (caller) columns 0..w are readable and outputs 0..w writable.
+    unsafe {
+        let col = column::<FULL>(rows, 0, b.mask);
+        let mut cur = add(b.pad[0], contrib(&col, &b.taps[1]));
+        let mut next = contrib(&col, &b.taps[0]);
+        for ix in 1..w {
+            let col = column::<FULL>(rows, ix, b.mask);
+            let done = add(cur, contrib(&col, &b.taps[2]));
+            cur = add(next, contrib(&col, &b.taps[1]));
+            next = contrib(&col, &b.taps[0]);
+            store::<FULL>(out.add((ix - 1) * c), finish::<FAST>(done, b), b.mask);
+        }
+        store::<FULL>(out.add((w - 1) * c), finish::<FAST>(add(cur, b.pad[2]), b), b.mask);
+    }
+}
+
+/// One output row of one block, stride 2 (`(w - 1) / 2 + 1` outputs).
+///
+/// Output `ox` reads columns `2 ox - 1` (kept from the previous output), `2 ox`, `2 ox + 1`.
+///
+/// # Safety
+/// As for [`dw3x3s1_s8_32c__avx512`], with `(w - 1) / 2 + 1` outputs.
+// Inlined into the band's row loop: the block's ~30 vectors then stay in registers across
+// rows instead of being reloaded per row (worth ~15% on the 7x7 and 14x14 layers).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2")]
+unsafe fn dw3x3s2_s8_32c__avx512<const FULL: bool, const FAST: bool>(
+    rows: &Rows,
+    w: usize,
+    b: &Block,
+    out: *mut i8,
+    c: usize,
+) {
+    // SAFETY: (caller) columns 0..w are readable and outputs 0..=(w - 1) / 2 writable.
+    unsafe {
+        let mut cur = b.pad[0];
+        for ox in 0..w / 2 {
+            let even = column::<FULL>(rows, 2 * ox, b.mask);
+            let odd = column::<FULL>(rows, 2 * ox + 1, b.mask);
+            let done = add(add(cur, contrib(&even, &b.taps[1])), contrib(&odd, &b.taps[2]));
+            cur = contrib(&odd, &b.taps[0]);
+            store::<FULL>(out.add(ox * c), finish::<FAST>(done, b), b.mask);
+        }
+        if w % 2 == 1 {
+            // The last output's right column is the padding.
+            let even = column::<FULL>(rows, w - 1, b.mask);
+            let done = add(add(cur, contrib(&even, &b.taps[1])), b.pad[2]);
+            store::<FULL>(out.add((w / 2) * c), finish::<FAST>(done, b), b.mask);
+        }
+    }
+}
+
+/// Loads the 32 channel bytes at `p` sign-extended to int16; only the bytes of `mask` (the
+/// rest zero) when `!FULL`.
+///
+/// # Safety
+/// AVX-512 F/BW/VL; `p` is readable for 32 bytes when `FULL`, else for the bytes of `mask`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2")]
+unsafe fn load32<const FULL: bool>(p: *const i8, mask: __mmask32) -> __m512i {
+    // SAFETY: (caller) the bytes read are readable; masked-off bytes are not accessed.
+    let v = unsafe {
+        if FULL {
+            _mm256_loadu_si256(p.cast())
+        } else {
+            _mm256_maskz_loadu_epi8(mask, p)
+        }
+    };
+    _mm512_cvtepi8_epi16(v)
+}
+
+/// Stores 32 bytes at `p`, or only the bytes of `mask` when `!FULL`.
+///
+/// # Safety
+/// AVX-512 F/BW/VL; `p` is writable for 32 bytes when `FULL`, else for the bytes of `mask`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2")]
+unsafe fn store<const FULL: bool>(p: *mut i8, v: __m256i, mask: __mmask32) {
+    // SAFETY: (caller) the bytes written are writable; masked-off bytes are not accessed.
+    unsafe {
+        if FULL {
+            _mm256_storeu_si256(p.cast(), v);
+        } else {
+            _mm256_mask_storeu_epi8(p, mask, v);
+        }
+    }
+}
+
+/// Widens input column `ix` of the three rows into `vpmaddwd` operands (see [`Col`]).
+///
+/// # Safety
+/// AVX-512 F/BW/VL; pixel `ix` of every row is readable as for [`load32`].
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2")]
+unsafe fn column<const FULL: bool>(rows: &Rows, ix: usize, mask: __mmask32) -> Col {
+    // SAFETY: (caller) pixel ix of each row is readable; padding rows have step 0.
+    let (r0, r1, r2) = unsafe {
+        (
+            load32::<FULL>(rows.ptr[0].add(ix * rows.step[0]), mask),
+            load32::<FULL>(rows.ptr[1].add(ix * rows.step[1]), mask),
+            load32::<FULL>(rows.ptr[2].add(ix * rows.step[2]), mask),
+        )
+    };
+    [
+        _mm512_unpacklo_epi16(r0, r1),
+        _mm512_unpackhi_epi16(r0, r1),
+        // Row 2's second word meets a zero weight; pairing it with row 0 rather than with
+        // itself keeps LLVM from turning the unpacks into byte shuffles before the widening
+        // (two more uops).
+        _mm512_unpacklo_epi16(r2, r0),
+        _mm512_unpackhi_epi16(r2, r0),
+    ]
+}
+
+/// Contribution of one column under the weights of one kx.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2")]
+fn contrib(col: &Col, taps: &Col) -> Acc {
+    [
+        _mm512_add_epi32(_mm512_madd_epi16(col[0], taps[0]), _mm512_madd_epi16(col[2], taps[2])),
+        _mm512_add_epi32(_mm512_madd_epi16(col[1], taps[1]), _mm512_madd_epi16(col[3], taps[3])),
+    ]
+}
+
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2")]
+fn add(a: Acc, b: Acc) -> Acc {
+    [_mm512_add_epi32(a[0], b[0]), _mm512_add_epi32(a[1], b[1])]
+}
+
+/// Requantizes 16 lanes to int32 including the output zero point (not yet clamped).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2")]
+fn requant<const FAST: bool>(acc: __m512i, r: &Req, zero_point: __m512i) -> __m512i {
+    let x = if FAST { acc } else { _mm512_add_epi32(acc, r.bias) };
+    let even = _mm512_add_epi64(_mm512_mul_epi32(x, r.multiplier), r.add_even);
+    let odd =
+        _mm512_add_epi64(_mm512_mul_epi32(_mm512_srli_epi64::<32>(x), r.multiplier_odd), r.add_odd);
+    // High halves of the products (an exact floor `>> 32`): the odd lanes already hold
+    // theirs; the even lanes take the even products' swapped into place.
+    let high = _mm512_mask_shuffle_epi32::<_MM_PERM_CDAB>(odd, 0x5555, even);
+    let y = _mm512_srav_epi32(high, r.post_shift);
+    if FAST {
+        y
+    } else {
+        _mm512_add_epi32(y, zero_point)
+    }
+}
+
+/// Requantizes one output's 32 channels to clamped int8 in channel order.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2")]
+fn finish<const FAST: bool>(acc: Acc, b: &Block) -> __m256i {
+    let lo = requant::<FAST>(acc[0], &b.req[0], b.zero_point);
+    let hi = requant::<FAST>(acc[1], &b.req[1], b.zero_point);
+    // Per 128-bit lane: channels 8l..8l+8 as int16, so `vpmovswb` yields them in order
+    // (LLVM lowers a `vpacksswb` + 64-bit permute to three shuffles). Saturating before the
+    // clamp is exact: the clamp bounds lie inside the int8 range.
+    let ordered = _mm512_cvtsepi16_epi8(_mm512_packs_epi32(lo, hi));
+    _mm256_min_epi8(_mm256_max_epi8(ordered, b.min), b.max)
 }
