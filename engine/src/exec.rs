@@ -383,7 +383,7 @@ impl State {
                 }
                 OpKind::PointwiseTernary => {
                     let pixels = out.height * out.width;
-                    let px = split(pixels, threads, worker, 16);
+                    let px = split(pixels, threads, worker, kernels.pointwise_tile());
                     let (k, n) = (layer.input.channels, out.channels);
                     let shape = PointwiseShape { pixels: px.len(), k, n };
                     let x = &x[px.start * k..px.end * k];
@@ -435,14 +435,21 @@ impl State {
                     }
                 }
                 OpKind::Linear => {
-                    if worker == 0 {
-                        let n = out.channels;
-                        // SAFETY: the logits range holds n i32 at a 64-byte aligned offset.
-                        let logits = unsafe {
-                            std::slice::from_raw_parts_mut(y.as_mut_ptr().cast::<i32>(), n)
-                        };
-                        kernels.linear(x, model.blob_i8(r.weights), model.blob_i32(r.bias), logits);
+                    // Split by output rows, four at a time (the SIMD kernels' row block).
+                    let k = x.len();
+                    let part = split(out.channels, threads, worker, 4);
+                    if part.is_empty() {
+                        return;
                     }
+                    let bytes = &mut y[part.start * 4..part.end * 4];
+                    // SAFETY: the logits range holds out.channels i32 from a 64-byte aligned
+                    // offset, so this worker's rows start 4-byte aligned and are in bounds.
+                    let logits = unsafe {
+                        std::slice::from_raw_parts_mut(bytes.as_mut_ptr().cast::<i32>(), part.len())
+                    };
+                    let weights = &model.blob_i8(r.weights)[part.start * k..part.end * k];
+                    let bias = &model.blob_i32(r.bias)[part];
+                    kernels.linear(x, weights, bias, logits);
                 }
             }
         };

@@ -298,6 +298,16 @@ impl Kernels {
         }
     }
 
+    /// Pixels per tile of this tier's pointwise kernels: splitting a layer's pixels across
+    /// threads at multiples of it leaves no thread with a needless partial tile.
+    pub fn pointwise_tile(&self) -> usize {
+        match self.imp {
+            #[cfg(target_arch = "x86_64")]
+            Imp::Avx512(_) => 32,
+            _ => 16,
+        }
+    }
+
     fn count(&self) {
         CALLS[self.tier().index()].fetch_add(1, Ordering::Relaxed);
     }
