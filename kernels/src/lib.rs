@@ -527,8 +527,8 @@ impl Kernels {
                 x86_64::stem3x3s2(t, shape, input, input_zero_point, weights, epi, rows, output)
             }
             #[cfg(target_arch = "x86_64")]
-            Imp::Avx512(t) => x86_64::stem3x3s2(
-                t.avx2(),
+            Imp::Avx512(t) => x86_64::stem3x3s2_avx512(
+                t,
                 shape,
                 input,
                 input_zero_point,

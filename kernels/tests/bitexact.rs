@@ -342,6 +342,28 @@ fn check_small_ops(kern: Kernels) {
         scalar.add(&x, &y, &p, &mut b);
         assert_eq!(a, b);
 
+        // Extremes: largest multipliers and input distances (the int32 sum's bound), every
+        // shift, wide clamp bounds.
+        let shift = 1 + (rng.usize(0, 30) as u8);
+        let (za, zb) = (rng.pick(&[-128i8, 127]), rng.pick(&[-128i8, 127]));
+        let p = prom_kernels::AddParams {
+            a_zero_point: za,
+            b_zero_point: zb,
+            a_multiplier: prom_kernels::params::ADD_MAX_MULTIPLIER,
+            b_multiplier: rng.pick(&[0, prom_kernels::params::ADD_MAX_MULTIPLIER]),
+            shift,
+            output_zero_point: rng.range(-128, 127) as i8,
+            output_min: -128,
+            output_max: 127,
+        };
+        // Every third element as far from its zero point as int8 allows (|a - za| = 255).
+        let far = |z: i8| if z < 0 { 127 } else { -128 };
+        let x: Vec<i8> = (0..len).map(|i| if i % 3 == 0 { far(za) } else { x[i] }).collect();
+        let y: Vec<i8> = (0..len).map(|i| if i % 3 == 0 { far(zb) } else { y[i] }).collect();
+        kern.add(&x, &y, &p, &mut a);
+        scalar.add(&x, &y, &p, &mut b);
+        assert_eq!(a, b, "add extremes, shift {shift}");
+
         let (pixels, c) = (rng.pick(&[1, 9, 49]), rng.usize(1, 1280));
         let x = rng.i8s(pixels * c);
         let p = random_pool_params(&mut rng);

@@ -8,6 +8,8 @@
 
 // Kernel function names follow XNNPACK's convention `op_tile__isa`.
 #[allow(non_snake_case)]
+mod add512;
+#[allow(non_snake_case)]
 mod dw;
 #[allow(non_snake_case)]
 mod dw512;
@@ -16,6 +18,8 @@ mod int8_pw;
 mod requant;
 #[allow(non_snake_case)]
 mod stem;
+#[allow(non_snake_case)]
+mod stem512;
 // Deliberately not named `ternary*`: only its add-only MAC functions carry that word.
 #[allow(non_snake_case)]
 mod table_pw;
@@ -193,6 +197,20 @@ pub(crate) fn depthwise3x3_avx512(
 }
 
 #[allow(clippy::too_many_arguments)]
+pub(crate) fn stem3x3s2_avx512(
+    t: Avx512,
+    shape: StemShape,
+    input: &[u8],
+    input_zero_point: u8,
+    weights: &[i8],
+    epi: &Epilogue<'_>,
+    rows: Range<usize>,
+    output: &mut [i8],
+) {
+    stem512::run(t, shape, input, input_zero_point, weights, epi, rows, output)
+}
+
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn stem3x3s2(
     t: Avx2,
     shape: StemShape,
@@ -268,13 +286,8 @@ unsafe fn linear_4rows_x16__avx2(_t: Avx2, input: &[i8], w: &[i8], k: usize) -> 
 // The other small ops (residual add, pool) are the scalar code compiled with AVX2 enabled,
 // which LLVM vectorises; same integer arithmetic, so bit-identical by construction.
 
-pub(crate) fn add_avx512(_t: Avx512, a: &[i8], b: &[i8], p: &AddParams, out: &mut [i8]) {
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2")]
-    fn add_avx512(a: &[i8], b: &[i8], p: &AddParams, out: &mut [i8]) {
-        crate::scalar::add(a, b, p, out)
-    }
-    // SAFETY: the `Avx512` token proves the CPU has these features.
-    unsafe { add_avx512(a, b, p, out) }
+pub(crate) fn add_avx512(t: Avx512, a: &[i8], b: &[i8], p: &AddParams, out: &mut [i8]) {
+    add512::run(t, a, b, p, out)
 }
 
 pub(crate) fn add(_t: Avx2, a: &[i8], b: &[i8], p: &AddParams, out: &mut [i8]) {
