@@ -57,6 +57,8 @@ pub(super) struct Geometry {
     pub chunk40: usize,
     /// Groups per lut81 chunk.
     pub chunk81: usize,
+    /// Whether the tier has the table-free [`Scheme::Direct`] kernel.
+    pub direct: bool,
 }
 
 impl Geometry {
@@ -72,7 +74,7 @@ impl Geometry {
 }
 
 /// This tier's geometry: 16-pixel rows of 32 bytes.
-const GEOMETRY: Geometry = Geometry { row: ROW, chunk40: CHUNK, chunk81: CHUNK81 };
+const GEOMETRY: Geometry = Geometry { row: ROW, chunk40: CHUNK, chunk81: CHUNK81, direct: false };
 const _: () = assert!(GEOMETRY.offsets_fit_u16() && GEOMETRY.zero_row() == ZERO_ROW);
 
 /// `(list, stored row)` of a code: list 0 adds, list 1 subtracts, 2 = all-zero group; the
@@ -95,6 +97,12 @@ const fn entry(code: usize) -> (u8, usize) {
 pub(super) enum Scheme {
     Lut40,
     Lut81,
+    /// No tables: every output channel adds its +1 input vectors and subtracts its -1
+    /// ones straight from the transposed tile (one list of each per channel over all of
+    /// `k`). One addition per nonzero weight, 32 MACs each on AVX-512, against lut40's
+    /// 40 stored rows per group of four inputs: with few outputs the table build costs more
+    /// than it saves.
+    Direct,
 }
 
 impl Scheme {
@@ -106,8 +114,10 @@ impl Scheme {
     /// rows. Measured on the x86 machine (AVX-512 tier, `promctl benchmark`): 49x960x320
     /// 0.21 ms with lut40, 0.105 ms with lut81; 196x576x96 0.11 vs 0.09 ms; 784x192x32
     /// 0.061 vs 0.075 ms (lut40 better).
-    pub(super) fn for_layer(k: usize, n: usize) -> Scheme {
-        if n >= k || n >= LUT81_MIN_N {
+    pub(super) fn for_layer(k: usize, n: usize, geo: Geometry) -> Scheme {
+        if geo.direct && n < DIRECT_MAX_N && k <= DIRECT_MAX_K {
+            Scheme::Direct
+        } else if n >= k || n >= LUT81_MIN_N {
             Scheme::Lut81
         } else {
             Scheme::Lut40
@@ -117,14 +127,21 @@ impl Scheme {
 
 /// Output count from which a layer uses full 81-row tables whatever its input count.
 const LUT81_MIN_N: usize = 96;
+/// Output count below which a tier with the direct kernel skips the tables.
+const DIRECT_MAX_N: usize = 64;
+/// Largest input count of the direct kernel: its int16 sums, at most `128 k` in magnitude,
+/// never wrap.
+pub(super) const DIRECT_MAX_K: usize = 255;
+const _: () = assert!(DIRECT_MAX_K * 128 < 1 << 15);
 
 /// Number of prepared entries (u16) for `k` inputs and `n` outputs (an upper bound for
 /// lut40: per chunk and output a 2-entry header and one pad per list, one entry per group).
 pub(super) fn prepared_len(k: usize, n: usize, geo: Geometry) -> usize {
     let g = groups(k);
-    match Scheme::for_layer(k, n) {
+    match Scheme::for_layer(k, n, geo) {
         Scheme::Lut40 => n * (g + 4 * g.div_ceil(geo.chunk40)),
         Scheme::Lut81 => n.div_ceil(LANES) * LANES * g,
+        Scheme::Direct => n * (k + 4),
     }
 }
 
@@ -140,9 +157,10 @@ pub(super) fn prepare_for(codes: &[u8], k: usize, n: usize, geo: Geometry) -> Al
     let len = prepared_len(k, n, geo);
     let mut buf = AlignedBuf::zeroed(len * 2);
     let out = buf.as_u16_mut(len);
-    match Scheme::for_layer(k, n) {
+    match Scheme::for_layer(k, n, geo) {
         Scheme::Lut40 => prepare_lut40(codes, k, n, geo, out),
         Scheme::Lut81 => prepare_lut81(codes, k, n, geo, out),
+        Scheme::Direct => prepare_direct(codes, k, n, geo, out),
     }
     buf
 }
@@ -203,6 +221,43 @@ fn prepare_lut40(codes: &[u8], k: usize, n: usize, geo: Geometry, out: &mut [u16
         }
         gs += len;
     }
+}
+
+/// Direct: per output channel `[plus count, minus count, plus offsets.., minus offsets..]`,
+/// the byte offsets of input channel vectors in the transposed tile (row `j` at
+/// `j * geo.row`), both counts even: an odd list is padded with the zero vector the tile
+/// keeps after its `round_up(k, 16)` channel vectors (see [`direct_zero_offset`]).
+fn prepare_direct(codes: &[u8], k: usize, n: usize, geo: Geometry, out: &mut [u16]) {
+    let g = groups(k);
+    let zero = direct_zero_offset(k, geo) as u16;
+    let mut pos = 0;
+    for row in codes.chunks_exact(g).take(n) {
+        let mut lists = [Vec::with_capacity(k + 1), Vec::with_capacity(k + 1)];
+        for j in 0..k {
+            match crate::ternary::TRITS[usize::from(row[j / 4])][j % 4] {
+                1 => lists[0].push((j * geo.row) as u16),
+                -1 => lists[1].push((j * geo.row) as u16),
+                _ => {}
+            }
+        }
+        for (l, list) in lists.iter_mut().enumerate() {
+            if list.len() % 2 == 1 {
+                list.push(zero);
+            }
+            out[pos + l] = list.len() as u16;
+        }
+        pos += 2;
+        for list in &lists {
+            out[pos..pos + list.len()].copy_from_slice(list);
+            pos += list.len();
+        }
+    }
+}
+
+/// Byte offset, from the transposed tile, of the zero vector that pads the direct kernel's
+/// odd lists: the first vector after the tile's whole 16-channel blocks.
+pub(super) fn direct_zero_offset(k: usize, geo: Geometry) -> usize {
+    k.div_ceil(16) * 16 * geo.row
 }
 
 pub(super) fn round64(bytes: usize) -> usize {
@@ -314,12 +369,13 @@ unsafe fn run_avx2(
         // have the sizes the layout computed for k and n; the lists match (caller).
         unsafe {
             transpose_input(input.as_ptr().add(start * k), k, valid, g * 4, xt);
-            match Scheme::for_layer(k, n) {
+            match Scheme::for_layer(k, n, GEOMETRY) {
                 Scheme::Lut40 => ternary_pw_16x4c_lut40__avx2_mac(xt, lists, g, n, tables, acc),
                 Scheme::Lut81 => ternary_pw_16x4c_lut81__avx2_mac(xt, lists, g, n, tables, acc),
+                Scheme::Direct => unreachable!("the AVX2 geometry has no direct kernel"),
             }
-            let single = match Scheme::for_layer(k, n) {
-                Scheme::Lut40 => Chunks::single(g, WINDOW),
+            let single = match Scheme::for_layer(k, n, GEOMETRY) {
+                Scheme::Lut40 | Scheme::Direct => Chunks::single(g, WINDOW),
                 Scheme::Lut81 => Chunks::single(g, WINDOW81),
             };
             let sums = if single { Sums::Narrow(acc.narrow) } else { Sums::Wide(acc.wide) };

@@ -15,7 +15,9 @@
 //! they run over at most 48 (lut40) or 60 (lut81) groups, `60 * 4 * 128 < 2^15`, before they
 //! are widened into int32 totals.
 
-use super::table_pw::{prepared_len, round64, Chunk, Chunks, Geometry, Scheme, LANES};
+use super::table_pw::{
+    direct_zero_offset, prepared_len, round64, Chunk, Chunks, Geometry, Scheme, LANES,
+};
 use super::Avx512;
 use crate::params::{Epilogue, PointwiseShape};
 use crate::ternary::{groups, CODES};
@@ -29,7 +31,7 @@ const ROW: usize = TILE * 2;
 /// Stored rows per lut40 group: codes 41..=80.
 const ROWS: usize = 40;
 /// Table geometry (row offsets in the prepared lists).
-const GEOMETRY: Geometry = Geometry { row: ROW, chunk40: 12, chunk81: 6 };
+const GEOMETRY: Geometry = Geometry { row: ROW, chunk40: 12, chunk81: 6, direct: true };
 /// Groups an int16 lut40 sum may span before it is widened (|sum| <= 48 * 512 < 2^15).
 const WINDOW: usize = 4 * GEOMETRY.chunk40;
 /// Groups an int16 lut81 sum spans before it is widened.
@@ -125,7 +127,7 @@ unsafe fn run_avx512(
 ) {
     let PointwiseShape { pixels, k, n } = shape;
     let g = groups(k);
-    let scheme = Scheme::for_layer(k, n);
+    let scheme = Scheme::for_layer(k, n, GEOMETRY);
     // SAFETY: the regions lie inside the scratch (layout.total bytes), 64-byte aligned.
     let (xt, tables, acc, otile) = unsafe {
         let acc = Acc {
@@ -134,6 +136,11 @@ unsafe fn run_avx512(
         };
         let tables = scratch.add(layout.tables);
         _mm512_store_si512(tables.add(GEOMETRY.zero_row()).cast(), _mm512_setzero_si512());
+        // The direct kernel's zero vector, right after the tile (its tables are unused).
+        assert_eq!(layout.tables - layout.xt, direct_zero_offset(k, GEOMETRY));
+        if scheme == Scheme::Direct {
+            _mm512_store_si512(tables.cast(), _mm512_setzero_si512());
+        }
         (scratch.add(layout.xt).cast::<__m512i>(), tables, acc, scratch.add(layout.otile))
     };
     // The per-channel rounding terms and post shifts, once per call rather than per tile.
@@ -163,11 +170,12 @@ unsafe fn run_avx512(
         max: _mm256_set1_epi8(epi.output_max),
     };
     let (window, chunk) = match scheme {
-        Scheme::Lut40 => (WINDOW, GEOMETRY.chunk40),
+        Scheme::Lut40 | Scheme::Direct => (WINDOW, GEOMETRY.chunk40),
         Scheme::Lut81 => (WINDOW81, GEOMETRY.chunk81),
     };
-    let sums =
-        if Chunks::single(g, window) { Sums::Narrow(acc.narrow) } else { Sums::Wide(acc.wide) };
+    // The direct kernel's int16 sums never wrap (k <= DIRECT_MAX_K).
+    let narrow = scheme == Scheme::Direct || Chunks::single(g, window);
+    let sums = if narrow { Sums::Narrow(acc.narrow) } else { Sums::Wide(acc.wide) };
     let mut start = 0;
     while start < pixels {
         let valid = TILE.min(pixels - start);
@@ -182,6 +190,7 @@ unsafe fn run_avx512(
                 Scheme::Lut81 => {
                     ternary_pw_32x4c_lut81__avx512_mac(xt, lists, g, n, tables, acc, chunk, window)
                 }
+                Scheme::Direct => ternary_pw_32x1c_direct__avx512_mac(xt, lists, n, acc.narrow),
             }
             if folded {
                 requantize_tile::<true>(sums, &requant, n, otile);
@@ -239,12 +248,43 @@ unsafe fn ternary_pw_32x4c_lut40__avx512_mac(
             let (mut wide, mut narrow) = (acc.wide, acc.narrow);
             for _ in 0..n {
                 let start = if open { _mm512_setzero_si512() } else { _mm512_load_si512(narrow) };
-                let (sum, next) = ternary_lists__avx512(start, tables, list);
+                let (plus, minus) = (usize::from(*list) / 2, usize::from(*list.add(1)) / 2);
+                let (sum, next) = ternary_lists__avx512(start, tables, list.add(2), plus, minus);
                 list = next;
                 ternary_store_sum__avx512(sum, narrow, wide, close, first);
                 wide = wide.add(2);
                 narrow = narrow.add(1);
             }
+        }
+    }
+}
+
+/// Add-only MAC of one 32-pixel tile without tables: every output channel adds the input
+/// vectors of its +1 weights and subtracts those of its -1 weights; channel `c`'s int16
+/// sums end in `narrow[c]`.
+///
+/// # Safety
+/// AVX-512 F/BW; `xt` holds the transposed tile followed by a zero vector at
+/// [`direct_zero_offset`]; `lists` was produced by [`prepare`] for this `k` and `n` (direct);
+/// `narrow` has room for `n` vectors.
+#[inline(never)]
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn ternary_pw_32x1c_direct__avx512_mac(
+    xt: *const __m512i,
+    lists: *const u16,
+    n: usize,
+    narrow: *mut __m512i,
+) {
+    let mut list = lists;
+    for c in 0..n {
+        // SAFETY: (caller) each record's offsets name vectors of the tile or its zero
+        // vector; channel c < n has its narrow vector.
+        unsafe {
+            let (plus, minus) = (usize::from(*list) / 2, usize::from(*list.add(1)) / 2);
+            let (sum, next) =
+                ternary_lists__avx512(_mm512_setzero_si512(), xt.cast(), list.add(2), plus, minus);
+            list = next;
+            _mm512_store_si512(narrow.add(c), sum);
         }
     }
 }
@@ -440,25 +480,26 @@ fn ternary_table9__avx512(a: __m512i, b: __m512i) -> [__m512i; 9] {
     ]
 }
 
-/// One channel's chunk: `start` plus its plus rows minus its minus rows, two offsets per
-/// load in two add chains. Returns the sum and the start of the next channel's lists.
+/// `start` plus the `2 plus` rows of the first offsets minus the `2 minus` rows of the
+/// next ones (byte offsets from `base`), two offsets per load in two add chains. Returns the
+/// sum and the position after the offsets.
 ///
 /// # Safety
-/// AVX-512 F/BW; `list` is a `[plus count, minus count, offsets..]` record from [`prepare`]
-/// whose offsets name aligned rows inside `tables`.
+/// AVX-512 F/BW; `list` holds `2 (plus + minus)` offsets from [`prepare`] that name aligned
+/// vectors from `base`.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw")]
 unsafe fn ternary_lists__avx512(
     start: __m512i,
-    tables: *const u8,
+    base: *const u8,
     list: *const u16,
+    plus: usize,
+    minus: usize,
 ) -> (__m512i, *const u16) {
-    // SAFETY: (caller) the record and every row it names are in bounds.
+    // SAFETY: (caller) the offsets and every vector they name are in bounds.
     unsafe {
-        let row = |off: u32| _mm512_load_si512(tables.add(off as usize).cast::<__m512i>());
-        let plus = usize::from(*list) / 2;
-        let minus = usize::from(*list.add(1)) / 2;
-        let mut p = list.add(2).cast::<u32>();
+        let row = |off: u32| _mm512_load_si512(base.add(off as usize).cast::<__m512i>());
+        let mut p = list.cast::<u32>();
         let (mut s0, mut s1) = (start, _mm512_setzero_si512());
         for _ in 0..plus {
             let pair = p.read_unaligned();
