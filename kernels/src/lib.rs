@@ -402,7 +402,9 @@ impl Kernels {
         let data = match self.imp {
             Imp::Scalar => AlignedBuf::from_i8(weights),
             #[cfg(target_arch = "x86_64")]
-            Imp::Avx2(_) | Imp::Avx512(_) => x86_64::pack_int8_pointwise(weights, n, k),
+            Imp::Avx2(_) => x86_64::pack_int8_pointwise(weights, n, k),
+            #[cfg(target_arch = "x86_64")]
+            Imp::Avx512(_) => x86_64::pack_int8_pointwise_avx512(weights, n, k),
             #[cfg(target_arch = "aarch64")]
             Imp::Neon(_) => aarch64::pack_int8_pointwise(weights, n, k),
         };
@@ -442,7 +444,7 @@ impl Kernels {
             }
             #[cfg(target_arch = "x86_64")]
             Imp::Avx512(t) => {
-                x86_64::int8_pointwise(t.avx2(), shape, input, &weights.data, epi, output, scratch)
+                x86_64::int8_pointwise_avx512(t, shape, input, &weights.data, epi, output, scratch)
             }
             #[cfg(target_arch = "aarch64")]
             Imp::Neon(t) => {

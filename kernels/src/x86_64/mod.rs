@@ -15,6 +15,8 @@ mod dw;
 mod dw512;
 #[allow(non_snake_case)]
 mod int8_pw;
+#[allow(non_snake_case)]
+mod int8_pw512;
 mod requant;
 #[allow(non_snake_case)]
 mod stem;
@@ -113,7 +115,23 @@ impl Avx512 {
 }
 
 pub(crate) fn scratch_bytes_avx512(max_k: usize, max_n: usize) -> usize {
-    table_pw512::scratch_bytes(max_k, max_n).max(scratch_bytes(max_k, max_n))
+    table_pw512::scratch_bytes(max_k, max_n).max(int8_pw512::scratch_bytes(max_k, max_n))
+}
+
+pub(crate) fn pack_int8_pointwise_avx512(weights: &[i8], n: usize, k: usize) -> AlignedBuf {
+    int8_pw512::pack(weights, n, k)
+}
+
+pub(crate) fn int8_pointwise_avx512(
+    t: Avx512,
+    shape: PointwiseShape,
+    input: &[i8],
+    w: &AlignedBuf,
+    epi: &Epilogue<'_>,
+    output: &mut [i8],
+    scratch: &mut Scratch,
+) {
+    int8_pw512::run(t, shape, input, w, epi, output, &mut scratch.buf)
 }
 
 pub(crate) fn prepare_lists_avx512(codes: &[u8], k: usize, n: usize) -> AlignedBuf {
