@@ -60,6 +60,32 @@ impl Epilogue<'_> {
     }
 }
 
+/// Largest shift with which an epilogue can be [folded](Epilogue::foldable).
+pub const FOLD_MAX_SHIFT: u8 = 53;
+
+impl Epilogue<'_> {
+    /// Whether, for accumulators at most `acc_max` in magnitude, every channel's bias,
+    /// rounding term and output zero point fold exactly into one 64-bit addend
+    /// ([`Epilogue::folded_addend`]), so a SIMD epilogue computes
+    /// `(acc * m + addend) >> s` and skips the bias and zero-point additions. True of real
+    /// models. Exact when `acc + bias` cannot wrap, since then
+    /// `(acc + bias) m + 2^(s-1) = acc m + bias m + 2^(s-1)`, and adding `zp * 2^s` before the
+    /// floor division by `2^s` adds exactly `zp` after it. No 64-bit sum can overflow:
+    /// `|acc| + |bias| < 2^31` and `m < 2^31` bound `|acc m| + |bias m|` by `2^62`, and with
+    /// `s <= 53`, `2^(s-1) + |zp 2^s| <= 2^52 + 2^60`.
+    pub fn foldable(&self, acc_max: i64) -> bool {
+        self.shift.iter().all(|&s| s <= FOLD_MAX_SHIFT)
+            && self.bias.iter().all(|&b| i64::from(b).abs() + acc_max <= i64::from(i32::MAX))
+    }
+
+    /// Channel `c`'s folded addend `bias * m + 2^(s-1) + zp * 2^s` (meaningful where
+    /// [`Epilogue::foldable`] holds).
+    pub fn folded_addend(&self, c: usize) -> i64 {
+        let (bias, m, s) = (i64::from(self.bias[c]), i64::from(self.multiplier[c]), self.shift[c]);
+        bias * m + (1i64 << (s - 1)) + (i64::from(self.output_zero_point) << s)
+    }
+}
+
 /// The requantization rule of the numeric contract, for one value (scalar reference).
 #[inline]
 pub fn requantize(acc: i32, bias: i32, multiplier: i32, shift: u8, zp: i8, min: i8, max: i8) -> i8 {
@@ -254,6 +280,61 @@ mod tests {
         assert_eq!(requantize(-1000, 0, 1 << 30, 32, 0, 0, 127), 0);
         // the bias add wraps: MAX + 1 = -2^31, times ~2^31 >> 62 rounds to -1
         assert_eq!(requantize(i32::MAX, 1, i32::MAX, 62, 5, -128, 127), 4);
+    }
+
+    /// The folded form equals the contract wherever `foldable` says so, at the bounds too.
+    #[test]
+    fn folded_addend_matches_requantize() {
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let acc_max = 128 * 127 * 1344;
+        for i in 0..200_000 {
+            let shift = MIN_SHIFT + (next() % u64::from(FOLD_MAX_SHIFT - MIN_SHIFT + 1)) as u8;
+            let multiplier = if i % 7 == 0 { i32::MAX } else { (next() >> 33) as i32 };
+            let limit = i64::from(i32::MAX) - acc_max;
+            let bias =
+                if i % 5 == 0 { limit } else { (next() as i64).rem_euclid(2 * limit) - limit };
+            let bias = bias as i32 * if i % 2 == 0 { 1 } else { -1 };
+            let acc = if i % 3 == 0 {
+                acc_max
+            } else {
+                (next() as i64).rem_euclid(2 * acc_max) - acc_max
+            };
+            let acc = acc as i32 * if i % 4 < 2 { 1 } else { -1 };
+            let zp = next() as i8;
+            let (bias_s, mult_s, shift_s) = ([bias], [multiplier], [shift]);
+            let epi = Epilogue {
+                bias: &bias_s,
+                multiplier: &mult_s,
+                shift: &shift_s,
+                output_zero_point: zp,
+                output_min: -128,
+                output_max: 127,
+            };
+            assert!(epi.foldable(acc_max));
+            let folded = (i64::from(acc) * i64::from(multiplier) + epi.folded_addend(0)) >> shift;
+            let expected = requantize(acc, bias, multiplier, shift, zp, -128, 127);
+            assert_eq!(
+                folded.clamp(-128, 127) as i8,
+                expected,
+                "acc {acc} bias {bias} m {multiplier} s {shift}"
+            );
+        }
+        let wide = Epilogue {
+            bias: &[i32::MAX - 10],
+            multiplier: &[1],
+            shift: &[40],
+            output_zero_point: 0,
+            output_min: -128,
+            output_max: 127,
+        };
+        assert!(!wide.foldable(11) && wide.foldable(10));
+        assert!(!Epilogue { shift: &[54], bias: &[0], ..wide }.foldable(0));
     }
 
     #[test]

@@ -11,7 +11,7 @@
 //! in the same lane order.
 //!
 //! Epilogue: the contract's rule with even/odd `vpmuldq` 64-bit products. When no bias can
-//! wrap `acc + bias` and every shift is at most [`FAST_MAX_SHIFT`] (true of real models), the
+//! wrap `acc + bias` and every shift is at most [`FOLD_MAX_SHIFT`](crate::params::FOLD_MAX_SHIFT) (true of real models), the
 //! bias, rounding term and output zero point fold into one 64-bit addend per channel,
 //! `bias * m + 2^(s-1) + zp * 2^s`, saving two adds per 16 lanes; otherwise the literal rule.
 //!
@@ -32,9 +32,6 @@ const NC: usize = 32;
 const BAND_BYTES: usize = 32 * 1024;
 /// Largest `|acc|`: nine products of int8 values.
 const ACC_MAX: i32 = 9 * 128 * 128;
-/// Largest shift for the folded epilogue: `|x * m| < 2^62`, `2^(s-1) <= 2^52` and
-/// `|zp * 2^s| <= 2^60` keep the 64-bit sum below `2^63`.
-const FAST_MAX_SHIFT: u8 = 53;
 
 /// `vpmaddwd` operands of one column (or one kx of the weights):
 /// `[rows 0/1 lo, rows 0/1 hi, row 2 lo, row 2 hi]`.
@@ -101,8 +98,7 @@ pub(super) fn run(
     if rows.is_empty() {
         return;
     }
-    let fast = epi.shift.iter().all(|&s| s <= FAST_MAX_SHIFT)
-        && epi.bias.iter().all(|&b| b.unsigned_abs() <= (i32::MAX - ACC_MAX) as u32);
+    let fast = epi.foldable(i64::from(ACC_MAX));
     // SAFETY: the `Avx512` token proves AVX-512 F/BW/VL and AVX2; lengths and the row range
     // were checked above.
     unsafe {
@@ -116,7 +112,7 @@ pub(super) fn run(
 
 /// # Safety
 /// AVX-512 F/BW/VL must be available; slices and `rows` as checked in [`run`]; `FAST` only
-/// if every shift is at most [`FAST_MAX_SHIFT`] and no `acc + bias` can wrap.
+/// if every shift is at most [`FOLD_MAX_SHIFT`](crate::params::FOLD_MAX_SHIFT) and no `acc + bias` can wrap.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2")]
 unsafe fn run_avx512<const FAST: bool>(
     shape: DepthwiseShape,

@@ -19,7 +19,7 @@
 //!
 //! Epilogue: the contract's rule with even/odd `vpmuldq` 64-bit products, parameters built
 //! once per call into the scratch. When no bias can wrap `acc + bias` and every shift is at
-//! most [`FAST_MAX_SHIFT`] (true of real models), bias, rounding term and output zero point
+//! most [`FOLD_MAX_SHIFT`](crate::params::FOLD_MAX_SHIFT) (true of real models), bias, rounding term and output zero point
 //! fold into one 64-bit addend per channel, `bias * m + 2^(s-1) + zp * 2^s`; otherwise the
 //! literal rule. Channel tails use masked stores (the padded weights are zero).
 //!
@@ -37,9 +37,6 @@ const NR: usize = 32;
 /// Largest number of pixels per micro-tile (2 * MR accumulators, 2 weight vectors and a
 /// broadcast fit the 32 zmm registers).
 const MR: usize = 12;
-/// Largest shift for the folded epilogue: `|x * m| < 2^62`, `2^(s-1) <= 2^52` and
-/// `|zp * 2^s| <= 2^60` keep the 64-bit sum below `2^63`.
-const FAST_MAX_SHIFT: u8 = 53;
 
 /// Requantization parameters of one half (16 lanes) of a block.
 #[derive(Clone, Copy)]
@@ -137,8 +134,7 @@ pub(super) fn run(
         return;
     }
     let acc_max = 128 * 127 * k as i64;
-    let fast = epi.shift.iter().all(|&s| s <= FAST_MAX_SHIFT)
-        && epi.bias.iter().all(|&b| i64::from(b).abs() + acc_max <= i64::from(i32::MAX));
+    let fast = epi.foldable(acc_max);
     let (params, xw) = scratch.as_u8_mut(scratch_bytes(k, n)).split_at_mut(params_bytes(n));
     // SAFETY: the `Avx512` token proves AVX-512 F/BW/VL and AVX2. Lengths were checked above;
     // the packed weights have `blocks * kp` 128-byte rows and are 64-byte aligned, as is the
@@ -158,7 +154,7 @@ pub(super) fn run(
 
 /// # Safety
 /// AVX-512 F/BW/VL; buffers as described in [`run`]; `FAST` only if every shift is at most
-/// [`FAST_MAX_SHIFT`] and no `acc + bias` can wrap.
+/// [`FOLD_MAX_SHIFT`](crate::params::FOLD_MAX_SHIFT) and no `acc + bias` can wrap.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2")]
 unsafe fn run_avx512<const FAST: bool>(
     shape: PointwiseShape,
@@ -266,7 +262,7 @@ fn req<const FAST: bool>(epi: &Epilogue<'_>, c0: usize, h: usize, natural: bool)
         };
         add[j] = 1i64 << (s - 1);
         if FAST {
-            // Exact: |b * m| < 2^62 - |acc * m| and |zp * 2^s| <= 2^60 (see FAST_MAX_SHIFT).
+            // Exact: |b * m| < 2^62 - |acc * m| and |zp * 2^s| <= 2^60 (see `Epilogue::foldable`).
             add[j] +=
                 i64::from(b) * i64::from(mult) + i64::from(epi.output_zero_point) * (1i64 << s);
         }

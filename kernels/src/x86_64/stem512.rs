@@ -18,7 +18,7 @@
 //! AVX2 kernel is faster (its 8-lane group wastes no lanes) and runs instead.
 //!
 //! Epilogue: as in `dw512.rs`, the contract's rule with even/odd `vpmuldq` 64-bit products;
-//! when no bias can wrap `acc + bias` and every shift is at most [`FAST_MAX_SHIFT`], bias,
+//! when no bias can wrap `acc + bias` and every shift is at most [`FOLD_MAX_SHIFT`](crate::params::FOLD_MAX_SHIFT), bias,
 //! rounding term and output zero point fold into one 64-bit addend per channel.
 //!
 //! Overflow: `vpmaddwd` of `u8` and `i8` values as int16 is exact (`2 * 255 * 128 < 2^31`),
@@ -45,9 +45,6 @@ const WIN: usize = 208;
 const _: () = assert!(WIN.is_multiple_of(16) && WIN > (2 * COLS + 1) * 3);
 /// Largest `|acc|`: 27 products of a `u8` and an `i8`.
 const ACC_MAX: i32 = 27 * 255 * 128;
-/// Largest shift for the folded epilogue: `|x * m| < 2^62`, `2^(s-1) <= 2^52` and
-/// `|zp * 2^s| <= 2^60` keep the 64-bit sum below `2^63`.
-const FAST_MAX_SHIFT: u8 = 53;
 
 /// Packed weights of one pass: `[pair][group]`, each 16 channels x (tap, partner) as int16.
 type Packed = [__m512i; PAIRS * MAX_GROUPS];
@@ -113,8 +110,7 @@ pub(super) fn run(
             output,
         );
     }
-    let fast = epi.shift.iter().all(|&s| s <= FAST_MAX_SHIFT)
-        && epi.bias.iter().all(|&b| b.unsigned_abs() <= (i32::MAX - ACC_MAX) as u32);
+    let fast = epi.foldable(i64::from(ACC_MAX));
     let job = Job { shape, input, zp: input_zero_point, weights, epi, rows };
     let mut c0 = 0;
     while c0 < co {
@@ -170,7 +166,7 @@ impl Job<'_> {
     ///
     /// # Safety
     /// AVX-512 F/BW/VL; slices and `rows` as checked in [`run`]; `c0 + valid <= Cout` and
-    /// `G == valid.div_ceil(16) <= 4`; `FAST` only if every shift is at most [`FAST_MAX_SHIFT`]
+    /// `G == valid.div_ceil(16) <= 4`; `FAST` only if every shift is at most [`FOLD_MAX_SHIFT`](crate::params::FOLD_MAX_SHIFT)
     /// and no `acc + bias` can wrap.
     // One instance per group count, kept out of line so `run` stays small.
     #[inline(never)]

@@ -151,14 +151,11 @@ unsafe fn run_avx512(
             std::slice::from_raw_parts_mut(scratch.add(layout.posts).cast::<i32>(), n),
         )
     };
-    let folded = can_fold(epi, k);
+    // |acc| <= 128 k: int8 activations times weights in {-1, 0, 1}.
+    let folded = epi.foldable(128 * k as i64);
     for (c, (r, p)) in rounds.iter_mut().zip(posts.iter_mut()).enumerate() {
         let s = epi.shift[c];
-        *r = 1i64 << (s - 1);
-        if folded {
-            let (bias, m) = (i64::from(epi.bias[c]), i64::from(epi.multiplier[c]));
-            *r += bias * m + (i64::from(epi.output_zero_point) << s);
-        }
+        *r = if folded { epi.folded_addend(c) } else { 1i64 << (s - 1) };
         *p = i32::from(s) - 32;
     }
     let requant = Requant {
@@ -612,31 +609,16 @@ impl Sums {
     }
 }
 
-/// Largest shift of the folded epilogue (see [`can_fold`]).
-const FOLD_MAX_SHIFT: u8 = 53;
-
-/// Whether the bias, the rounding term and the output zero point of every channel can be
-/// folded into one 64-bit addend `bias * m + 2^(s-1) + zp * 2^s` (true of real models).
-/// Exact when `acc + bias` cannot wrap (`|acc| <= 128 k`), since then
-/// `(acc + bias) m + 2^(s-1) = acc m + bias m + 2^(s-1)`, and adding `zp * 2^s` before the
-/// floor division by `2^s` adds exactly `zp` after it; with `s <= 53` the sum stays below
-/// `2^52 + 2^62 + 2^52 + 2^60 < 2^63`. Saves two of the eleven instructions per 16 lanes.
-fn can_fold(epi: &Epilogue<'_>, k: usize) -> bool {
-    let acc_max = 128 * k as i64;
-    epi.shift.iter().all(|&s| s <= FOLD_MAX_SHIFT)
-        && epi.bias.iter().all(|&b| i64::from(b).abs() + acc_max <= i64::from(i32::MAX))
-}
-
 /// Requantizes the tile's sums: channel `c`'s 32 pixels become 32 bytes at `otile + 32 c`.
 /// Same rule as the AVX2 epilogue ([`super::requant`]): the 64-bit products of the even and
 /// odd lanes plus `2^(s-1)`, their high halves, then an arithmetic shift by `s - 32`. With
 /// `FOLDED` the per-channel addends already hold the bias and the zero point
-/// ([`can_fold`]).
+/// ([`Epilogue::foldable`]).
 ///
 /// # Safety
 /// AVX-512 F/BW/VL; `sums` holds `n` channels; `otile` is writable for `32 n` bytes; the
 /// epilogue has `n` entries with shifts in the contract's range; `FOLDED` only where
-/// [`can_fold`] holds and the addends were computed for it.
+/// [`Epilogue::foldable`] holds and the addends were computed for it.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2")]
 unsafe fn requantize_tile<const FOLDED: bool>(
     sums: Sums,
