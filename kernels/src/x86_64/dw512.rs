@@ -21,6 +21,7 @@
 //!
 //! Overflow: none; `|acc| <= 9 * 128 * 128 = 147456 < 2^18`.
 
+use super::requant512::LaneReq;
 use super::Avx512;
 use crate::params::{DepthwiseShape, Epilogue};
 use core::arch::x86_64::*;
@@ -39,26 +40,11 @@ type Col = [__m512i; 4];
 /// int32 sums of the lo and hi channels.
 type Acc = [__m512i; 2];
 
-/// Requantization parameters of 16 lanes (the lo or hi channels of a block).
-#[derive(Clone, Copy)]
-struct Req {
-    /// Bias (generic path only; folded into `add_*` on the fast path).
-    bias: __m512i,
-    multiplier: __m512i,
-    /// The multiplier of the odd lanes, moved to the even ones.
-    multiplier_odd: __m512i,
-    /// 64-bit addend of the even / odd lanes' products.
-    add_even: __m512i,
-    add_odd: __m512i,
-    /// `s - 32` per lane.
-    post_shift: __m512i,
-}
-
 /// One 32-channel block: weights per kx, padding contributions, epilogue.
 struct Block {
     taps: [Col; 3],
     pad: [Acc; 3],
-    req: [Req; 2],
+    req: [LaneReq; 2],
     /// Output zero point as int32 (generic path only).
     zero_point: __m512i,
     min: __m256i,
@@ -236,7 +222,7 @@ unsafe fn lane_params<const FULL: bool, const FAST: bool>(
     epi: &Epilogue<'_>,
     cb: usize,
     width: usize,
-) -> [Req; 2] {
+) -> [LaneReq; 2] {
     let (b, m, s) = if FULL {
         // SAFETY: (caller) channels cb..cb + 32 exist in all three slices.
         unsafe {
@@ -282,39 +268,11 @@ unsafe fn lane_params<const FULL: bool, const FAST: bool>(
     };
     let lo = _mm512_setr_epi32(0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27);
     let hi = _mm512_add_epi32(lo, _mm512_set1_epi32(4));
-    let one = _mm512_set1_epi64(1);
-    let zp = _mm512_set1_epi64(i64::from(epi.output_zero_point));
     [lo, hi].map(|idx| {
         let bias = _mm512_permutex2var_epi32(b[0], idx, b[1]);
         let multiplier = _mm512_permutex2var_epi32(m[0], idx, m[1]);
         let shift = _mm512_permutex2var_epi32(s[0], idx, s[1]);
-        let multiplier_odd = _mm512_srli_epi64::<32>(multiplier);
-        let shift_even = _mm512_and_si512(shift, _mm512_set1_epi64(0xffff_ffff));
-        let shift_odd = _mm512_srli_epi64::<32>(shift);
-        let mut add_even = _mm512_sllv_epi64(one, _mm512_sub_epi64(shift_even, one));
-        let mut add_odd = _mm512_sllv_epi64(one, _mm512_sub_epi64(shift_odd, one));
-        if FAST {
-            // bias * m + 2^(s-1) + zp * 2^s (the shift of a negative zp is its product).
-            add_even = _mm512_add_epi64(
-                _mm512_add_epi64(add_even, _mm512_mul_epi32(bias, multiplier)),
-                _mm512_sllv_epi64(zp, shift_even),
-            );
-            add_odd = _mm512_add_epi64(
-                _mm512_add_epi64(
-                    add_odd,
-                    _mm512_mul_epi32(_mm512_srli_epi64::<32>(bias), multiplier_odd),
-                ),
-                _mm512_sllv_epi64(zp, shift_odd),
-            );
-        }
-        Req {
-            bias,
-            multiplier,
-            multiplier_odd,
-            add_even,
-            add_odd,
-            post_shift: _mm512_sub_epi32(shift, _mm512_set1_epi32(32)),
-        }
+        LaneReq::new::<FAST>(bias, multiplier, shift, epi.output_zero_point)
     })
 }
 
@@ -509,31 +467,12 @@ fn add(a: Acc, b: Acc) -> Acc {
     [_mm512_add_epi32(a[0], b[0]), _mm512_add_epi32(a[1], b[1])]
 }
 
-/// Requantizes 16 lanes to int32 including the output zero point (not yet clamped).
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2")]
-fn requant<const FAST: bool>(acc: __m512i, r: &Req, zero_point: __m512i) -> __m512i {
-    let x = if FAST { acc } else { _mm512_add_epi32(acc, r.bias) };
-    let even = _mm512_add_epi64(_mm512_mul_epi32(x, r.multiplier), r.add_even);
-    let odd =
-        _mm512_add_epi64(_mm512_mul_epi32(_mm512_srli_epi64::<32>(x), r.multiplier_odd), r.add_odd);
-    // High halves of the products (an exact floor `>> 32`): the odd lanes already hold
-    // theirs; the even lanes take the even products' swapped into place.
-    let high = _mm512_mask_shuffle_epi32::<_MM_PERM_CDAB>(odd, 0x5555, even);
-    let y = _mm512_srav_epi32(high, r.post_shift);
-    if FAST {
-        y
-    } else {
-        _mm512_add_epi32(y, zero_point)
-    }
-}
-
-/// Requantizes one output's 32 channels to clamped int8 in channel order.
+/// LaneRequantizes one output's 32 channels to clamped int8 in channel order.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2")]
 fn finish<const FAST: bool>(acc: Acc, b: &Block) -> __m256i {
-    let lo = requant::<FAST>(acc[0], &b.req[0], b.zero_point);
-    let hi = requant::<FAST>(acc[1], &b.req[1], b.zero_point);
+    let lo = b.req[0].apply::<FAST>(acc[0], b.zero_point);
+    let hi = b.req[1].apply::<FAST>(acc[1], b.zero_point);
     // Per 128-bit lane: channels 8l..8l+8 as int16, so `vpmovswb` yields them in order
     // (LLVM lowers a `vpacksswb` + 64-bit permute to three shuffles). Saturating before the
     // clamp is exact: the clamp bounds lie inside the int8 range.

@@ -26,6 +26,7 @@
 //! Overflow: `vpmaddwd` of int16 values from int8 cannot saturate (2 * 128 * 127 < 2^31) and
 //! the int32 sum is bounded by `128 * 127 * k` (see [`crate::MAX_POINTWISE_K`]).
 
+use super::requant512::LaneReq;
 use super::Avx512;
 use crate::params::{Epilogue, PointwiseShape};
 use crate::AlignedBuf;
@@ -37,22 +38,6 @@ const NR: usize = 32;
 /// Largest number of pixels per micro-tile (2 * MR accumulators, 2 weight vectors and a
 /// broadcast fit the 32 zmm registers).
 const MR: usize = 12;
-
-/// Requantization parameters of one half (16 lanes) of a block.
-#[derive(Clone, Copy)]
-#[repr(C)]
-struct Req {
-    multiplier: __m512i,
-    /// The multiplier of the odd lanes, moved to the even ones.
-    multiplier_odd: __m512i,
-    /// 64-bit addend of the even / odd lanes' products.
-    add_even: __m512i,
-    add_odd: __m512i,
-    /// `s - 32` per lane.
-    post_shift: __m512i,
-    /// Bias (generic path only; folded into `add_*` on the fast path).
-    bias: __m512i,
-}
 
 fn pairs(k: usize) -> usize {
     k.div_ceil(2)
@@ -107,7 +92,7 @@ pub(super) fn scratch_bytes(max_k: usize, max_n: usize) -> usize {
 }
 
 fn params_bytes(n: usize) -> usize {
-    n.div_ceil(NR) * 2 * size_of::<Req>()
+    n.div_ceil(NR) * 2 * size_of::<LaneReq>()
 }
 
 pub(super) fn run(
@@ -138,10 +123,10 @@ pub(super) fn run(
     let (params, xw) = scratch.as_u8_mut(scratch_bytes(k, n)).split_at_mut(params_bytes(n));
     // SAFETY: the `Avx512` token proves AVX-512 F/BW/VL and AVX2. Lengths were checked above;
     // the packed weights have `blocks * kp` 128-byte rows and are 64-byte aligned, as is the
-    // scratch, whose parameter part (a multiple of 64 bytes) holds `2 * blocks` `Req`s and
+    // scratch, whose parameter part (a multiple of 64 bytes) holds `2 * blocks` `LaneReq`s and
     // whose rest holds MR widened rows.
     unsafe {
-        let params = params.as_mut_ptr().cast::<Req>();
+        let params = params.as_mut_ptr().cast::<LaneReq>();
         let xw = xw.as_mut_ptr().cast::<i16>();
         let w = weights.as_ptr().cast::<__m512i>();
         if fast {
@@ -162,7 +147,7 @@ unsafe fn run_avx512<const FAST: bool>(
     weights: *const __m512i,
     epi: &Epilogue<'_>,
     output: &mut [i8],
-    params: *mut Req,
+    params: *mut LaneReq,
     xw: *mut i16,
 ) {
     let PointwiseShape { pixels, k, n } = shape;
@@ -173,7 +158,7 @@ unsafe fn run_avx512<const FAST: bool>(
     for b in 0..blocks {
         let natural = half && b == blocks - 1;
         for h in 0..2 {
-            // SAFETY: (caller) the scratch holds 2 * blocks aligned `Req`s.
+            // SAFETY: (caller) the scratch holds 2 * blocks aligned `LaneReq`s.
             unsafe { params.add(2 * b + h).write(req::<FAST>(epi, b * NR, h, natural)) };
         }
     }
@@ -195,7 +180,7 @@ unsafe fn run_avx512<const FAST: bool>(
             let c0 = block * NR;
             let mask = u32::MAX >> (NR - NR.min(n - c0));
             // SAFETY: the block's kp rows of 2 vectors exist (one when it is a half block);
-            // its `Req`s were written above; the scratch holds `rows` widened rows; output
+            // its `LaneReq`s were written above; the scratch holds `rows` widened rows; output
             // rows p..end exist and hold the channels of `mask` from c0.
             unsafe {
                 let w = weights.add(block * kp * 2);
@@ -249,46 +234,27 @@ struct Out {
 /// Builds the requantization parameters of half `h` of the block at channel `c0` (of its
 /// channels `c0..c0 + 16` when `natural`); lanes of channels past the end get neutral values
 /// (their results are never stored).
+// Out of line: inlined, LLVM may fold the addend's `bias * m` into the loop's products as
+// `(acc + bias) * m` and lower that as a full 64-bit multiply (three vpmuludq).
+#[inline(never)]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2")]
-fn req<const FAST: bool>(epi: &Epilogue<'_>, c0: usize, h: usize, natural: bool) -> Req {
-    let (mut m, mut m_odd, mut post_shift, mut bias) = ([0i32; 16], [0i32; 16], [0; 16], [0; 16]);
-    let mut add = [0i64; 16];
+fn req<const FAST: bool>(epi: &Epilogue<'_>, c0: usize, h: usize, natural: bool) -> LaneReq {
+    let (mut m, mut shift, mut bias) = ([0i32; 16], [32i32; 16], [0i32; 16]);
     for j in 0..16 {
         let c = c0 + if natural { j } else { lane_channel(h, j) };
-        let (b, mult, s) = if c < epi.bias.len() {
-            (epi.bias[c], epi.multiplier[c], epi.shift[c])
-        } else {
-            (0, 0, 32)
-        };
-        add[j] = 1i64 << (s - 1);
-        if FAST {
-            // Exact: |b * m| < 2^62 - |acc * m| and |zp * 2^s| <= 2^60 (see `Epilogue::foldable`).
-            add[j] +=
-                i64::from(b) * i64::from(mult) + i64::from(epi.output_zero_point) * (1i64 << s);
+        if c < epi.bias.len() {
+            (bias[j], m[j], shift[j]) = (epi.bias[c], epi.multiplier[c], i32::from(epi.shift[c]));
         }
-        m[j] = mult;
-        post_shift[j] = i32::from(s) - 32;
-        bias[j] = b;
-        if j % 2 == 1 {
-            m_odd[j - 1] = mult;
-        }
-    }
-    let (mut add_even, mut add_odd) = ([0i64; 8], [0i64; 8]);
-    for i in 0..8 {
-        add_even[i] = add[2 * i];
-        add_odd[i] = add[2 * i + 1];
     }
     // SAFETY: every array is exactly 64 bytes, one unaligned load each.
-    unsafe {
-        Req {
-            multiplier: _mm512_loadu_si512(m.as_ptr().cast()),
-            multiplier_odd: _mm512_loadu_si512(m_odd.as_ptr().cast()),
-            add_even: _mm512_loadu_si512(add_even.as_ptr().cast()),
-            add_odd: _mm512_loadu_si512(add_odd.as_ptr().cast()),
-            post_shift: _mm512_loadu_si512(post_shift.as_ptr().cast()),
-            bias: _mm512_loadu_si512(bias.as_ptr().cast()),
-        }
-    }
+    let (bias, m, shift) = unsafe {
+        (
+            _mm512_loadu_si512(bias.as_ptr().cast()),
+            _mm512_loadu_si512(m.as_ptr().cast()),
+            _mm512_loadu_si512(shift.as_ptr().cast()),
+        )
+    };
+    LaneReq::new::<FAST>(bias, m, shift, epi.output_zero_point)
 }
 
 /// Sign-extends `k` int8 at `src` to int16 at `dst`, zero-filling up to [`row_words`].
@@ -317,7 +283,7 @@ unsafe fn widen(src: *const i8, k: usize, dst: *mut i16) {
 ///
 /// # Safety
 /// AVX-512 F/BW/VL; `xw` holds R rows of `stride` int16; `w` holds `kp` pairs of vectors;
-/// `req` points at the block's two `Req`s; `out` is writable for R rows of `row_len` bytes
+/// `req` points at the block's two `LaneReq`s; `out` is writable for R rows of `row_len` bytes
 /// from which the bytes of `mask` are written.
 #[allow(clippy::too_many_arguments)]
 #[inline]
@@ -327,7 +293,7 @@ unsafe fn tile<const R: usize, const FAST: bool>(
     stride: usize,
     w: *const __m512i,
     kp: usize,
-    req: *const Req,
+    req: *const LaneReq,
     e: &Out,
     out: *mut i8,
     row_len: usize,
@@ -335,14 +301,14 @@ unsafe fn tile<const R: usize, const FAST: bool>(
 ) {
     // SAFETY: (caller) every read is inside xw's R rows and the block's weights.
     let acc = unsafe { int8_pw_mac_rx32c2__avx512::<R>(xw, stride, w, kp) };
-    // SAFETY: (caller) the two `Req`s are initialised and aligned.
+    // SAFETY: (caller) the two `LaneReq`s are initialised and aligned.
     let (lo, hi) = unsafe { (&*req, &*req.add(1)) };
     // Per 128-bit lane, `vpackssdw lo, hi` holds channels 8l..8l+8 as int16. Saturating
     // before the clamp is exact: the clamp bounds lie inside the int8 range.
     let words = |a: &[__m512i; 2]| {
         _mm512_packs_epi32(
-            requant::<FAST>(a[0], lo, e.zero_point),
-            requant::<FAST>(a[1], hi, e.zero_point),
+            lo.apply::<FAST>(a[0], e.zero_point),
+            hi.apply::<FAST>(a[1], e.zero_point),
         )
     };
     let single = |r: usize| {
@@ -417,7 +383,7 @@ unsafe fn tile_half<const R: usize, const FAST: bool>(
     stride: usize,
     w: *const __m512i,
     kp: usize,
-    req: *const Req,
+    req: *const LaneReq,
     e: &Out,
     out: *mut i8,
     row_len: usize,
@@ -425,11 +391,11 @@ unsafe fn tile_half<const R: usize, const FAST: bool>(
 ) {
     // SAFETY: (caller) every read is inside xw's R rows and the block's weights.
     let acc = unsafe { int8_pw_mac_rx16c2__avx512::<R>(xw, stride, w, kp) };
-    // SAFETY: (caller) the first `Req` is initialised and aligned.
+    // SAFETY: (caller) the first `LaneReq` is initialised and aligned.
     let rq = unsafe { &*req };
     for (r, &a) in acc.iter().enumerate() {
         // Saturating before the clamp is exact (the bounds lie inside the int8 range).
-        let bytes = _mm512_cvtsepi32_epi8(requant::<FAST>(a, rq, e.zero_point));
+        let bytes = _mm512_cvtsepi32_epi8(rq.apply::<FAST>(a, e.zero_point));
         let bytes = _mm_min_epi8(
             _mm_max_epi8(bytes, _mm512_castsi512_si128(e.min)),
             _mm512_castsi512_si128(e.max),
@@ -492,23 +458,4 @@ unsafe fn int8_pw_mac_rx32c2__avx512<const R: usize>(
         }
     }
     acc
-}
-
-/// Requantizes 16 lanes to int32 including the output zero point (not yet clamped).
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2")]
-fn requant<const FAST: bool>(acc: __m512i, r: &Req, zero_point: __m512i) -> __m512i {
-    let x = if FAST { acc } else { _mm512_add_epi32(acc, r.bias) };
-    let even = _mm512_add_epi64(_mm512_mul_epi32(x, r.multiplier), r.add_even);
-    let odd =
-        _mm512_add_epi64(_mm512_mul_epi32(_mm512_srli_epi64::<32>(x), r.multiplier_odd), r.add_odd);
-    // High halves of the products (an exact floor `>> 32`): the odd lanes already hold
-    // theirs; the even lanes take the even products' swapped into place.
-    let high = _mm512_mask_shuffle_epi32::<_MM_PERM_CDAB>(odd, 0x5555, even);
-    let y = _mm512_srav_epi32(high, r.post_shift);
-    if FAST {
-        y
-    } else {
-        _mm512_add_epi32(y, zero_point)
-    }
 }

@@ -18,6 +18,7 @@ mod int8_pw;
 #[allow(non_snake_case)]
 mod int8_pw512;
 mod requant;
+mod requant512;
 #[allow(non_snake_case)]
 mod stem;
 #[allow(non_snake_case)]

@@ -24,6 +24,7 @@
 //! Overflow: `vpmaddwd` of `u8` and `i8` values as int16 is exact (`2 * 255 * 128 < 2^31`),
 //! and `|acc| <= 27 * 255 * 128 < 2^20`.
 
+use super::requant512::LaneReq;
 use super::Avx512;
 use crate::params::{Epilogue, StemShape};
 use core::arch::x86_64::*;
@@ -57,21 +58,6 @@ struct Windows {
     r2: [i32; WIN / 2],
     /// The rows' bytes with padding columns (zero point), before widening.
     bytes: [[u8; WIN]; 3],
-}
-
-/// Requantization parameters of one group's 16 lanes.
-#[derive(Clone, Copy)]
-struct Req {
-    /// Bias (generic path only; folded into `add_*` on the fast path).
-    bias: __m512i,
-    multiplier: __m512i,
-    /// The multiplier of the odd lanes, moved to the even ones.
-    multiplier_odd: __m512i,
-    /// 64-bit addend of the even / odd lanes' products.
-    add_even: __m512i,
-    add_odd: __m512i,
-    /// `s - 32` per lane.
-    post_shift: __m512i,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -251,7 +237,7 @@ fn lane_params<const G: usize, const FAST: bool>(
     epi: &Epilogue<'_>,
     c0: usize,
     valid: usize,
-) -> [Req; G] {
+) -> [LaneReq; G] {
     let (mut b, mut m, mut s) = ([0i32; PASS], [0i32; PASS], [32i32; PASS]);
     for g in 0..G {
         for j in 0..GROUP {
@@ -263,8 +249,6 @@ fn lane_params<const G: usize, const FAST: bool>(
             }
         }
     }
-    let one = _mm512_set1_epi64(1);
-    let zp = _mm512_set1_epi64(i64::from(epi.output_zero_point));
     core::array::from_fn(|g| {
         // SAFETY: each array holds 64 i32; group g's 16 start at 16 g <= 48.
         let (bias, multiplier, shift) = unsafe {
@@ -274,33 +258,7 @@ fn lane_params<const G: usize, const FAST: bool>(
                 _mm512_loadu_si512(s.as_ptr().add(g * GROUP).cast()),
             )
         };
-        let multiplier_odd = _mm512_srli_epi64::<32>(multiplier);
-        let shift_even = _mm512_and_si512(shift, _mm512_set1_epi64(0xffff_ffff));
-        let shift_odd = _mm512_srli_epi64::<32>(shift);
-        let mut add_even = _mm512_sllv_epi64(one, _mm512_sub_epi64(shift_even, one));
-        let mut add_odd = _mm512_sllv_epi64(one, _mm512_sub_epi64(shift_odd, one));
-        if FAST {
-            // bias * m + 2^(s-1) + zp * 2^s (the shift of a negative zp is its product).
-            add_even = _mm512_add_epi64(
-                _mm512_add_epi64(add_even, _mm512_mul_epi32(bias, multiplier)),
-                _mm512_sllv_epi64(zp, shift_even),
-            );
-            add_odd = _mm512_add_epi64(
-                _mm512_add_epi64(
-                    add_odd,
-                    _mm512_mul_epi32(_mm512_srli_epi64::<32>(bias), multiplier_odd),
-                ),
-                _mm512_sllv_epi64(zp, shift_odd),
-            );
-        }
-        Req {
-            bias,
-            multiplier,
-            multiplier_odd,
-            add_even,
-            add_odd,
-            post_shift: _mm512_sub_epi32(shift, _mm512_set1_epi32(32)),
-        }
+        LaneReq::new::<FAST>(bias, multiplier, shift, epi.output_zero_point)
     })
 }
 
@@ -386,26 +344,7 @@ struct Out {
     mask: u64,
 }
 
-/// Requantizes 16 lanes to int32 including the output zero point (not yet clamped).
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2")]
-fn requant<const FAST: bool>(acc: __m512i, r: &Req, zero_point: __m512i) -> __m512i {
-    let x = if FAST { acc } else { _mm512_add_epi32(acc, r.bias) };
-    let even = _mm512_add_epi64(_mm512_mul_epi32(x, r.multiplier), r.add_even);
-    let odd =
-        _mm512_add_epi64(_mm512_mul_epi32(_mm512_srli_epi64::<32>(x), r.multiplier_odd), r.add_odd);
-    // High halves of the products (an exact floor `>> 32`): the odd lanes already hold
-    // theirs; the even lanes take the even products' swapped into place.
-    let high = _mm512_mask_shuffle_epi32::<_MM_PERM_CDAB>(odd, 0x5555, even);
-    let y = _mm512_srav_epi32(high, r.post_shift);
-    if FAST {
-        y
-    } else {
-        _mm512_add_epi32(y, zero_point)
-    }
-}
-
-/// Requantizes one pixel's `G` groups and stores its valid channels at `dst`.
+/// LaneRequantizes one pixel's `G` groups and stores its valid channels at `dst`.
 ///
 /// Saturating narrowing before the clamp is exact: the clamp bounds lie inside the int8 range.
 ///
@@ -415,12 +354,11 @@ fn requant<const FAST: bool>(acc: __m512i, r: &Req, zero_point: __m512i) -> __m5
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2")]
 unsafe fn finish<const G: usize, const FAST: bool>(
     acc: [__m512i; G],
-    req: &[Req; G],
+    req: &[LaneReq; G],
     out: &Out,
     dst: *mut i8,
 ) {
-    let y: [__m512i; G] =
-        core::array::from_fn(|g| requant::<FAST>(acc[g], &req[g], out.zero_point));
+    let y: [__m512i; G] = core::array::from_fn(|g| req[g].apply::<FAST>(acc[g], out.zero_point));
     // SAFETY: (caller) the bytes of `out.mask` are writable; other bytes are not accessed.
     unsafe {
         if G == 4 {
