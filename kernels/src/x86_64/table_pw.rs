@@ -370,8 +370,12 @@ unsafe fn run_avx2(
         unsafe {
             transpose_input(input.as_ptr().add(start * k), k, valid, g * 4, xt);
             match Scheme::for_layer(k, n, GEOMETRY) {
-                Scheme::Lut40 => ternary_pw_16x4c_lut40__avx2_mac(xt, lists, g, n, tables, acc),
-                Scheme::Lut81 => ternary_pw_16x4c_lut81__avx2_mac(xt, lists, g, n, tables, acc),
+                Scheme::Lut40 => {
+                    ternary_pw_16x4c_lut40__avx2_mac(xt, lists, g, n, tables, acc, CHUNK, WINDOW)
+                }
+                Scheme::Lut81 => ternary_pw_16x4c_lut81__avx2_mac(
+                    xt, lists, g, n, tables, acc, CHUNK81, WINDOW81,
+                ),
                 Scheme::Direct => unreachable!("the AVX2 geometry has no direct kernel"),
             }
             let single = match Scheme::for_layer(k, n, GEOMETRY) {
@@ -443,270 +447,314 @@ impl Iterator for Chunks {
     }
 }
 
-/// Accumulator areas: int32 totals (2 vectors per channel: pixels 0..8 and 8..16) and int16
-/// running sums (1 vector per channel).
-#[derive(Clone, Copy)]
-struct Acc {
-    wide: *mut __m256i,
-    narrow: *mut __m256i,
-}
-
-/// Add-only MAC of one 16-pixel tile: for each chunk of groups, build the chunk's lut40
-/// tables, then for every output channel add its plus rows and subtract its minus rows.
-/// Channel `c`'s int32 totals end in `acc.wide[2c]`, `acc.wide[2c + 1]`.
-///
-/// # Safety
-/// AVX2; `xt` holds `groups * 4` aligned vectors (transposed input, int16); `lists` was
-/// produced by [`prepare`] for these `groups` and `n`; `tables` has room for a chunk of
-/// tables and holds the zero row at `ZERO_ROW`; `acc` has room for `n` channels.
-#[inline(never)]
-#[target_feature(enable = "avx2")]
-unsafe fn ternary_pw_16x4c_lut40__avx2_mac(
-    xt: *const __m256i,
-    lists: *const u16,
-    groups: usize,
-    n: usize,
-    tables: *mut u8,
-    acc: Acc,
-) {
-    let mut list = lists;
-    for Chunk { gs, len, open, close, first } in Chunks::new(groups, CHUNK, WINDOW) {
-        // SAFETY: groups gs..gs+len exist in xt and their tables fit the table area; the
-        // lists of this chunk hold, per channel, a header and offsets of rows of these
-        // tables (or the zero row); accumulators stay inside the n channels.
-        unsafe {
-            ternary_build_tables__avx2(xt.add(gs * 4), len, tables, ROWS, ternary_table40__avx2);
-            let (mut wide, mut narrow) = (acc.wide, acc.narrow);
-            for _ in 0..n {
-                let start = if open { _mm256_setzero_si256() } else { _mm256_load_si256(narrow) };
-                let (sum, next) = ternary_lists__avx2(start, tables, list);
-                list = next;
-                ternary_store_sum__avx2(sum, narrow, wide, close, first);
-                wide = wide.add(2);
-                narrow = narrow.add(1);
-            }
+/// Defines, for one tier, the add-only MAC functions of the lut40 and lut81 table schemes
+/// (one template, so the AVX2 and AVX-512 tiers run the same algorithm): the two MAC drivers,
+/// the table builders and the list walker, from the tier's int16 vector type and
+/// intrinsics. Every generated function is named by the caller and must contain `ternary`
+/// (the add-only check disassembles them). The invoking module provides `ROW`, `ROWS`,
+/// `LANES`, `CODES`, `Chunk` and `Chunks`.
+macro_rules! table_mac_kernels {
+    (
+        features: $feat:literal,
+        vector: $v:ty,
+        ops: {
+            zero: $zero:ident, add: $add:ident, sub: $sub:ident, load: $load:ident,
+            store: $store:ident, add32: $add32:ident, widen_lo: $widen_lo:ident,
+            widen_hi: $widen_hi:ident $(,)?
+        },
+        names: {
+            lut40: $lut40:ident, lut81: $lut81:ident, store_sum: $store_sum:ident,
+            build_tables: $build_tables:ident, table81: $table81:ident,
+            table40: $table40:ident, table9: $table9:ident, lists: $lists:ident $(,)?
+        } $(,)?
+    ) => {
+        /// Accumulator areas: int32 totals (2 vectors per channel: the first and second half of
+        /// the tile's pixels) and int16 running sums (1 vector per channel).
+        #[derive(Clone, Copy)]
+        struct Acc {
+            wide: *mut $v,
+            narrow: *mut $v,
         }
-    }
-}
 
-/// Add-only MAC of one 16-pixel tile with full 81-row tables: for each chunk of groups,
-/// build the tables, then four channels at a time add one row per group. Channel `c`'s
-/// int32 totals end in `acc.wide[2c]`, `acc.wide[2c + 1]`.
-///
-/// # Safety
-/// AVX2; `xt` holds `groups * 4` aligned vectors; `lists` was produced by [`prepare`] for
-/// these `groups` and `n` (lut81); `tables` has room for `CHUNK81` tables; `acc` for `n`
-/// channels.
-#[inline(never)]
-#[target_feature(enable = "avx2")]
-unsafe fn ternary_pw_16x4c_lut81__avx2_mac(
-    xt: *const __m256i,
-    lists: *const u16,
-    groups: usize,
-    n: usize,
-    tables: *mut u8,
-    acc: Acc,
-) {
-    let mut list = lists;
-    for Chunk { gs, len, open, close, first } in Chunks::new(groups, CHUNK81, WINDOW81) {
-        // SAFETY: groups gs..gs+len exist in xt and their tables fit the table area; this
-        // chunk's lists hold `len` offsets per channel, each naming a row of its group's
-        // table; accumulators stay inside the n channels.
-        unsafe {
-            ternary_build_tables__avx2(xt.add(gs * 4), len, tables, CODES, ternary_table81__avx2);
-            let (mut wide, mut narrow) = (acc.wide, acc.narrow);
-            let mut quads = list.cast::<u64>();
-            let mut c = 0;
-            while c < n {
-                let live = LANES.min(n - c);
-                let mut sums = [_mm256_setzero_si256(); LANES];
-                if !open {
-                    for (i, s) in sums.iter_mut().enumerate().take(live) {
-                        *s = _mm256_load_si256(narrow.add(i));
+        /// Add-only MAC of one pixel tile: for each chunk of groups, build the chunk's lut40
+        /// tables, then for every output channel add its plus rows and subtract its minus rows.
+        ///
+        /// # Safety
+        /// The target features; `xt` holds `groups * 4` aligned vectors (transposed input, int16); `lists`
+        /// was produced by [`prepare_for`](super::table_pw::prepare_for) for these `groups` and `n`; `tables` has room for a chunk of
+        /// tables and holds the zero row; `acc` has room for `n` channels; `chunk` and `window` are
+        /// the lut40 ones.
+        #[allow(clippy::too_many_arguments)]
+        #[inline(never)]
+        #[target_feature(enable = $feat)]
+        unsafe fn $lut40(
+            xt: *const $v,
+            lists: *const u16,
+            groups: usize,
+            n: usize,
+            tables: *mut u8,
+            acc: Acc,
+            chunk: usize,
+            window: usize,
+        ) {
+            let mut list = lists;
+            for Chunk { gs, len, open, close, first } in Chunks::new(groups, chunk, window) {
+                // SAFETY: groups gs..gs+len exist in xt and their tables fit the table area; the
+                // lists of this chunk hold, per channel, a header and offsets of rows of these
+                // tables (or the zero row); accumulators stay inside the n channels.
+                unsafe {
+                    $build_tables(xt.add(gs * 4), len, tables, ROWS, $table40);
+                    let (mut wide, mut narrow) = (acc.wide, acc.narrow);
+                    for _ in 0..n {
+                        let start = if open { $zero() } else { $load(narrow) };
+                        let (plus, minus) = (usize::from(*list) / 2, usize::from(*list.add(1)) / 2);
+                        let (sum, next) = $lists(start, tables, list.add(2), plus, minus);
+                        list = next;
+                        $store_sum(sum, narrow, wide, close, first);
+                        wide = wide.add(2);
+                        narrow = narrow.add(1);
                     }
                 }
-                for j in 0..len {
-                    let offsets = quads.add(j).read_unaligned();
-                    for (i, s) in sums.iter_mut().enumerate() {
-                        let row = tables.add((offsets >> (16 * i)) as usize & 0xffff);
-                        *s = _mm256_add_epi16(*s, _mm256_load_si256(row.cast()));
+            }
+        }
+
+        /// Add-only MAC of one pixel tile with full 81-row tables: for each chunk of groups,
+        /// build the tables, then four channels at a time add one row per group.
+        ///
+        /// # Safety
+        /// The target features; `xt` holds `groups * 4` aligned vectors; `lists` was produced by
+        /// [`prepare_for`](super::table_pw::prepare_for) for these `groups` and `n` (lut81); `tables` has room for a chunk of 81-row
+        /// tables; `acc` for `n` channels; `chunk` and `window` are the lut81 ones.
+        #[allow(clippy::too_many_arguments)]
+        #[inline(never)]
+        #[target_feature(enable = $feat)]
+        unsafe fn $lut81(
+            xt: *const $v,
+            lists: *const u16,
+            groups: usize,
+            n: usize,
+            tables: *mut u8,
+            acc: Acc,
+            chunk: usize,
+            window: usize,
+        ) {
+            let mut list = lists;
+            for Chunk { gs, len, open, close, first } in Chunks::new(groups, chunk, window) {
+                // SAFETY: groups gs..gs+len exist in xt and their tables fit the table area; this
+                // chunk's lists hold `len` offsets per channel, each naming a row of its group's
+                // table; accumulators stay inside the n channels.
+                unsafe {
+                    $build_tables(xt.add(gs * 4), len, tables, CODES, $table81);
+                    let (mut wide, mut narrow) = (acc.wide, acc.narrow);
+                    let mut quads = list.cast::<u64>();
+                    let mut c = 0;
+                    while c < n {
+                        let live = LANES.min(n - c);
+                        let mut sums = [$zero(); LANES];
+                        if !open {
+                            for (i, s) in sums.iter_mut().enumerate().take(live) {
+                                *s = $load(narrow.add(i));
+                            }
+                        }
+                        for j in 0..len {
+                            let offsets = quads.add(j).read_unaligned();
+                            for (i, s) in sums.iter_mut().enumerate() {
+                                let row = tables.add((offsets >> (16 * i)) as usize & 0xffff);
+                                *s = $add(*s, $load(row.cast()));
+                            }
+                        }
+                        quads = quads.add(len);
+                        for sum in sums.into_iter().take(live) {
+                            $store_sum(sum, narrow, wide, close, first);
+                            wide = wide.add(2);
+                            narrow = narrow.add(1);
+                        }
+                        c += LANES;
+                    }
+                    list = quads.cast();
+                }
+            }
+        }
+
+        /// Stores one channel's int16 sum: kept as int16 inside a window, widened into the int32
+        /// totals (written on the first window, added afterwards) when it closes.
+        ///
+        /// # Safety
+        /// The target features; `narrow` points at one and `wide` at two aligned, writable vectors.
+        #[inline]
+        #[target_feature(enable = $feat)]
+        unsafe fn $store_sum(sum: $v, narrow: *mut $v, wide: *mut $v, close: bool, first: bool) {
+            // SAFETY: (caller) the vectors exist.
+            unsafe {
+                if !close {
+                    $store(narrow, sum);
+                    return;
+                }
+                let lo = $widen_lo(sum);
+                let hi = $widen_hi(sum);
+                if first {
+                    $store(wide, lo);
+                    $store(wide.add(1), hi);
+                } else {
+                    $store(wide, $add32($load(wide), lo));
+                    let w1 = wide.add(1);
+                    $store(w1, $add32($load(w1), hi));
+                }
+            }
+        }
+
+        /// Builds the tables of `len` consecutive groups (four input vectors each), `rows` rows
+        /// apart, with `build` (lut40 or lut81).
+        ///
+        /// # Safety
+        /// The target features; `x` holds `4 len` aligned vectors; `tables` has room for `len * rows`
+        /// rows; `build` writes `rows` rows from four vectors.
+        #[inline]
+        #[target_feature(enable = $feat)]
+        unsafe fn $build_tables(
+            x: *const $v,
+            len: usize,
+            tables: *mut u8,
+            rows: usize,
+            build: unsafe fn(*const $v, *mut u8),
+        ) {
+            let (mut x, mut t) = (x, tables);
+            for _ in 0..len {
+                // SAFETY: (caller) group j's inputs and table lie inside the given areas.
+                unsafe {
+                    build(x, t);
+                    x = x.add(4);
+                    t = t.add(rows * ROW);
+                }
+            }
+        }
+
+        /// Builds all 81 rows of one group's table: row `c` holds `T[c]`, `c = l + 9 h`.
+        ///
+        /// # Safety
+        /// The target features; `x` holds 4 aligned vectors; `t` is 64-byte aligned with room for 81 rows.
+        #[inline]
+        #[target_feature(enable = $feat)]
+        unsafe fn $table81(x: *const $v, t: *mut u8) {
+            // SAFETY: (caller) 4 readable vectors and 81 writable rows.
+            unsafe {
+                let low = $table9($load(x), $load(x.add(1)));
+                let high = $table9($load(x.add(2)), $load(x.add(3)));
+                let mut dst = t;
+                for h in &high {
+                    for l in &low {
+                        $store(dst.cast(), $add(*l, *h));
+                        dst = dst.add(ROW);
                     }
                 }
-                quads = quads.add(len);
-                for sum in sums.into_iter().take(live) {
-                    ternary_store_sum__avx2(sum, narrow, wide, close, first);
-                    wide = wide.add(2);
-                    narrow = narrow.add(1);
+            }
+        }
+
+        /// Builds the 40 stored rows of one group's table (codes 41..=80, see
+        /// [`super::table_pw`]): codes 41..=44 are `low[5..9]`, then `high[h] + low[l]` for `h` in
+        /// 5..9 and every `l`.
+        ///
+        /// # Safety
+        /// The target features; `x` holds 4 aligned vectors; `t` is 64-byte aligned with room for 40 rows.
+        #[inline]
+        #[target_feature(enable = $feat)]
+        unsafe fn $table40(x: *const $v, t: *mut u8) {
+            // SAFETY: (caller) 4 readable vectors and 40 writable rows.
+            unsafe {
+                let low = $table9($load(x), $load(x.add(1)));
+                let high = $table9($load(x.add(2)), $load(x.add(3)));
+                let mut dst = t;
+                for l in &low[5..] {
+                    $store(dst.cast(), *l);
+                    dst = dst.add(ROW);
                 }
-                c += LANES;
-            }
-            list = quads.cast();
-        }
-    }
-}
-
-/// Stores one channel's int16 sum: kept as int16 inside a window, widened into the int32
-/// totals (written on the first window, added afterwards) when it closes.
-///
-/// # Safety
-/// AVX2; `narrow` points at one and `wide` at two aligned, writable vectors.
-#[inline]
-#[target_feature(enable = "avx2")]
-unsafe fn ternary_store_sum__avx2(
-    sum: __m256i,
-    narrow: *mut __m256i,
-    wide: *mut __m256i,
-    close: bool,
-    first: bool,
-) {
-    // SAFETY: (caller) the vectors exist.
-    unsafe {
-        if !close {
-            _mm256_store_si256(narrow, sum);
-            return;
-        }
-        let lo = _mm256_cvtepi16_epi32(_mm256_castsi256_si128(sum));
-        let hi = _mm256_cvtepi16_epi32(_mm256_extracti128_si256::<1>(sum));
-        if first {
-            _mm256_store_si256(wide, lo);
-            _mm256_store_si256(wide.add(1), hi);
-        } else {
-            _mm256_store_si256(wide, _mm256_add_epi32(_mm256_load_si256(wide), lo));
-            let w1 = wide.add(1);
-            _mm256_store_si256(w1, _mm256_add_epi32(_mm256_load_si256(w1), hi));
-        }
-    }
-}
-
-/// Builds the tables of `len` consecutive groups (four input vectors each), `rows` rows
-/// apart, with `build` (lut40 or lut81).
-///
-/// # Safety
-/// AVX2; `x` holds `4 len` aligned vectors; `tables` has room for `len * rows` rows; `build`
-/// writes `rows` rows from four vectors.
-#[inline]
-#[target_feature(enable = "avx2")]
-unsafe fn ternary_build_tables__avx2(
-    x: *const __m256i,
-    len: usize,
-    tables: *mut u8,
-    rows: usize,
-    build: unsafe fn(*const __m256i, *mut u8),
-) {
-    let (mut x, mut t) = (x, tables);
-    for _ in 0..len {
-        // SAFETY: (caller) group j's inputs and table lie inside the given areas.
-        unsafe {
-            build(x, t);
-            x = x.add(4);
-            t = t.add(rows * ROW);
-        }
-    }
-}
-
-/// Builds all 81 rows of one group's table: row `c` holds `T[c]`, `c = l + 9 h`.
-///
-/// # Safety
-/// AVX2; `x` holds 4 aligned vectors; `t` is 32-byte aligned with room for 81 rows.
-#[inline]
-#[target_feature(enable = "avx2")]
-unsafe fn ternary_table81__avx2(x: *const __m256i, t: *mut u8) {
-    // SAFETY: (caller) 4 readable vectors and 81 writable rows.
-    unsafe {
-        let low = ternary_table9__avx2(_mm256_load_si256(x), _mm256_load_si256(x.add(1)));
-        let high = ternary_table9__avx2(_mm256_load_si256(x.add(2)), _mm256_load_si256(x.add(3)));
-        let mut dst = t;
-        for h in &high {
-            for l in &low {
-                _mm256_store_si256(dst.cast(), _mm256_add_epi16(*l, *h));
-                dst = dst.add(ROW);
+                for h in &high[5..] {
+                    for l in &low {
+                        $store(dst.cast(), $add(*l, *h));
+                        dst = dst.add(ROW);
+                    }
+                }
             }
         }
-    }
-}
 
-/// One channel's chunk: `start` plus its plus rows minus its minus rows, two offsets per
-/// load in two add chains. Returns the sum and the start of the next channel's lists.
-///
-/// # Safety
-/// AVX2; `list` is a `[plus count, minus count, offsets..]` record from [`prepare`] whose
-/// offsets name aligned rows inside `tables`.
-#[inline]
-#[target_feature(enable = "avx2")]
-unsafe fn ternary_lists__avx2(
-    start: __m256i,
-    tables: *const u8,
-    list: *const u16,
-) -> (__m256i, *const u16) {
-    // SAFETY: (caller) the record and every row it names are in bounds.
-    unsafe {
-        let row = |off: u32| _mm256_load_si256(tables.add(off as usize).cast::<__m256i>());
-        let plus = usize::from(*list) / 2;
-        let minus = usize::from(*list.add(1)) / 2;
-        let mut p = list.add(2).cast::<u32>();
-        let (mut s0, mut s1) = (start, _mm256_setzero_si256());
-        for _ in 0..plus {
-            let pair = p.read_unaligned();
-            s0 = _mm256_add_epi16(s0, row(pair & 0xffff));
-            s1 = _mm256_add_epi16(s1, row(pair >> 16));
-            p = p.add(1);
+        /// The 9 signed sums of two vectors: `[d0 + 3 d1] = (d0 - 1) * a + (d1 - 1) * b`.
+        #[inline]
+        #[target_feature(enable = $feat)]
+        fn $table9(a: $v, b: $v) -> [$v; 9] {
+            let z = $zero();
+            let sum = $add(a, b);
+            let diff = $sub(a, b);
+            [$sub(z, sum), $sub(z, b), diff, $sub(z, a), z, a, $sub(z, diff), b, sum]
         }
-        for _ in 0..minus {
-            let pair = p.read_unaligned();
-            s0 = _mm256_sub_epi16(s0, row(pair & 0xffff));
-            s1 = _mm256_sub_epi16(s1, row(pair >> 16));
-            p = p.add(1);
-        }
-        (_mm256_add_epi16(s0, s1), p.cast())
-    }
-}
 
-/// Builds the 40 stored rows of one group's table from its four input vectors at `x`: row
-/// `c - 41` holds `T[c]` for codes `c` in 41..=80. With `l = d0 + 3 d1`, `h = d2 + 3 d3`:
-/// `T[c] = low[l] + high[h]` and `c = l + 9 h`, so codes 41..=44 are `h = 4` (`high[4] = 0`)
-/// with `l` in 5..9, then `h` in 5..9 with every `l`.
-///
-/// # Safety
-/// AVX2; `x` holds 4 aligned vectors; `t` is 32-byte aligned with room for 40 rows.
-#[inline]
-#[target_feature(enable = "avx2")]
-unsafe fn ternary_table40__avx2(x: *const __m256i, t: *mut u8) {
-    // SAFETY: (caller) 4 readable vectors and 40 writable rows.
-    unsafe {
-        let low = ternary_table9__avx2(_mm256_load_si256(x), _mm256_load_si256(x.add(1)));
-        let high = ternary_table9__avx2(_mm256_load_si256(x.add(2)), _mm256_load_si256(x.add(3)));
-        let mut dst = t;
-        for l in &low[5..] {
-            _mm256_store_si256(dst.cast(), *l);
-            dst = dst.add(ROW);
-        }
-        for h in &high[5..] {
-            for l in &low {
-                _mm256_store_si256(dst.cast(), _mm256_add_epi16(*l, *h));
-                dst = dst.add(ROW);
+        /// `start` plus the `2 plus` rows of the first offsets minus the `2 minus` rows of the
+        /// next ones (byte offsets from `base`), two offsets per load in two add chains. Returns the
+        /// sum and the position after the offsets.
+        ///
+        /// # Safety
+        /// The target features; `list` holds `2 (plus + minus)` offsets from [`prepare_for`](super::table_pw::prepare_for) that name aligned
+        /// vectors from `base`.
+        #[inline]
+        #[target_feature(enable = $feat)]
+        unsafe fn $lists(
+            start: $v,
+            base: *const u8,
+            list: *const u16,
+            plus: usize,
+            minus: usize,
+        ) -> ($v, *const u16) {
+            // SAFETY: (caller) the offsets and every vector they name are in bounds.
+            unsafe {
+                let row = |off: u32| $load(base.add(off as usize).cast::<$v>());
+                let mut p = list.cast::<u32>();
+                let (mut s0, mut s1) = (start, $zero());
+                for _ in 0..plus {
+                    let pair = p.read_unaligned();
+                    s0 = $add(s0, row(pair & 0xffff));
+                    s1 = $add(s1, row(pair >> 16));
+                    p = p.add(1);
+                }
+                for _ in 0..minus {
+                    let pair = p.read_unaligned();
+                    s0 = $sub(s0, row(pair & 0xffff));
+                    s1 = $sub(s1, row(pair >> 16));
+                    p = p.add(1);
+                }
+                ($add(s0, s1), p.cast())
             }
         }
-    }
+    };
+}
+pub(super) use table_mac_kernels;
+
+table_mac_kernels! {
+    features: "avx2",
+    vector: __m256i,
+    ops: {
+        zero: _mm256_setzero_si256, add: _mm256_add_epi16, sub: _mm256_sub_epi16,
+        load: _mm256_load_si256, store: _mm256_store_si256, add32: _mm256_add_epi32,
+        widen_lo: widen_lo, widen_hi: widen_hi,
+    },
+    names: {
+        lut40: ternary_pw_16x4c_lut40__avx2_mac, lut81: ternary_pw_16x4c_lut81__avx2_mac,
+        store_sum: ternary_store_sum__avx2, build_tables: ternary_build_tables__avx2,
+        table81: ternary_table81__avx2, table40: ternary_table40__avx2,
+        table9: ternary_table9__avx2, lists: ternary_lists__avx2,
+    },
 }
 
-/// The 9 signed sums of two vectors: `[d0 + 3 d1] = (d0 - 1) * a + (d1 - 1) * b`.
+/// Int16 lanes 0..8 of `v` as int32.
 #[inline]
 #[target_feature(enable = "avx2")]
-fn ternary_table9__avx2(a: __m256i, b: __m256i) -> [__m256i; 9] {
-    let z = _mm256_setzero_si256();
-    let sum = _mm256_add_epi16(a, b);
-    let diff = _mm256_sub_epi16(a, b);
-    [
-        _mm256_sub_epi16(z, sum),
-        _mm256_sub_epi16(z, b),
-        diff,
-        _mm256_sub_epi16(z, a),
-        z,
-        a,
-        _mm256_sub_epi16(z, diff),
-        b,
-        sum,
-    ]
+fn widen_lo(v: __m256i) -> __m256i {
+    _mm256_cvtepi16_epi32(_mm256_castsi256_si128(v))
+}
+
+/// Int16 lanes 8..16 of `v` as int32.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn widen_hi(v: __m256i) -> __m256i {
+    _mm256_cvtepi16_epi32(_mm256_extracti128_si256::<1>(v))
 }
 
 /// Transposes a tile of `valid` pixels x `k` int8 channels into `kpad` int16 vectors of 16

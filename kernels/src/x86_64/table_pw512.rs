@@ -200,60 +200,34 @@ unsafe fn run_avx512(
     }
 }
 
-/// Accumulator areas: int32 totals (2 vectors per channel: pixels 0..16 and 16..32) and
-/// int16 running sums (1 vector per channel).
-#[derive(Clone, Copy)]
-struct Acc {
-    wide: *mut __m512i,
-    narrow: *mut __m512i,
+super::table_pw::table_mac_kernels! {
+    features: "avx512f,avx512bw",
+    vector: __m512i,
+    ops: {
+        zero: _mm512_setzero_si512, add: _mm512_add_epi16, sub: _mm512_sub_epi16,
+        load: _mm512_load_si512, store: _mm512_store_si512, add32: _mm512_add_epi32,
+        widen_lo: widen_lo, widen_hi: widen_hi,
+    },
+    names: {
+        lut40: ternary_pw_32x4c_lut40__avx512_mac, lut81: ternary_pw_32x4c_lut81__avx512_mac,
+        store_sum: ternary_store_sum__avx512, build_tables: ternary_build_tables__avx512,
+        table81: ternary_table81__avx512, table40: ternary_table40__avx512,
+        table9: ternary_table9__avx512, lists: ternary_lists__avx512,
+    },
 }
 
-/// Add-only MAC of one 32-pixel tile: for each chunk of groups, build the chunk's lut40
-/// tables, then for every output channel add its plus rows and subtract its minus rows.
-///
-/// # Safety
-/// AVX-512 F/BW; `xt` holds `groups * 4` aligned vectors (transposed input, int16); `lists`
-/// was produced by [`prepare`] for these `groups` and `n`; `tables` has room for a chunk of
-/// tables and holds the zero row; `acc` has room for `n` channels; `chunk` and `window` are
-/// the lut40 ones.
-#[allow(clippy::too_many_arguments)]
-#[inline(never)]
+/// Int16 lanes 0..16 of `v` as int32.
+#[inline]
 #[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn ternary_pw_32x4c_lut40__avx512_mac(
-    xt: *const __m512i,
-    lists: *const u16,
-    groups: usize,
-    n: usize,
-    tables: *mut u8,
-    acc: Acc,
-    chunk: usize,
-    window: usize,
-) {
-    let mut list = lists;
-    for Chunk { gs, len, open, close, first } in Chunks::new(groups, chunk, window) {
-        // SAFETY: groups gs..gs+len exist in xt and their tables fit the table area; the
-        // lists of this chunk hold, per channel, a header and offsets of rows of these
-        // tables (or the zero row); accumulators stay inside the n channels.
-        unsafe {
-            ternary_build_tables__avx512(
-                xt.add(gs * 4),
-                len,
-                tables,
-                ROWS,
-                ternary_table40__avx512,
-            );
-            let (mut wide, mut narrow) = (acc.wide, acc.narrow);
-            for _ in 0..n {
-                let start = if open { _mm512_setzero_si512() } else { _mm512_load_si512(narrow) };
-                let (plus, minus) = (usize::from(*list) / 2, usize::from(*list.add(1)) / 2);
-                let (sum, next) = ternary_lists__avx512(start, tables, list.add(2), plus, minus);
-                list = next;
-                ternary_store_sum__avx512(sum, narrow, wide, close, first);
-                wide = wide.add(2);
-                narrow = narrow.add(1);
-            }
-        }
-    }
+fn widen_lo(v: __m512i) -> __m512i {
+    _mm512_cvtepi16_epi32(_mm512_castsi512_si256(v))
+}
+
+/// Int16 lanes 16..32 of `v` as int32.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw")]
+fn widen_hi(v: __m512i) -> __m512i {
+    _mm512_cvtepi16_epi32(_mm512_extracti64x4_epi64::<1>(v))
 }
 
 /// Add-only MAC of one 32-pixel tile without tables: every output channel adds the input
@@ -283,234 +257,6 @@ unsafe fn ternary_pw_32x1c_direct__avx512_mac(
             list = next;
             _mm512_store_si512(narrow.add(c), sum);
         }
-    }
-}
-
-/// Add-only MAC of one 32-pixel tile with full 81-row tables: for each chunk of groups,
-/// build the tables, then four channels at a time add one row per group.
-///
-/// # Safety
-/// AVX-512 F/BW; `xt` holds `groups * 4` aligned vectors; `lists` was produced by
-/// [`prepare`] for these `groups` and `n` (lut81); `tables` has room for a chunk of 81-row
-/// tables; `acc` for `n` channels; `chunk` and `window` are the lut81 ones.
-#[allow(clippy::too_many_arguments)]
-#[inline(never)]
-#[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn ternary_pw_32x4c_lut81__avx512_mac(
-    xt: *const __m512i,
-    lists: *const u16,
-    groups: usize,
-    n: usize,
-    tables: *mut u8,
-    acc: Acc,
-    chunk: usize,
-    window: usize,
-) {
-    let mut list = lists;
-    for Chunk { gs, len, open, close, first } in Chunks::new(groups, chunk, window) {
-        // SAFETY: groups gs..gs+len exist in xt and their tables fit the table area; this
-        // chunk's lists hold `len` offsets per channel, each naming a row of its group's
-        // table; accumulators stay inside the n channels.
-        unsafe {
-            ternary_build_tables__avx512(
-                xt.add(gs * 4),
-                len,
-                tables,
-                CODES,
-                ternary_table81__avx512,
-            );
-            let (mut wide, mut narrow) = (acc.wide, acc.narrow);
-            let mut quads = list.cast::<u64>();
-            let mut c = 0;
-            while c < n {
-                let live = LANES.min(n - c);
-                let mut sums = [_mm512_setzero_si512(); LANES];
-                if !open {
-                    for (i, s) in sums.iter_mut().enumerate().take(live) {
-                        *s = _mm512_load_si512(narrow.add(i));
-                    }
-                }
-                for j in 0..len {
-                    let offsets = quads.add(j).read_unaligned();
-                    for (i, s) in sums.iter_mut().enumerate() {
-                        let row = tables.add((offsets >> (16 * i)) as usize & 0xffff);
-                        *s = _mm512_add_epi16(*s, _mm512_load_si512(row.cast()));
-                    }
-                }
-                quads = quads.add(len);
-                for sum in sums.into_iter().take(live) {
-                    ternary_store_sum__avx512(sum, narrow, wide, close, first);
-                    wide = wide.add(2);
-                    narrow = narrow.add(1);
-                }
-                c += LANES;
-            }
-            list = quads.cast();
-        }
-    }
-}
-
-/// Stores one channel's int16 sum: kept as int16 inside a window, widened into the int32
-/// totals (written on the first window, added afterwards) when it closes.
-///
-/// # Safety
-/// AVX-512 F/BW; `narrow` points at one and `wide` at two aligned, writable vectors.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn ternary_store_sum__avx512(
-    sum: __m512i,
-    narrow: *mut __m512i,
-    wide: *mut __m512i,
-    close: bool,
-    first: bool,
-) {
-    // SAFETY: (caller) the vectors exist.
-    unsafe {
-        if !close {
-            _mm512_store_si512(narrow, sum);
-            return;
-        }
-        let lo = _mm512_cvtepi16_epi32(_mm512_castsi512_si256(sum));
-        let hi = _mm512_cvtepi16_epi32(_mm512_extracti64x4_epi64::<1>(sum));
-        if first {
-            _mm512_store_si512(wide, lo);
-            _mm512_store_si512(wide.add(1), hi);
-        } else {
-            _mm512_store_si512(wide, _mm512_add_epi32(_mm512_load_si512(wide), lo));
-            let w1 = wide.add(1);
-            _mm512_store_si512(w1, _mm512_add_epi32(_mm512_load_si512(w1), hi));
-        }
-    }
-}
-
-/// Builds the tables of `len` consecutive groups (four input vectors each), `rows` rows
-/// apart, with `build` (lut40 or lut81).
-///
-/// # Safety
-/// AVX-512 F/BW; `x` holds `4 len` aligned vectors; `tables` has room for `len * rows`
-/// rows; `build` writes `rows` rows from four vectors.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn ternary_build_tables__avx512(
-    x: *const __m512i,
-    len: usize,
-    tables: *mut u8,
-    rows: usize,
-    build: unsafe fn(*const __m512i, *mut u8),
-) {
-    let (mut x, mut t) = (x, tables);
-    for _ in 0..len {
-        // SAFETY: (caller) group j's inputs and table lie inside the given areas.
-        unsafe {
-            build(x, t);
-            x = x.add(4);
-            t = t.add(rows * ROW);
-        }
-    }
-}
-
-/// Builds all 81 rows of one group's table: row `c` holds `T[c]`, `c = l + 9 h`.
-///
-/// # Safety
-/// AVX-512 F/BW; `x` holds 4 aligned vectors; `t` is 64-byte aligned with room for 81 rows.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn ternary_table81__avx512(x: *const __m512i, t: *mut u8) {
-    // SAFETY: (caller) 4 readable vectors and 81 writable rows.
-    unsafe {
-        let low = ternary_table9__avx512(_mm512_load_si512(x), _mm512_load_si512(x.add(1)));
-        let high = ternary_table9__avx512(_mm512_load_si512(x.add(2)), _mm512_load_si512(x.add(3)));
-        let mut dst = t;
-        for h in &high {
-            for l in &low {
-                _mm512_store_si512(dst.cast(), _mm512_add_epi16(*l, *h));
-                dst = dst.add(ROW);
-            }
-        }
-    }
-}
-
-/// Builds the 40 stored rows of one group's table (codes 41..=80, see
-/// [`super::table_pw`]): codes 41..=44 are `low[5..9]`, then `high[h] + low[l]` for `h` in
-/// 5..9 and every `l`.
-///
-/// # Safety
-/// AVX-512 F/BW; `x` holds 4 aligned vectors; `t` is 64-byte aligned with room for 40 rows.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn ternary_table40__avx512(x: *const __m512i, t: *mut u8) {
-    // SAFETY: (caller) 4 readable vectors and 40 writable rows.
-    unsafe {
-        let low = ternary_table9__avx512(_mm512_load_si512(x), _mm512_load_si512(x.add(1)));
-        let high = ternary_table9__avx512(_mm512_load_si512(x.add(2)), _mm512_load_si512(x.add(3)));
-        let mut dst = t;
-        for l in &low[5..] {
-            _mm512_store_si512(dst.cast(), *l);
-            dst = dst.add(ROW);
-        }
-        for h in &high[5..] {
-            for l in &low {
-                _mm512_store_si512(dst.cast(), _mm512_add_epi16(*l, *h));
-                dst = dst.add(ROW);
-            }
-        }
-    }
-}
-
-/// The 9 signed sums of two vectors: `[d0 + 3 d1] = (d0 - 1) * a + (d1 - 1) * b`.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw")]
-fn ternary_table9__avx512(a: __m512i, b: __m512i) -> [__m512i; 9] {
-    let z = _mm512_setzero_si512();
-    let sum = _mm512_add_epi16(a, b);
-    let diff = _mm512_sub_epi16(a, b);
-    [
-        _mm512_sub_epi16(z, sum),
-        _mm512_sub_epi16(z, b),
-        diff,
-        _mm512_sub_epi16(z, a),
-        z,
-        a,
-        _mm512_sub_epi16(z, diff),
-        b,
-        sum,
-    ]
-}
-
-/// `start` plus the `2 plus` rows of the first offsets minus the `2 minus` rows of the
-/// next ones (byte offsets from `base`), two offsets per load in two add chains. Returns the
-/// sum and the position after the offsets.
-///
-/// # Safety
-/// AVX-512 F/BW; `list` holds `2 (plus + minus)` offsets from [`prepare`] that name aligned
-/// vectors from `base`.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn ternary_lists__avx512(
-    start: __m512i,
-    base: *const u8,
-    list: *const u16,
-    plus: usize,
-    minus: usize,
-) -> (__m512i, *const u16) {
-    // SAFETY: (caller) the offsets and every vector they name are in bounds.
-    unsafe {
-        let row = |off: u32| _mm512_load_si512(base.add(off as usize).cast::<__m512i>());
-        let mut p = list.cast::<u32>();
-        let (mut s0, mut s1) = (start, _mm512_setzero_si512());
-        for _ in 0..plus {
-            let pair = p.read_unaligned();
-            s0 = _mm512_add_epi16(s0, row(pair & 0xffff));
-            s1 = _mm512_add_epi16(s1, row(pair >> 16));
-            p = p.add(1);
-        }
-        for _ in 0..minus {
-            let pair = p.read_unaligned();
-            s0 = _mm512_sub_epi16(s0, row(pair & 0xffff));
-            s1 = _mm512_sub_epi16(s1, row(pair >> 16));
-            p = p.add(1);
-        }
-        (_mm512_add_epi16(s0, s1), p.cast())
     }
 }
 
