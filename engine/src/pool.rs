@@ -15,6 +15,11 @@ struct Barrier {
     parties: usize,
     arrived: AtomicUsize,
     generation: AtomicUsize,
+    /// Threads asleep (or about to sleep) on `wake`: the last arriver takes the lock and
+    /// notifies only when there are any, so a barrier whose waiters all spun costs no
+    /// system call (a futex wake per barrier, two barriers per layer, was a measurable share
+    /// of a two-thread inference).
+    sleepers: AtomicUsize,
     lock: Mutex<()>,
     wake: Condvar,
 }
@@ -25,6 +30,7 @@ impl Barrier {
             parties,
             arrived: AtomicUsize::new(0),
             generation: AtomicUsize::new(0),
+            sleepers: AtomicUsize::new(0),
             lock: Mutex::new(()),
             wake: Condvar::new(),
         }
@@ -34,11 +40,14 @@ impl Barrier {
         let generation = self.generation.load(Ordering::Acquire);
         if self.arrived.fetch_add(1, Ordering::AcqRel) + 1 == self.parties {
             self.arrived.store(0, Ordering::Relaxed);
-            // Publishing the new generation under the lock pairs with the check-then-wait
-            // below, so no sleeper misses its wake-up.
-            let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
-            self.generation.fetch_add(1, Ordering::AcqRel);
-            self.wake.notify_all();
+            // SeqCst pairs with the sleeper's SeqCst increment and re-check below: either
+            // the sleeper sees the new generation, or this sees it counted and notifies
+            // under the lock, which the sleeper holds until it waits.
+            self.generation.fetch_add(1, Ordering::SeqCst);
+            if self.sleepers.load(Ordering::SeqCst) > 0 {
+                let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+                self.wake.notify_all();
+            }
             return;
         }
         for _ in 0..SPINS {
@@ -48,9 +57,11 @@ impl Barrier {
             std::hint::spin_loop();
         }
         let mut guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
-        while self.generation.load(Ordering::Acquire) == generation {
+        self.sleepers.fetch_add(1, Ordering::SeqCst);
+        while self.generation.load(Ordering::SeqCst) == generation {
             guard = self.wake.wait(guard).unwrap_or_else(|e| e.into_inner());
         }
+        self.sleepers.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
