@@ -156,3 +156,32 @@ impl Drop for WorkerPool {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicU64;
+    use std::time::Duration;
+
+    /// Every worker runs every job exactly once, whether the others spun at the barriers
+    /// (back-to-back jobs) or fell asleep there (a pause far longer than the spin).
+    #[test]
+    fn every_worker_runs_every_job_spinning_or_asleep() {
+        for threads in [2, 3] {
+            let pool = WorkerPool::new(threads);
+            let hits: Vec<AtomicU64> = (0..threads).map(|_| AtomicU64::new(0)).collect();
+            for round in 0..40u64 {
+                if round % 10 == 9 {
+                    std::thread::sleep(Duration::from_millis(30));
+                }
+                pool.run(&|w| {
+                    hits[w].fetch_add(round + 1, Ordering::Relaxed);
+                });
+                let expected = (round + 1) * (round + 2) / 2;
+                for h in &hits {
+                    assert_eq!(h.load(Ordering::Relaxed), expected, "round {round}");
+                }
+            }
+        }
+    }
+}
