@@ -9,7 +9,7 @@ use prom_kernels::{DepthwiseShape, Kernels};
 use std::time::Duration;
 
 fn depthwise(c: &mut Criterion) {
-    let tiers = [Kernels::best(), Kernels::scalar()];
+    let tiers = [Kernels::detect().expect("kernel tier (PROM_KERNEL_TIER)"), Kernels::scalar()];
     let mut group = c.benchmark_group("depthwise");
     group.sample_size(20).warm_up_time(Duration::from_millis(300));
     group.measurement_time(Duration::from_secs(1));

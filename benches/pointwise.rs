@@ -9,7 +9,7 @@ use prom_kernels::{Kernels, Tier};
 use std::time::Duration;
 
 fn pointwise(c: &mut Criterion) {
-    let simd = Kernels::best();
+    let simd = Kernels::detect().expect("kernel tier (PROM_KERNEL_TIER)");
     let scalar = Kernels::scalar();
     let simd_name = simd.tier().name();
     assert_ne!(simd.tier(), Tier::Scalar, "no SIMD tier on this CPU: nothing to compare");
