@@ -12,12 +12,12 @@
 //! - `neon`: aarch64 (module `aarch64`).
 //!
 //! [`Kernels::detect`] picks the best tier once and logs it; the environment variable
-//! `PROM_KERNEL_TIER` (`scalar`, `avx2`, `avx512`, `neon`) forces one, which is an error if this CPU
-//! cannot run it.
+//! `PROM_KERNEL_TIER` (`scalar`, `avx2`, `avx512`, `neon`) forces one, which is an error if this
+//! CPU cannot run it.
 //!
 //! Unsafe code is fenced: SIMD functions are `#[target_feature]` `unsafe fn`s reachable only
-//! through a capability token ([`x86_64::Avx2`], [`x86_64::Avx512`], `aarch64::Neon`) that can be built only when
-//! the CPU has the feature.
+//! through a capability token ([`x86_64::Avx2`], [`x86_64::Avx512`], `aarch64::Neon`) that can be
+//! built only when the CPU has the feature.
 
 pub mod buffer;
 pub mod params;
@@ -363,7 +363,7 @@ impl Kernels {
         output: &mut [i8],
         scratch: &mut Scratch,
     ) {
-        check_pointwise(shape, input, output);
+        shape.check_call(input.len(), output.len());
         assert!(weights.n == shape.n && weights.k == shape.k, "ternary weights: shape mismatch");
         assert_eq!(weights.tier, self.tier(), "ternary weights prepared for another tier");
         epi.check(shape.n);
@@ -422,7 +422,7 @@ impl Kernels {
         output: &mut [i8],
         scratch: &mut Scratch,
     ) {
-        check_pointwise(shape, input, output);
+        shape.check_call(input.len(), output.len());
         assert!(weights.n == shape.n && weights.k == shape.k, "int8 weights: shape mismatch");
         assert_eq!(weights.tier, self.tier(), "int8 weights packed for another tier");
         epi.check(shape.n);
@@ -467,12 +467,7 @@ impl Kernels {
         rows: Range<usize>,
         output: &mut [i8],
     ) {
-        let (ho, wo, c) = (shape.out_height(), shape.out_width(), shape.channels);
-        assert_eq!(input.len(), shape.height * shape.width * c, "depthwise: input length");
-        assert_eq!(weights.len(), 9 * c, "depthwise: weights length != 9 * channels");
-        assert!(rows.start <= rows.end && rows.end <= ho, "depthwise: rows out of range");
-        assert_eq!(output.len(), rows.len() * wo * c, "depthwise: output length");
-        epi.check(c);
+        shape.check_call(input.len(), weights.len(), epi, &rows, output.len());
         self.count();
         match self.imp {
             Imp::Scalar => {
@@ -513,12 +508,7 @@ impl Kernels {
         rows: Range<usize>,
         output: &mut [i8],
     ) {
-        let (ho, wo, co) = (shape.out_height(), shape.out_width(), shape.out_channels);
-        assert_eq!(input.len(), shape.height * shape.width * 3, "stem: input length");
-        assert_eq!(weights.len(), 27 * co, "stem: weights length != 27 * out_channels");
-        assert!(rows.start <= rows.end && rows.end <= ho, "stem: rows out of range");
-        assert_eq!(output.len(), rows.len() * wo * co, "stem: output length");
-        epi.check(co);
+        shape.check_call(input.len(), weights.len(), epi, &rows, output.len());
         self.count();
         match self.imp {
             Imp::Scalar => {
@@ -600,13 +590,6 @@ impl Kernels {
             _ => scalar::global_avg_pool(input, channels, params, out),
         }
     }
-}
-
-fn check_pointwise(shape: PointwiseShape, input: &[i8], output: &[i8]) {
-    assert!(shape.k > 0 && shape.n > 0, "pointwise: empty channel count");
-    assert!(shape.k <= MAX_POINTWISE_K, "pointwise: k above {MAX_POINTWISE_K}");
-    assert_eq!(input.len(), shape.pixels * shape.k, "pointwise: input length != pixels * k");
-    assert_eq!(output.len(), shape.pixels * shape.n, "pointwise: output length != pixels * n");
 }
 
 /// Largest input channel count of a pointwise call.

@@ -108,6 +108,18 @@ pub struct PointwiseShape {
     pub n: usize,
 }
 
+impl PointwiseShape {
+    /// Panics unless the shape is within the kernels' limits and the activation lengths fit
+    /// it. Shared by `Kernels` and the SIMD entry points, whose pointer arithmetic relies on
+    /// it.
+    pub fn check_call(&self, input_len: usize, output_len: usize) {
+        assert!(self.k > 0 && self.n > 0, "pointwise: empty channel count");
+        assert!(self.k <= crate::MAX_POINTWISE_K, "pointwise: k above {}", crate::MAX_POINTWISE_K);
+        assert_eq!(input_len, self.pixels * self.k, "pointwise: input length != pixels * k");
+        assert_eq!(output_len, self.pixels * self.n, "pointwise: output length != pixels * n");
+    }
+}
+
 /// Shape of a depthwise 3x3 convolution with padding 1.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DepthwiseShape {
@@ -122,6 +134,26 @@ pub struct DepthwiseShape {
 }
 
 impl DepthwiseShape {
+    /// Panics unless a call computing output `rows` fits this shape: input, weight
+    /// (`9 * channels`) and output lengths, the row range, and the epilogue. Shared by
+    /// `Kernels` and the SIMD entry points, whose pointer arithmetic relies on it.
+    pub fn check_call(
+        &self,
+        input_len: usize,
+        weights_len: usize,
+        epi: &Epilogue<'_>,
+        rows: &std::ops::Range<usize>,
+        output_len: usize,
+    ) {
+        let (ho, wo, c) = (self.out_height(), self.out_width(), self.channels);
+        assert!(c > 0, "depthwise: no channels");
+        assert_eq!(input_len, self.height * self.width * c, "depthwise: input length");
+        assert_eq!(weights_len, 9 * c, "depthwise: weights length != 9 * channels");
+        assert!(rows.start <= rows.end && rows.end <= ho, "depthwise: rows out of range");
+        assert_eq!(output_len, rows.len() * wo * c, "depthwise: output length");
+        epi.check(c);
+    }
+
     /// Output height: `(height - 1) / stride + 1` (3x3 kernel, padding 1).
     pub fn out_height(&self) -> usize {
         conv3x3_out(self.height, self.stride)
@@ -144,6 +176,26 @@ pub struct StemShape {
 }
 
 impl StemShape {
+    /// Panics unless a call computing output `rows` fits this shape: RGB input, weight
+    /// (`27 * out_channels`) and output lengths, the row range, and the epilogue. Shared by
+    /// `Kernels` and the SIMD entry points, whose pointer arithmetic relies on it.
+    pub fn check_call(
+        &self,
+        input_len: usize,
+        weights_len: usize,
+        epi: &Epilogue<'_>,
+        rows: &std::ops::Range<usize>,
+        output_len: usize,
+    ) {
+        let (ho, wo, co) = (self.out_height(), self.out_width(), self.out_channels);
+        assert!(co > 0, "stem: no output channels");
+        assert_eq!(input_len, self.height * self.width * 3, "stem: input length");
+        assert_eq!(weights_len, 27 * co, "stem: weights length != 27 * out_channels");
+        assert!(rows.start <= rows.end && rows.end <= ho, "stem: rows out of range");
+        assert_eq!(output_len, rows.len() * wo * co, "stem: output length");
+        epi.check(co);
+    }
+
     /// Input channels of the stem (RGB).
     pub const IN_CHANNELS: usize = 3;
     /// Output height.

@@ -67,15 +67,8 @@ pub(super) fn run(
     rows: Range<usize>,
     output: &mut [i8],
 ) {
-    let (c, wo) = (shape.channels, shape.out_width());
-    // Cheap restatements of `Kernels::depthwise3x3`'s checks: the pointer arithmetic below
-    // relies on them.
-    assert!(c > 0 && (shape.stride == 1 || shape.stride == 2), "depthwise: bad shape");
-    assert_eq!(input.len(), shape.height * shape.width * c, "depthwise: input length");
-    assert_eq!(weights.len(), 9 * c, "depthwise: weights length");
-    assert!(rows.start <= rows.end && rows.end <= shape.out_height(), "depthwise: rows");
-    assert_eq!(output.len(), rows.len() * wo * c, "depthwise: output length");
-    epi.check(c);
+    // `Kernels::depthwise3x3` checked the same; the pointer arithmetic below relies on it.
+    shape.check_call(input.len(), weights.len(), epi, &rows, output.len());
     if rows.is_empty() {
         return;
     }

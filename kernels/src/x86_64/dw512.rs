@@ -11,7 +11,7 @@
 //! in the same lane order.
 //!
 //! Epilogue: the contract's rule with even/odd `vpmuldq` 64-bit products. When no bias can
-//! wrap `acc + bias` and every shift is at most [`FOLD_MAX_SHIFT`](crate::params::FOLD_MAX_SHIFT) (true of real models), the
+//! wrap `acc + bias` and every shift is at most `FOLD_MAX_SHIFT` (53) (true of real models), the
 //! bias, rounding term and output zero point fold into one 64-bit addend per channel,
 //! `bias * m + 2^(s-1) + zp * 2^s`, saving two adds per 16 lanes; otherwise the literal rule.
 //!
@@ -72,15 +72,8 @@ pub(super) fn run(
     rows: Range<usize>,
     output: &mut [i8],
 ) {
-    let (c, wo) = (shape.channels, shape.out_width());
-    // Cheap restatements of `Kernels::depthwise3x3`'s checks: the pointer arithmetic below
-    // relies on them.
-    assert!(c > 0 && (shape.stride == 1 || shape.stride == 2), "depthwise: bad shape");
-    assert_eq!(input.len(), shape.height * shape.width * c, "depthwise: input length");
-    assert_eq!(weights.len(), 9 * c, "depthwise: weights length");
-    assert!(rows.start <= rows.end && rows.end <= shape.out_height(), "depthwise: rows");
-    assert_eq!(output.len(), rows.len() * wo * c, "depthwise: output length");
-    epi.check(c);
+    // `Kernels::depthwise3x3` checked the same; the pointer arithmetic below relies on it.
+    shape.check_call(input.len(), weights.len(), epi, &rows, output.len());
     if rows.is_empty() {
         return;
     }
@@ -98,7 +91,7 @@ pub(super) fn run(
 
 /// # Safety
 /// AVX-512 F/BW/VL must be available; slices and `rows` as checked in [`run`]; `FAST` only
-/// if every shift is at most [`FOLD_MAX_SHIFT`](crate::params::FOLD_MAX_SHIFT) and no `acc + bias` can wrap.
+/// if every shift is at most `FOLD_MAX_SHIFT` (53) and no `acc + bias` can wrap.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2")]
 unsafe fn run_avx512<const FAST: bool>(
     shape: DepthwiseShape,

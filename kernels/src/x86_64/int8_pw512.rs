@@ -19,7 +19,7 @@
 //!
 //! Epilogue: the contract's rule with even/odd `vpmuldq` 64-bit products, parameters built
 //! once per call into the scratch. When no bias can wrap `acc + bias` and every shift is at
-//! most [`FOLD_MAX_SHIFT`](crate::params::FOLD_MAX_SHIFT) (true of real models), bias, rounding term and output zero point
+//! most `FOLD_MAX_SHIFT` (53) (true of real models), bias, rounding term and output zero point
 //! fold into one 64-bit addend per channel, `bias * m + 2^(s-1) + zp * 2^s`; otherwise the
 //! literal rule. Channel tails use masked stores (the padded weights are zero).
 //!
@@ -105,12 +105,9 @@ pub(super) fn run(
     scratch: &mut AlignedBuf,
 ) {
     let PointwiseShape { pixels, k, n } = shape;
-    // Cheap restatements of `Kernels::int8_pointwise`'s checks: the pointer arithmetic below
-    // relies on them.
-    assert!(k > 0 && n > 0 && k <= crate::MAX_POINTWISE_K, "int8 pointwise: bad shape");
-    assert_eq!(input.len(), pixels * k, "int8 pointwise: input length");
-    assert_eq!(output.len(), pixels * n, "int8 pointwise: output length");
-    epi.check(n);
+    // `Kernels::int8_pointwise` checked the same and the epilogue; the pointer arithmetic
+    // below relies on it.
+    shape.check_call(input.len(), output.len());
     let kp = pairs(k);
     let blocks = n.div_ceil(NR);
     assert!(weights.len() >= blocks * kp * NR * 4, "int8 weights: packed buffer too small");
@@ -139,7 +136,7 @@ pub(super) fn run(
 
 /// # Safety
 /// AVX-512 F/BW/VL; buffers as described in [`run`]; `FAST` only if every shift is at most
-/// [`FOLD_MAX_SHIFT`](crate::params::FOLD_MAX_SHIFT) and no `acc + bias` can wrap.
+/// `FOLD_MAX_SHIFT` (53) and no `acc + bias` can wrap.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2")]
 unsafe fn run_avx512<const FAST: bool>(
     shape: PointwiseShape,

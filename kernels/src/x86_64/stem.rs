@@ -54,15 +54,8 @@ pub(super) fn run(
     rows: Range<usize>,
     output: &mut [i8],
 ) {
-    let co = shape.out_channels;
-    // Cheap restatements of `Kernels::stem3x3s2`'s checks: the pointer arithmetic below
-    // relies on them.
-    assert!(co > 0, "stem: no output channels");
-    assert_eq!(input.len(), shape.height * shape.width * 3, "stem: input length");
-    assert_eq!(weights.len(), 27 * co, "stem: weights length");
-    assert!(rows.start <= rows.end && rows.end <= shape.out_height(), "stem: rows");
-    assert_eq!(output.len(), rows.len() * shape.out_width() * co, "stem: output length");
-    epi.check(co);
+    // `Kernels::stem3x3s2` checked the same; the pointer arithmetic below relies on it.
+    shape.check_call(input.len(), weights.len(), epi, &rows, output.len());
     if rows.is_empty() {
         return;
     }

@@ -18,7 +18,7 @@
 //! AVX2 kernel is faster (its 8-lane group wastes no lanes) and runs instead.
 //!
 //! Epilogue: as in `dw512.rs`, the contract's rule with even/odd `vpmuldq` 64-bit products;
-//! when no bias can wrap `acc + bias` and every shift is at most [`FOLD_MAX_SHIFT`](crate::params::FOLD_MAX_SHIFT), bias,
+//! when no bias can wrap `acc + bias` and every shift is at most `FOLD_MAX_SHIFT` (53), bias,
 //! rounding term and output zero point fold into one 64-bit addend per channel.
 //!
 //! Overflow: `vpmaddwd` of `u8` and `i8` values as int16 is exact (`2 * 255 * 128 < 2^31`),
@@ -72,19 +72,9 @@ pub(super) fn run(
     output: &mut [i8],
 ) {
     let co = shape.out_channels;
-    // Cheap restatements of `Kernels::stem3x3s2`'s checks: the pointer arithmetic below
-    // relies on them.
-    assert!(co > 0, "stem: no output channels");
-    assert_eq!(input.len(), shape.height * shape.width * 3, "stem: input length");
-    assert_eq!(weights.len(), 27 * co, "stem: weights length");
-    assert!(rows.start <= rows.end && rows.end <= shape.out_height(), "stem: rows");
-    assert_eq!(output.len(), rows.len() * shape.out_width() * co, "stem: output length");
-    epi.check(co);
-    if rows.is_empty() {
-        return;
-    }
     if co <= 8 {
         // One 8-lane AVX2 group (three vector ports) beats a half-empty 16-lane group (two).
+        // (The AVX2 entry point runs the checks below itself.)
         return super::stem::run(
             t.avx2(),
             shape,
@@ -95,6 +85,11 @@ pub(super) fn run(
             rows,
             output,
         );
+    }
+    // `Kernels::stem3x3s2` checked the same; the pointer arithmetic below relies on it.
+    shape.check_call(input.len(), weights.len(), epi, &rows, output.len());
+    if rows.is_empty() {
+        return;
     }
     let fast = epi.foldable(i64::from(ACC_MAX));
     let job = Job { shape, input, zp: input_zero_point, weights, epi, rows };
@@ -152,7 +147,7 @@ impl Job<'_> {
     ///
     /// # Safety
     /// AVX-512 F/BW/VL; slices and `rows` as checked in [`run`]; `c0 + valid <= Cout` and
-    /// `G == valid.div_ceil(16) <= 4`; `FAST` only if every shift is at most [`FOLD_MAX_SHIFT`](crate::params::FOLD_MAX_SHIFT)
+    /// `G == valid.div_ceil(16) <= 4`; `FAST` only if every shift is at most `FOLD_MAX_SHIFT` (53)
     /// and no `acc + bias` can wrap.
     // One instance per group count, kept out of line so `run` stays small.
     #[inline(never)]

@@ -449,8 +449,8 @@ impl Iterator for Chunks {
 
 /// Defines, for one tier, the add-only MAC functions of the lut40 and lut81 table schemes
 /// (one template, so the AVX2 and AVX-512 tiers run the same algorithm): the two MAC drivers,
-/// the table builders and the list walker, from the tier's int16 vector type and
-/// intrinsics. Every generated function is named by the caller and must contain `ternary`
+/// the table builders, the list walker and the tile's sums, from the tier's int16 vector
+/// type and intrinsics. Every generated function is named by the caller and must contain `ternary`
 /// (the add-only check disassembles them). The invoking module provides `ROW`, `ROWS`,
 /// `LANES`, `CODES`, `Chunk` and `Chunks`.
 macro_rules! table_mac_kernels {
@@ -468,6 +468,36 @@ macro_rules! table_mac_kernels {
             table40: $table40:ident, table9: $table9:ident, lists: $lists:ident $(,)?
         } $(,)?
     ) => {
+        /// Where a tile's per-channel sums are: int16 (one vector per channel) when the
+        /// layer fits one window, else int32 totals (two vectors per channel).
+        #[derive(Clone, Copy)]
+        enum Sums {
+            Narrow(*const $v),
+            Wide(*const $v),
+        }
+
+        impl Sums {
+            /// Channel `c`'s sums of the first and second half of the tile's pixels as
+            /// int32.
+            ///
+            /// # Safety
+            /// The target features; channel `c` exists in the area.
+            #[inline]
+            #[target_feature(enable = $feat)]
+            unsafe fn load(self, c: usize) -> ($v, $v) {
+                // SAFETY: (caller) the vectors of channel c exist and are aligned.
+                unsafe {
+                    match self {
+                        Sums::Narrow(p) => {
+                            let v = $load(p.add(c));
+                            ($widen_lo(v), $widen_hi(v))
+                        }
+                        Sums::Wide(p) => ($load(p.add(2 * c)), $load(p.add(2 * c + 1))),
+                    }
+                }
+            }
+        }
+
         /// Accumulator areas: int32 totals (2 vectors per channel: the first and second half of
         /// the tile's pixels) and int16 running sums (1 vector per channel).
         #[derive(Clone, Copy)]
@@ -480,10 +510,10 @@ macro_rules! table_mac_kernels {
         /// tables, then for every output channel add its plus rows and subtract its minus rows.
         ///
         /// # Safety
-        /// The target features; `xt` holds `groups * 4` aligned vectors (transposed input, int16); `lists`
-        /// was produced by [`prepare_for`](super::table_pw::prepare_for) for these `groups` and `n`; `tables` has room for a chunk of
-        /// tables and holds the zero row; `acc` has room for `n` channels; `chunk` and `window` are
-        /// the lut40 ones.
+        /// The target features; `xt` holds `groups * 4` aligned vectors (transposed input, int16);
+        /// `lists` was produced by `prepare_for` for these `groups` and `n`; `tables` has room for
+        /// a chunk of tables and holds the zero row; `acc` has room for `n` channels; `chunk` and
+        /// `window` are the lut40 ones.
         #[allow(clippy::too_many_arguments)]
         #[inline(never)]
         #[target_feature(enable = $feat)]
@@ -518,13 +548,13 @@ macro_rules! table_mac_kernels {
             }
         }
 
-        /// Add-only MAC of one pixel tile with full 81-row tables: for each chunk of groups,
-        /// build the tables, then four channels at a time add one row per group.
+        /// Add-only MAC of one pixel tile with full 81-row tables: for each chunk of groups, build
+        /// the tables, then four channels at a time add one row per group.
         ///
         /// # Safety
         /// The target features; `xt` holds `groups * 4` aligned vectors; `lists` was produced by
-        /// [`prepare_for`](super::table_pw::prepare_for) for these `groups` and `n` (lut81); `tables` has room for a chunk of 81-row
-        /// tables; `acc` for `n` channels; `chunk` and `window` are the lut81 ones.
+        /// `prepare_for` for these `groups` and `n` (lut81); `tables` has room for a chunk of
+        /// 81-row tables; `acc` for `n` channels; `chunk` and `window` are the lut81 ones.
         #[allow(clippy::too_many_arguments)]
         #[inline(never)]
         #[target_feature(enable = $feat)]
@@ -607,8 +637,8 @@ macro_rules! table_mac_kernels {
         /// apart, with `build` (lut40 or lut81).
         ///
         /// # Safety
-        /// The target features; `x` holds `4 len` aligned vectors; `tables` has room for `len * rows`
-        /// rows; `build` writes `rows` rows from four vectors.
+        /// The target features; `x` holds `4 len` aligned vectors; `tables` has room for `len *
+        /// rows` rows; `build` writes `rows` rows from four vectors.
         #[inline]
         #[target_feature(enable = $feat)]
         unsafe fn $build_tables(
@@ -632,7 +662,8 @@ macro_rules! table_mac_kernels {
         /// Builds all 81 rows of one group's table: row `c` holds `T[c]`, `c = l + 9 h`.
         ///
         /// # Safety
-        /// The target features; `x` holds 4 aligned vectors; `t` is 64-byte aligned with room for 81 rows.
+        /// The target features; `x` holds 4 aligned vectors; `t` is row-aligned with room for 81
+        /// rows.
         #[inline]
         #[target_feature(enable = $feat)]
         unsafe fn $table81(x: *const $v, t: *mut u8) {
@@ -650,12 +681,12 @@ macro_rules! table_mac_kernels {
             }
         }
 
-        /// Builds the 40 stored rows of one group's table (codes 41..=80, see
-        /// [`super::table_pw`]): codes 41..=44 are `low[5..9]`, then `high[h] + low[l]` for `h` in
-        /// 5..9 and every `l`.
+        /// Builds the 40 stored rows of one group's table (codes 41..=80, see [`super::table_pw`]):
+        /// codes 41..=44 are `low[5..9]`, then `high[h] + low[l]` for `h` in 5..9 and every `l`.
         ///
         /// # Safety
-        /// The target features; `x` holds 4 aligned vectors; `t` is 64-byte aligned with room for 40 rows.
+        /// The target features; `x` holds 4 aligned vectors; `t` is row-aligned with room for 40
+        /// rows.
         #[inline]
         #[target_feature(enable = $feat)]
         unsafe fn $table40(x: *const $v, t: *mut u8) {
@@ -687,13 +718,13 @@ macro_rules! table_mac_kernels {
             [$sub(z, sum), $sub(z, b), diff, $sub(z, a), z, a, $sub(z, diff), b, sum]
         }
 
-        /// `start` plus the `2 plus` rows of the first offsets minus the `2 minus` rows of the
-        /// next ones (byte offsets from `base`), two offsets per load in two add chains. Returns the
-        /// sum and the position after the offsets.
+        /// `start` plus the `2 plus` rows of the first offsets minus the `2 minus` rows of the next
+        /// ones (byte offsets from `base`), two offsets per load in two add chains. Returns the sum
+        /// and the position after the offsets.
         ///
         /// # Safety
-        /// The target features; `list` holds `2 (plus + minus)` offsets from [`prepare_for`](super::table_pw::prepare_for) that name aligned
-        /// vectors from `base`.
+        /// The target features; `list` holds `2 (plus + minus)` offsets from `prepare_for` that
+        /// name aligned vectors from `base`.
         #[inline]
         #[target_feature(enable = $feat)]
         unsafe fn $lists(
@@ -795,40 +826,6 @@ struct Requant<'a> {
     rounds: &'a [i64],
     posts: &'a [i32],
     out: &'a OutputParams,
-}
-
-/// Where a tile's per-channel sums are: int16 (one vector per channel) when the layer fits
-/// one window, else int32 totals (two vectors per channel).
-#[derive(Clone, Copy)]
-enum Sums {
-    Narrow(*const __m256i),
-    Wide(*const __m256i),
-}
-
-impl Sums {
-    /// Channel `c`'s sums of pixels 0..8 and 8..16 as int32.
-    ///
-    /// # Safety
-    /// AVX2; channel `c` exists in the area.
-    #[inline]
-    #[target_feature(enable = "avx2")]
-    unsafe fn load(self, c: usize) -> (__m256i, __m256i) {
-        // SAFETY: (caller) the vectors of channel c exist and are aligned.
-        unsafe {
-            match self {
-                Sums::Narrow(p) => {
-                    let v = _mm256_load_si256(p.add(c));
-                    (
-                        _mm256_cvtepi16_epi32(_mm256_castsi256_si128(v)),
-                        _mm256_cvtepi16_epi32(_mm256_extracti128_si256::<1>(v)),
-                    )
-                }
-                Sums::Wide(p) => {
-                    (_mm256_load_si256(p.add(2 * c)), _mm256_load_si256(p.add(2 * c + 1)))
-                }
-            }
-        }
-    }
 }
 
 /// Requantizes the tile's sums: channel `c`'s 16 pixels become 16 bytes at `otile + 16 c`

@@ -98,11 +98,9 @@ pub(super) fn run(
         lists.len() >= prepared_len(shape.k, shape.n, GEOMETRY) * 2,
         "prepared weights too short"
     );
-    assert_eq!(input.len(), shape.pixels * shape.k, "pointwise: input length");
-    assert_eq!(output.len(), shape.pixels * shape.n, "pointwise: output length");
-    epi.check(shape.n);
-    // SAFETY: the `Avx512` token proves the CPU has AVX-512 F/BW/VL (and AVX2). Input and
-    // output lengths and the epilogue match the shape (asserted above); the lists were
+    // SAFETY: the `Avx512` token proves the CPU has AVX-512 F/BW/VL (and AVX2).
+    // `Kernels::ternary_pointwise` checked input/output lengths against the shape and the
+    // epilogue (`PointwiseShape::check_call`, `Epilogue::check`); the lists were
     // produced by `prepare` for this k and n (the `PreparedTernary` invariant), so every
     // offset names a row of its chunk's tables or the zero row; the scratch is 64-byte
     // aligned and large enough (asserted above).
@@ -319,40 +317,6 @@ struct Requant<'a> {
     zero_point: __m512i,
     min: __m256i,
     max: __m256i,
-}
-
-/// Where a tile's per-channel sums are: int16 (one vector per channel) when the layer fits
-/// one window, else int32 totals (two vectors per channel).
-#[derive(Clone, Copy)]
-enum Sums {
-    Narrow(*const __m512i),
-    Wide(*const __m512i),
-}
-
-impl Sums {
-    /// Channel `c`'s sums of pixels 0..16 and 16..32 as int32.
-    ///
-    /// # Safety
-    /// AVX-512 F/BW; channel `c` exists in the area.
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bw")]
-    unsafe fn load(self, c: usize) -> (__m512i, __m512i) {
-        // SAFETY: (caller) the vectors of channel c exist and are aligned.
-        unsafe {
-            match self {
-                Sums::Narrow(p) => {
-                    let v = _mm512_load_si512(p.add(c));
-                    (
-                        _mm512_cvtepi16_epi32(_mm512_castsi512_si256(v)),
-                        _mm512_cvtepi16_epi32(_mm512_extracti64x4_epi64::<1>(v)),
-                    )
-                }
-                Sums::Wide(p) => {
-                    (_mm512_load_si512(p.add(2 * c)), _mm512_load_si512(p.add(2 * c + 1)))
-                }
-            }
-        }
-    }
 }
 
 /// Requantizes the tile's sums: channel `c`'s 32 pixels become 32 bytes at `otile + 32 c`.
