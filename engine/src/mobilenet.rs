@@ -13,8 +13,8 @@ use crate::graph::{conv_out, OpKind, TensorRecord, FLAG_RELU6, NO_TENSOR};
 use crate::model::Metadata;
 use crate::writer::{ModelSpec, OpSpec};
 use prom_kernels::{
-    quantize_scale, ternary, AddParams, DepthwiseShape, Epilogue, Kernels, PointwiseShape,
-    PoolParams, StemShape, TernaryWeights,
+    quantize_scale, quantize_scale_short, ternary, AddParams, DepthwiseShape, Epilogue, Kernels,
+    PointwiseShape, PoolParams, StemShape, TernaryWeights,
 };
 
 /// Synthesis parameters.
@@ -194,7 +194,7 @@ fn requant_for(stats: &[(f64, f64)], relu6: bool, rng: &mut Rng) -> (Vec<i32>, V
     for &(mean, std) in stats {
         let target = if relu6 { 50.0 } else { 32.0 };
         let scale = (target / std.max(1.0)).clamp(1e-9, 0.45);
-        let (m, s) = quantize_scale(scale).expect("scale in the contract's range");
+        let (m, s) = quantize_scale_short(scale).expect("scale in the contract's range");
         mult.push(m);
         shift.push(s);
         let effective = f64::from(m) / 2f64.powi(i32::from(s));

@@ -31,8 +31,8 @@ pub mod x86_64;
 
 pub use buffer::AlignedBuf;
 pub use params::{
-    quantize_scale, requantize, AddParams, DepthwiseShape, Epilogue, PointwiseShape, PoolParams,
-    StemShape,
+    quantize_scale, quantize_scale_short, requantize, AddParams, DepthwiseShape, Epilogue,
+    PointwiseShape, PoolParams, StemShape,
 };
 pub use ternary::TernaryWeights;
 

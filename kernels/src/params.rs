@@ -86,6 +86,44 @@ impl Epilogue<'_> {
     }
 }
 
+/// Low multiplier bits that must be zero for the [short form](Epilogue::short_form).
+pub const SHORT_FORM_ZERO_BITS: u32 = 16;
+
+impl Epilogue<'_> {
+    /// Whether, for accumulators at most `acc_max` (below 2^15) in magnitude, every channel's
+    /// epilogue evaluates exactly in int32 as `y = ((acc * (m >> 16) + B16) >> (s - 16)) + zp`
+    /// with `B16 =` [`short_addend`](Epilogue::short_addend), so a SIMD epilogue works on
+    /// int16 accumulators with 16-bit multiplies (`vpmaddwd`) instead of 64-bit products.
+    /// Holds when every multiplier is a multiple of 2^16 (the packer's
+    /// [`quantize_scale_short`] makes them so), `acc + bias` cannot wrap, every shift is at
+    /// most [`FOLD_MAX_SHIFT`] and the int32 sum cannot overflow. Exact because, with
+    /// `bias m + 2^(s-1) = 2^16 B16 + b0` (`0 <= b0 < 2^16`), the contract's
+    /// `(acc + bias) m + 2^(s-1)` is `2^16 (acc (m >> 16) + B16) + b0`, and flooring that by
+    /// `2^s` equals flooring `acc (m >> 16) + B16` by `2^(s-16)` (nested floor division); an
+    /// arithmetic shift of an int32 by 32 or more is still that floor (0 or -1).
+    pub fn short_form(&self, acc_max: i64) -> bool {
+        acc_max < 1 << 15
+            && self.foldable(acc_max)
+            && (0..self.bias.len()).all(|c| {
+                let m = i64::from(self.multiplier[c]);
+                m % (1 << SHORT_FORM_ZERO_BITS) == 0
+                    && self.short_addend_wide(c).abs() + acc_max * (m >> SHORT_FORM_ZERO_BITS)
+                        <= i64::from(i32::MAX)
+            })
+    }
+
+    /// Channel `c`'s short-form addend `floor((bias m + 2^(s-1)) / 2^16)` (meaningful where
+    /// [`Epilogue::short_form`] holds).
+    pub fn short_addend(&self, c: usize) -> i32 {
+        self.short_addend_wide(c) as i32
+    }
+
+    fn short_addend_wide(&self, c: usize) -> i64 {
+        let (bias, m, s) = (i64::from(self.bias[c]), i64::from(self.multiplier[c]), self.shift[c]);
+        (bias * m + (1i64 << (s - 1))) >> SHORT_FORM_ZERO_BITS
+    }
+}
+
 /// The requantization rule of the numeric contract, for one value (scalar reference).
 #[inline]
 pub fn requantize(acc: i32, bias: i32, multiplier: i32, shift: u8, zp: i8, min: i8, max: i8) -> i8 {
@@ -317,6 +355,22 @@ pub fn quantize_scale(scale: f64) -> Option<(i32, u8)> {
     Some((mi as i32, shift as u8))
 }
 
+/// [`quantize_scale`] with the multiplier rounded to its top 15 bits (a multiple of 2^16),
+/// which the packer uses for convolutions so that kernels may take the
+/// [short form](Epilogue::short_form) of the epilogue. The relative error of the scale is at
+/// most 2^-15, below 0.004 of an output step for any int8 output.
+pub fn quantize_scale_short(scale: f64) -> Option<(i32, u8)> {
+    let (m, s) = quantize_scale(scale)?;
+    let unit = 1i64 << SHORT_FORM_ZERO_BITS;
+    let rounded = (i64::from(m) + unit / 2) / unit * unit;
+    // m >= 2^30, so rounding up can only reach 2^31: halve it, one shift less.
+    if rounded == 1i64 << 31 {
+        let s = s.checked_sub(1).filter(|&s| s >= MIN_SHIFT)?;
+        return Some(((rounded >> 1) as i32, s));
+    }
+    Some((rounded as i32, s))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -390,12 +444,74 @@ mod tests {
     }
 
     #[test]
+    fn short_form_equals_the_contract() {
+        let mut seed = 0x1234_5678_9abc_def0u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let mut checked = 0;
+        for case in 0..4000 {
+            let acc_max = [127i64, 128 * 16, 128 * 96, 128 * 255, (1 << 15) - 1][case % 5];
+            let scale = 2f64.powf(-((next() % 1200) as f64) / 100.0 - 1.1);
+            let (m, s) = quantize_scale_short(scale).unwrap();
+            assert_eq!(m % (1 << 16), 0);
+            let bias =
+                [(next() % 200_001) as i32 - 100_000, i32::MAX - acc_max as i32][case % 7 / 6];
+            let zp = (next() % 256) as i64 as i8;
+            let (lo, hi) = if case % 3 == 0 { (zp, 127) } else { (-128, 127) };
+            let (b, mm, sh) = ([bias], [m], [s]);
+            let epi = Epilogue {
+                bias: &b,
+                multiplier: &mm,
+                shift: &sh,
+                output_zero_point: zp,
+                output_min: lo,
+                output_max: hi,
+            };
+            if !epi.short_form(acc_max) {
+                continue;
+            }
+            checked += 1;
+            let a16 = epi.short_addend(0);
+            for _ in 0..50 {
+                let acc = (next() % (2 * acc_max as u64 + 1)) as i64 - acc_max;
+                let acc = [acc, acc_max, -acc_max][(next() % 3) as usize] as i32;
+                let y = ((acc * (m >> 16) + a16) >> (s - 16).min(31)) + i32::from(zp);
+                let short = y.clamp(i32::from(lo), i32::from(hi)) as i8;
+                assert_eq!(short, requantize(acc, bias, m, s, zp, lo, hi), "acc {acc} m {m} s {s}");
+            }
+        }
+        assert!(checked > 2500, "short form held in only {checked} cases");
+        // Not short: a multiplier with low bits set, an accumulator bound of 2^15.
+        let epi = Epilogue {
+            bias: &[0],
+            multiplier: &[(1 << 30) + 1],
+            shift: &[40],
+            output_zero_point: 0,
+            output_min: -128,
+            output_max: 127,
+        };
+        assert!(!epi.short_form(100));
+        let epi = Epilogue { multiplier: &[1 << 30], ..epi };
+        assert!(epi.short_form(100) && !epi.short_form(1 << 15));
+    }
+
+    #[test]
     fn quantize_scale_round_trips() {
         for &s in &[0.4999, 0.25, 0.1, 1e-3, 3.3e-5, 1e-9] {
             let (m, sh) = quantize_scale(s).unwrap();
             let back = f64::from(m) / 2f64.powi(i32::from(sh));
             assert!(((back - s) / s).abs() < 1e-8, "{s} -> {m} >> {sh}");
             assert!(m >= 1 << 30);
+        }
+        for &s in &[0.4999, 0.25, 0.1, 1e-3, 3.3e-5, 1e-9] {
+            let (m, sh) = quantize_scale_short(s).unwrap();
+            let back = f64::from(m) / 2f64.powi(i32::from(sh));
+            assert!(((back - s) / s).abs() <= 2f64.powi(-15), "{s} -> {m} >> {sh}");
+            assert!(m >= 1 << 30 && m % (1 << 16) == 0);
         }
         assert!(quantize_scale(0.6).is_none());
         assert!(quantize_scale(0.0).is_none());

@@ -153,6 +153,9 @@ fn check_pointwise_extremes(kern: Kernels) {
                 pw.ternary.fill(wv);
                 pw.int8.fill(if wv == 0 { 0 } else { 127 * wv });
                 pw.assert_same(kern);
+                // The same bound through the 16-bit (short-form) epilogue where it applies.
+                pw.epi = Epi::realistic_with(&mut rng, n, 128.0 * k as f64, true);
+                pw.assert_same(kern);
             }
         }
     }

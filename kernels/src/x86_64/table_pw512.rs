@@ -149,12 +149,26 @@ unsafe fn run_avx512(
             std::slice::from_raw_parts_mut(scratch.add(layout.posts).cast::<i32>(), n),
         )
     };
+    let (window, chunk) = match scheme {
+        Scheme::Lut40 | Scheme::Direct => (WINDOW, GEOMETRY.chunk40),
+        Scheme::Lut81 => (WINDOW81, GEOMETRY.chunk81),
+    };
+    // The direct kernel's int16 sums never wrap (k <= DIRECT_MAX_K).
+    let narrow = scheme == Scheme::Direct || Chunks::single(g, window);
     // |acc| <= 128 k: int8 activations times weights in {-1, 0, 1}.
-    let folded = epi.foldable(128 * k as i64);
+    let acc_max = 128 * k as i64;
+    let folded = epi.foldable(acc_max);
+    // Final int16 sums and short-form parameters: the 16-bit epilogue.
+    let short = narrow && epi.short_form(acc_max);
     for (c, (r, p)) in rounds.iter_mut().zip(posts.iter_mut()).enumerate() {
         let s = epi.shift[c];
-        *r = if folded { epi.folded_addend(c) } else { 1i64 << (s - 1) };
-        *p = i32::from(s) - 32;
+        (*r, *p) = if short {
+            (i64::from(epi.short_addend(c)), i32::from(s) - 16)
+        } else if folded {
+            (epi.folded_addend(c), i32::from(s) - 32)
+        } else {
+            (1i64 << (s - 1), i32::from(s) - 32)
+        };
     }
     let requant = Requant {
         epi,
@@ -164,12 +178,6 @@ unsafe fn run_avx512(
         min: _mm256_set1_epi8(epi.output_min),
         max: _mm256_set1_epi8(epi.output_max),
     };
-    let (window, chunk) = match scheme {
-        Scheme::Lut40 | Scheme::Direct => (WINDOW, GEOMETRY.chunk40),
-        Scheme::Lut81 => (WINDOW81, GEOMETRY.chunk81),
-    };
-    // The direct kernel's int16 sums never wrap (k <= DIRECT_MAX_K).
-    let narrow = scheme == Scheme::Direct || Chunks::single(g, window);
     let sums = if narrow { Sums::Narrow(acc.narrow) } else { Sums::Wide(acc.wide) };
     let mut start = 0;
     while start < pixels {
@@ -187,12 +195,18 @@ unsafe fn run_avx512(
                 }
                 Scheme::Direct => ternary_pw_32x1c_direct__avx512_mac(xt, lists, n, acc.narrow),
             }
-            if folded {
-                requantize_tile::<true>(sums, &requant, n, otile);
+            let output = output.as_mut_ptr().add(start * n);
+            if short {
+                requantize_tile_short(acc.narrow, &requant, n, otile);
+                store_output::<true>(otile, n, valid, output);
             } else {
-                requantize_tile::<false>(sums, &requant, n, otile);
+                if folded {
+                    requantize_tile::<true>(sums, &requant, n, otile);
+                } else {
+                    requantize_tile::<false>(sums, &requant, n, otile);
+                }
+                store_output::<false>(otile, n, valid, output);
             }
-            store_output(otile, n, valid, output.as_mut_ptr().add(start * n));
         }
         start += valid;
     }
@@ -364,14 +378,67 @@ unsafe fn requantize_tile<const FOLDED: bool>(
     }
 }
 
+/// The short-form epilogue ([`Epilogue::short_form`]) of a tile whose final sums are int16:
+/// per channel, `vpmaddwd` against `(m >> 16, 0)` and `(0, m >> 16)` gives the int32
+/// products of the even and odd pixels, each plus the addend and shifted by `s - 16`, then
+/// the zero point is added with int16 saturation (exact after the clamp); the
+/// saturating packs leave each 128-bit lane's eight pixels in the order
+/// `0, 2, 4, 6, 1, 3, 5, 7` ([`short_pixel`]), which [`store_output`] undoes.
+///
+/// # Safety
+/// AVX-512 F/BW/VL; `narrow` holds the `n` channels' final int16 sums; `otile` is writable
+/// for `32 n` bytes; the per-channel addends and shifts of `requant` are the short form's,
+/// which holds for this epilogue and accumulator bound.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2")]
+unsafe fn requantize_tile_short(
+    narrow: *const __m512i,
+    requant: &Requant<'_>,
+    n: usize,
+    otile: *mut u8,
+) {
+    let Requant { epi, rounds, posts, min, max, .. } = *requant;
+    let zero_point = _mm512_set1_epi16(i16::from(epi.output_zero_point));
+    for c in 0..n {
+        let m = epi.multiplier[c] >> 16;
+        let addend = _mm512_set1_epi32(rounds[c] as i32);
+        let post = _mm_cvtsi32_si128(posts[c]);
+        // SAFETY: (caller) channel c < n has its sums; 32 bytes at 32 c are writable.
+        unsafe {
+            let sums = _mm512_load_si512(narrow.add(c));
+            let even = _mm512_madd_epi16(sums, _mm512_set1_epi32(m));
+            let odd = _mm512_madd_epi16(sums, _mm512_set1_epi32(m << 16));
+            let even = _mm512_sra_epi32(_mm512_add_epi32(even, addend), post);
+            let odd = _mm512_sra_epi32(_mm512_add_epi32(odd, addend), post);
+            // Saturating twice, then clamping, equals clamping the exact value: the clamp
+            // bounds lie inside the int8 range.
+            let words = _mm512_adds_epi16(_mm512_packs_epi32(even, odd), zero_point);
+            let bytes = _mm512_cvtsepi16_epi8(words);
+            let clamped = _mm256_min_epi8(_mm256_max_epi8(bytes, min), max);
+            _mm256_store_si256(otile.add(32 * c).cast(), clamped);
+        }
+    }
+}
+
+/// The pixel at byte `q` of a short-form output row: each group of eight holds the even
+/// pixels, then the odd ones.
+const fn short_pixel(q: usize) -> usize {
+    (q & !7) | ((q & 3) << 1) | ((q >> 2) & 1)
+}
+
 /// Writes the channel-major output tile (`n` x 32 bytes) to `valid` pixel rows of `n`
 /// channels, 16 channels at a time (the last block's channel tail through masked stores).
+/// With `SHORT`, byte `q` of a tile row is pixel [`short_pixel`]`(q)`.
 ///
 /// # Safety
 /// AVX-512 BW/VL; `otile` readable for `32 * round_up(n, 16)` bytes, 32-byte aligned;
 /// `output` writable for `valid * n` bytes.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2")]
-unsafe fn store_output(otile: *const u8, n: usize, valid: usize, output: *mut i8) {
+unsafe fn store_output<const SHORT: bool>(
+    otile: *const u8,
+    n: usize,
+    valid: usize,
+    output: *mut i8,
+) {
     for b in 0..n.div_ceil(16) {
         let mask = first_bytes(n - b * 16);
         // SAFETY: (caller) the tile has whole 16-channel blocks of 32 bytes.
@@ -379,8 +446,9 @@ unsafe fn store_output(otile: *const u8, n: usize, valid: usize, output: *mut i8
             _mm256_load_si256(otile.add((b * 16 + j) * TILE).cast())
         });
         let cols = transpose16x16x2(rows);
-        // Column p: lane 0 is pixel p's 16 channels, lane 1 pixel p + 16's.
-        for (p, col) in cols.iter().enumerate() {
+        // Column q: lane 0 is byte q's 16 channels, lane 1 byte q + 16's.
+        for (q, col) in cols.iter().enumerate() {
+            let p = if SHORT { short_pixel(q) } else { q };
             // SAFETY: (caller) pixels below `valid` have n writable bytes; the mask keeps
             // the stores inside channels below n.
             unsafe {

@@ -80,11 +80,21 @@ impl Epi {
     /// Parameters whose scale roughly maps an accumulator of magnitude `acc_range` onto the
     /// int8 range, so outputs are spread out (not all clamped), with random bias/zero
     /// point/clamp (sometimes ReLU6-like).
+    /// Half of the time with the packer's short multipliers (`quantize_scale_short`), which
+    /// let kernels take the 16-bit epilogue.
     pub fn realistic(rng: &mut Rng, n: usize, acc_range: f64) -> Epi {
+        let short = rng.range(0, 1) == 0;
+        Epi::realistic_with(rng, n, acc_range, short)
+    }
+
+    /// [`Epi::realistic`] with short multipliers or full 31-bit ones.
+    pub fn realistic_with(rng: &mut Rng, n: usize, acc_range: f64, short: bool) -> Epi {
         let mut e = Epi::random_shifts(rng, n);
         for c in 0..n {
             let scale = (100.0 / acc_range.max(1.0)) * (0.5 + rng.range(0, 1000) as f64 / 1000.0);
-            let (m, s) = prom_kernels::quantize_scale(scale.min(0.49)).unwrap();
+            let quantize =
+                if short { prom_kernels::quantize_scale_short } else { prom_kernels::quantize_scale };
+            let (m, s) = quantize(scale.min(0.49)).unwrap();
             e.multiplier[c] = m;
             e.shift[c] = s;
             e.bias[c] = rng.range(-(acc_range as i64) / 4, acc_range as i64 / 4) as i32;
