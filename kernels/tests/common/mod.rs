@@ -92,8 +92,11 @@ impl Epi {
         let mut e = Epi::random_shifts(rng, n);
         for c in 0..n {
             let scale = (100.0 / acc_range.max(1.0)) * (0.5 + rng.range(0, 1000) as f64 / 1000.0);
-            let quantize =
-                if short { prom_kernels::quantize_scale_short } else { prom_kernels::quantize_scale };
+            let quantize = if short {
+                prom_kernels::quantize_scale_short
+            } else {
+                prom_kernels::quantize_scale
+            };
             let (m, s) = quantize(scale.min(0.49)).unwrap();
             e.multiplier[c] = m;
             e.shift[c] = s;
