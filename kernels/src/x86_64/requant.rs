@@ -170,7 +170,14 @@ impl OutputParams {
         // per 128-bit lane: [a0-3 b0-3 c0-3 d0-3 | a4-7 b4-7 c4-7 d4-7] as 4-byte groups
         let bytes = _mm256_packs_epi16(ab, cd);
         let ordered = _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
-        _mm256_min_epi8(_mm256_max_epi8(ordered, self.min256), self.max256)
+        self.clamp32(ordered)
+    }
+
+    /// Clamps 32 int8 values to the output bounds.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    pub(super) fn clamp32(&self, bytes: __m256i) -> __m256i {
+        _mm256_min_epi8(_mm256_max_epi8(bytes, self.min256), self.max256)
     }
 
     /// Adds the zero point to 16 int32 values (`lo` = first 8) and narrows them, clamped, to

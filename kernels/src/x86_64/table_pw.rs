@@ -357,9 +357,20 @@ unsafe fn run_avx2(
             std::slice::from_raw_parts_mut(scratch.add(layout.posts).cast::<i32>(), n),
         )
     };
-    for ((r, p), &s) in rounds.iter_mut().zip(posts.iter_mut()).zip(epi.shift) {
-        *r = 1i64 << (s - 1);
-        *p = i32::from(s) - 32;
+    let scheme = Scheme::for_layer(k, n, GEOMETRY);
+    let single = match scheme {
+        Scheme::Lut40 | Scheme::Direct => Chunks::single(g, WINDOW),
+        Scheme::Lut81 => Chunks::single(g, WINDOW81),
+    };
+    // Final int16 sums and short-form parameters: the 16-bit epilogue. |acc| <= 128 k.
+    let short = single && epi.short_form(128 * k as i64);
+    for (c, (r, p)) in rounds.iter_mut().zip(posts.iter_mut()).enumerate() {
+        let s = epi.shift[c];
+        (*r, *p) = if short {
+            (i64::from(epi.short_addend(c)), i32::from(s) - 16)
+        } else {
+            (1i64 << (s - 1), i32::from(s) - 32)
+        };
     }
     let requant = Requant { epi, rounds, posts, out: &out_params };
     let mut start = 0;
@@ -369,7 +380,7 @@ unsafe fn run_avx2(
         // have the sizes the layout computed for k and n; the lists match (caller).
         unsafe {
             transpose_input(input.as_ptr().add(start * k), k, valid, g * 4, xt);
-            match Scheme::for_layer(k, n, GEOMETRY) {
+            match scheme {
                 Scheme::Lut40 => {
                     ternary_pw_16x4c_lut40__avx2_mac(xt, lists, g, n, tables, acc, CHUNK, WINDOW)
                 }
@@ -378,13 +389,15 @@ unsafe fn run_avx2(
                 ),
                 Scheme::Direct => unreachable!("the AVX2 geometry has no direct kernel"),
             }
-            let single = match Scheme::for_layer(k, n, GEOMETRY) {
-                Scheme::Lut40 | Scheme::Direct => Chunks::single(g, WINDOW),
-                Scheme::Lut81 => Chunks::single(g, WINDOW81),
-            };
-            let sums = if single { Sums::Narrow(acc.narrow) } else { Sums::Wide(acc.wide) };
-            requantize_tile(sums, &requant, n, otile);
-            store_output(otile, n, valid, output.as_mut_ptr().add(start * n));
+            let output = output.as_mut_ptr().add(start * n);
+            if short {
+                requantize_tile_short(acc.narrow, &requant, n, otile);
+                store_output::<true>(otile, n, valid, output);
+            } else {
+                let sums = if single { Sums::Narrow(acc.narrow) } else { Sums::Wide(acc.wide) };
+                requantize_tile(sums, &requant, n, otile);
+                store_output::<false>(otile, n, valid, output);
+            }
         }
         start += valid;
     }
@@ -856,13 +869,74 @@ unsafe fn requantize_tile(sums: Sums, requant: &Requant<'_>, n: usize, otile: *m
     }
 }
 
+/// The short-form epilogue ([`Epilogue::short_form`]) of a tile whose final sums are int16,
+/// two channels at a time: per channel, `vpmaddwd` against `(m >> 16, 0)` and
+/// `(0, m >> 16)` gives the int32 products of the even and odd pixels, each plus the addend
+/// and shifted by `s - 16`, then the zero point is added with int16 saturation (exact after
+/// the clamp). The packs leave each 128-bit lane's eight pixels in the order
+/// [`short_pixel`] gives, which [`store_output`] undoes.
+///
+/// # Safety
+/// AVX2; `narrow` holds the `n` channels' final int16 sums; `otile` is writable for
+/// `16 * round_up(n, 2)` bytes; the per-channel addends and shifts of `requant` are the
+/// short form's, which holds for this epilogue and accumulator bound.
+#[target_feature(enable = "avx2")]
+unsafe fn requantize_tile_short(
+    narrow: *const __m256i,
+    requant: &Requant<'_>,
+    n: usize,
+    otile: *mut u8,
+) {
+    let Requant { epi, rounds, posts, out } = *requant;
+    let zero_point = _mm256_set1_epi16(i16::from(epi.output_zero_point));
+    // Channel c's 16 pixels as saturated int16 with the zero point added.
+    let words = |c: usize| {
+        let m = epi.multiplier[c] >> 16;
+        let addend = _mm256_set1_epi32(rounds[c] as i32);
+        let post = _mm_cvtsi32_si128(posts[c]);
+        // SAFETY: (caller) channel c < n has its sums.
+        let sums = unsafe { _mm256_load_si256(narrow.add(c)) };
+        let even = _mm256_madd_epi16(sums, _mm256_set1_epi32(m));
+        let odd = _mm256_madd_epi16(sums, _mm256_set1_epi32(m << 16));
+        let even = _mm256_sra_epi32(_mm256_add_epi32(even, addend), post);
+        let odd = _mm256_sra_epi32(_mm256_add_epi32(odd, addend), post);
+        _mm256_adds_epi16(_mm256_packs_epi32(even, odd), zero_point)
+    };
+    let mut c = 0;
+    while c < n {
+        // An odd last channel is paired with itself; its second copy lands in the spare
+        // 16 bytes the layout reserves.
+        let c1 = if c + 1 < n { c + 1 } else { c };
+        // Lanes [c lo, c1 lo | c hi, c1 hi] as 8-byte halves, reordered to c then c1;
+        // saturating twice, then clamping, equals clamping the exact value.
+        let bytes = _mm256_packs_epi16(words(c), words(c1));
+        let bytes = _mm256_permute4x64_epi64::<0b11_01_10_00>(bytes);
+        let clamped = out.clamp32(bytes);
+        // SAFETY: (caller) the 32 bytes at 16 c are inside the tile.
+        unsafe { _mm256_storeu_si256(otile.add(16 * c).cast(), clamped) };
+        c += 2;
+    }
+}
+
+/// The pixel at byte `q` of a short-form output row: each group of eight holds the even
+/// pixels, then the odd ones (what `vpackssdw` of even and odd products leaves per lane).
+pub(super) const fn short_pixel(q: usize) -> usize {
+    (q & !7) | ((q & 3) << 1) | ((q >> 2) & 1)
+}
+
 /// Writes the channel-major output tile (`n` x 16 bytes) to `valid` pixel rows of `n`
-/// channels.
+/// channels. With `SHORT`, byte `q` of a tile row is pixel [`short_pixel`]`(q)`.
 ///
 /// # Safety
 /// AVX2; `otile` readable for `16 * n` bytes; `output` writable for `valid * n` bytes.
 #[target_feature(enable = "avx2")]
-unsafe fn store_output(otile: *const u8, n: usize, valid: usize, output: *mut i8) {
+unsafe fn store_output<const SHORT: bool>(
+    otile: *const u8,
+    n: usize,
+    valid: usize,
+    output: *mut i8,
+) {
+    let pixel = |q: usize| if SHORT { short_pixel(q) } else { q };
     let blocks = n / 16;
     // SAFETY: (caller) reads inside the tile, writes inside the valid rows.
     unsafe {
@@ -872,13 +946,19 @@ unsafe fn store_output(otile: *const u8, n: usize, valid: usize, output: *mut i8
                 *r = _mm_loadu_si128(otile.add((b * 16 + j) * 16).cast());
             }
             let cols = transpose16x16(rows);
-            for (p, col) in cols.iter().enumerate().take(valid) {
-                _mm_storeu_si128(output.add(p * n + b * 16).cast(), *col);
+            for (q, col) in cols.iter().enumerate() {
+                let p = pixel(q);
+                if p < valid {
+                    _mm_storeu_si128(output.add(p * n + b * 16).cast(), *col);
+                }
             }
         }
         for c in blocks * 16..n {
-            for p in 0..valid {
-                *output.add(p * n + c) = *otile.add(c * 16 + p) as i8;
+            for q in 0..TILE {
+                let p = pixel(q);
+                if p < valid {
+                    *output.add(p * n + c) = *otile.add(c * 16 + q) as i8;
+                }
             }
         }
     }

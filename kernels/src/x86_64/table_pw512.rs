@@ -16,7 +16,8 @@
 //! are widened into int32 totals.
 
 use super::table_pw::{
-    direct_zero_offset, prepared_len, round64, Chunk, Chunks, Geometry, Scheme, LANES,
+    direct_zero_offset, prepared_len, round64, short_pixel, Chunk, Chunks, Geometry, Scheme,
+    LANES,
 };
 use super::Avx512;
 use crate::params::{Epilogue, PointwiseShape};
@@ -417,12 +418,6 @@ unsafe fn requantize_tile_short(
             _mm256_store_si256(otile.add(32 * c).cast(), clamped);
         }
     }
-}
-
-/// The pixel at byte `q` of a short-form output row: each group of eight holds the even
-/// pixels, then the odd ones.
-const fn short_pixel(q: usize) -> usize {
-    (q & !7) | ((q & 3) << 1) | ((q >> 2) & 1)
 }
 
 /// Writes the channel-major output tile (`n` x 32 bytes) to `valid` pixel rows of `n`
