@@ -16,8 +16,7 @@
 //! are widened into int32 totals.
 
 use super::table_pw::{
-    direct_zero_offset, prepared_len, round64, short_pixel, Chunk, Chunks, Geometry, Scheme,
-    LANES,
+    direct_zero_offset, prepared_len, round64, short_pixel, Chunk, Chunks, Geometry, Scheme, LANES,
 };
 use super::Avx512;
 use crate::params::{Epilogue, PointwiseShape};
