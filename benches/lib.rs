@@ -58,12 +58,14 @@ pub struct OwnedEpilogue {
 }
 
 impl OwnedEpilogue {
-    /// Parameters for `n` channels whose accumulators have roughly magnitude `acc_range`.
+    /// Parameters for `n` channels whose accumulators have roughly magnitude `acc_range`,
+    /// with the packer's short multipliers (as `promctl synth` writes them), so kernels
+    /// take the same epilogue as on a real model.
     pub fn new(rng: &mut Rng, n: usize, acc_range: f64) -> OwnedEpilogue {
         let mut e = OwnedEpilogue { bias: vec![], multiplier: vec![], shift: vec![] };
         for _ in 0..n {
             let scale = 60.0 / acc_range * (0.5 + (rng.next_u64() % 1000) as f64 / 1000.0);
-            let (m, s) = prom_kernels::quantize_scale(scale.min(0.49)).expect("scale");
+            let (m, s) = prom_kernels::quantize_scale_short(scale.min(0.49)).expect("scale");
             e.multiplier.push(m);
             e.shift.push(s);
             e.bias.push((rng.next_u64() % 2001) as i32 - 1000);
