@@ -47,7 +47,8 @@ pub(super) fn prepare(codes: &[u8], k: usize, n: usize) -> AlignedBuf {
 }
 
 /// Scratch layout: transposed input tile, table chunk (with its zero row), int32 totals,
-/// int16 running sums, channel-major output tile, per-channel rounding terms and shifts.
+/// int16 running sums, channel-major output tile, per-channel rounding terms and shifts,
+/// short-form parameters.
 struct Layout {
     xt: usize,
     tables: usize,
@@ -56,6 +57,7 @@ struct Layout {
     otile: usize,
     rounds: usize,
     posts: usize,
+    short: usize,
     total: usize,
 }
 
@@ -68,11 +70,12 @@ impl Layout {
         let wide = tables + round64(table_bytes);
         let narrow = wide + n * 2 * ROW;
         let otile = narrow + n * ROW;
-        // Whole 16-channel blocks again: the output transpose reads them (tails masked).
-        let rounds = otile + n.div_ceil(16) * 16 * TILE;
+        // Whole 32-channel blocks: the output transposes read them (tails masked).
+        let rounds = otile + n.div_ceil(32) * 32 * TILE;
         let posts = rounds + round64(n * 8);
-        let total = posts + round64(n * 4);
-        Layout { xt, tables, wide, narrow, otile, rounds, posts, total }
+        let short = posts + round64(n * 4);
+        let total = short + round64(n * std::mem::size_of::<ShortParams>());
+        Layout { xt, tables, wide, narrow, otile, rounds, posts, short, total }
     }
 }
 
@@ -141,14 +144,7 @@ unsafe fn run_avx512(
         }
         (scratch.add(layout.xt).cast::<__m512i>(), tables, acc, scratch.add(layout.otile))
     };
-    // The per-channel rounding terms and post shifts, once per call rather than per tile.
-    // SAFETY: the layout reserved n i64 and n i32 for them, suitably aligned.
-    let (rounds, posts) = unsafe {
-        (
-            std::slice::from_raw_parts_mut(scratch.add(layout.rounds).cast::<i64>(), n),
-            std::slice::from_raw_parts_mut(scratch.add(layout.posts).cast::<i32>(), n),
-        )
-    };
+    // The per-channel epilogue parameters are computed once per call rather than per tile.
     let (window, chunk) = match scheme {
         Scheme::Lut40 | Scheme::Direct => (WINDOW, GEOMETRY.chunk40),
         Scheme::Lut81 => (WINDOW81, GEOMETRY.chunk81),
@@ -160,15 +156,34 @@ unsafe fn run_avx512(
     let folded = epi.foldable(acc_max);
     // Final int16 sums and short-form parameters: the 16-bit epilogue.
     let short = narrow && epi.short_form(acc_max);
-    for (c, (r, p)) in rounds.iter_mut().zip(posts.iter_mut()).enumerate() {
-        let s = epi.shift[c];
-        (*r, *p) = if short {
-            (i64::from(epi.short_addend(c)), i32::from(s) - 16)
-        } else if folded {
-            (epi.folded_addend(c), i32::from(s) - 32)
-        } else {
-            (1i64 << (s - 1), i32::from(s) - 32)
-        };
+    // SAFETY: the layout reserved n short parameter records, 64-byte aligned.
+    let short_params = unsafe {
+        std::slice::from_raw_parts_mut(scratch.add(layout.short).cast::<ShortParams>(), n)
+    };
+    if short {
+        for (c, p) in short_params.iter_mut().enumerate() {
+            let m = epi.multiplier[c] >> 16;
+            *p = ShortParams {
+                even: m,
+                odd: m << 16,
+                addend: epi.short_addend(c),
+                shift: i32::from(epi.shift[c]) - 16,
+            };
+        }
+    }
+    // SAFETY: the layout reserved n i64 and n i32 for them, suitably aligned.
+    let (rounds, posts) = unsafe {
+        (
+            std::slice::from_raw_parts_mut(scratch.add(layout.rounds).cast::<i64>(), n),
+            std::slice::from_raw_parts_mut(scratch.add(layout.posts).cast::<i32>(), n),
+        )
+    };
+    if !short {
+        for (c, (r, p)) in rounds.iter_mut().zip(posts.iter_mut()).enumerate() {
+            let s = epi.shift[c];
+            *r = if folded { epi.folded_addend(c) } else { 1i64 << (s - 1) };
+            *p = i32::from(s) - 32;
+        }
     }
     let requant = Requant {
         epi,
@@ -197,15 +212,15 @@ unsafe fn run_avx512(
             }
             let output = output.as_mut_ptr().add(start * n);
             if short {
-                requantize_tile_short(acc.narrow, &requant, n, otile);
-                store_output::<true>(otile, n, valid, output);
+                requantize_tile_short(acc.narrow, short_params, &requant, otile);
+                store_output_short(otile, n, valid, output);
             } else {
                 if folded {
                     requantize_tile::<true>(sums, &requant, n, otile);
                 } else {
                     requantize_tile::<false>(sums, &requant, n, otile);
                 }
-                store_output::<false>(otile, n, valid, output);
+                store_output(otile, n, valid, output);
             }
         }
         start += valid;
@@ -381,58 +396,126 @@ unsafe fn requantize_tile<const FOLDED: bool>(
 /// The short-form epilogue ([`Epilogue::short_form`]) of a tile whose final sums are int16:
 /// per channel, `vpmaddwd` against `(m >> 16, 0)` and `(0, m >> 16)` gives the int32
 /// products of the even and odd pixels, each plus the addend and shifted by `s - 16`, then
-/// the zero point is added with int16 saturation (exact after the clamp); the
-/// saturating packs leave each 128-bit lane's eight pixels in the order
-/// `0, 2, 4, 6, 1, 3, 5, 7` ([`short_pixel`]), which [`store_output`] undoes.
+/// the zero point is added with int16 saturation (exact after the clamp). Channels `c` and
+/// `c + 16` of each 32-channel block are narrowed together by one `vpacksswb` into 64 bytes
+/// at `otile + 64 j` (`j = c % 16` within the block): per 128-bit lane `l`, eight bytes of
+/// `c` then eight of `c + 16`, for the positions `8 l .. 8 l + 8`, whose pixels are
+/// [`short_pixel`] (the packs keep even pixels before odd ones); [`store_output_short`]
+/// undoes both.
 ///
 /// # Safety
-/// AVX-512 F/BW/VL; `narrow` holds the `n` channels' final int16 sums; `otile` is writable
-/// for `32 n` bytes; the per-channel addends and shifts of `requant` are the short form's,
-/// which holds for this epilogue and accumulator bound.
+/// AVX-512 F/BW/VL; `narrow` holds the final int16 sums of `params.len()` channels; `otile`
+/// is writable for 32 bytes per channel rounded up to 32 channels; `params` are the short
+/// form's, which holds for this epilogue and accumulator bound.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2")]
 unsafe fn requantize_tile_short(
     narrow: *const __m512i,
+    params: &[ShortParams],
     requant: &Requant<'_>,
-    n: usize,
     otile: *mut u8,
 ) {
-    let Requant { epi, rounds, posts, min, max, .. } = *requant;
-    let zero_point = _mm512_set1_epi16(i16::from(epi.output_zero_point));
-    for c in 0..n {
-        let m = epi.multiplier[c] >> 16;
-        let addend = _mm512_set1_epi32(rounds[c] as i32);
-        let post = _mm_cvtsi32_si128(posts[c]);
-        // SAFETY: (caller) channel c < n has its sums; 32 bytes at 32 c are writable.
-        unsafe {
-            let sums = _mm512_load_si512(narrow.add(c));
-            let even = _mm512_madd_epi16(sums, _mm512_set1_epi32(m));
-            let odd = _mm512_madd_epi16(sums, _mm512_set1_epi32(m << 16));
-            let even = _mm512_sra_epi32(_mm512_add_epi32(even, addend), post);
-            let odd = _mm512_sra_epi32(_mm512_add_epi32(odd, addend), post);
+    let n = params.len();
+    let zero_point = _mm512_set1_epi16(i16::from(requant.epi.output_zero_point));
+    let (min, max) =
+        (_mm512_set1_epi8(requant.epi.output_min), _mm512_set1_epi8(requant.epi.output_max));
+    // Channel c's 32 pixels as saturated int16, zero point added (zero past n).
+    let words = |c: usize| {
+        let Some(p) = params.get(c) else { return _mm512_setzero_si512() };
+        // Broadcasts straight from memory (load ports) and a per-lane shift keep the
+        // shuffle port free for the packs and transposes: it bounds this part of a tile.
+        let even_m = _mm512_set1_epi32(p.even);
+        let odd_m = _mm512_set1_epi32(p.odd);
+        let addend = _mm512_set1_epi32(p.addend);
+        let shift = _mm512_set1_epi32(p.shift);
+        // SAFETY: (caller) channel c < n has its sums.
+        let sums = unsafe { _mm512_load_si512(narrow.add(c)) };
+        let even = _mm512_madd_epi16(sums, even_m);
+        let odd = _mm512_madd_epi16(sums, odd_m);
+        let even = _mm512_srav_epi32(_mm512_add_epi32(even, addend), shift);
+        let odd = _mm512_srav_epi32(_mm512_add_epi32(odd, addend), shift);
+        _mm512_adds_epi16(_mm512_packs_epi32(even, odd), zero_point)
+    };
+    for block in 0..n.div_ceil(32) {
+        for j in 0..16 {
+            let c = block * 32 + j;
             // Saturating twice, then clamping, equals clamping the exact value: the clamp
             // bounds lie inside the int8 range.
-            let words = _mm512_adds_epi16(_mm512_packs_epi32(even, odd), zero_point);
-            let bytes = _mm512_cvtsepi16_epi8(words);
-            let clamped = _mm256_min_epi8(_mm256_max_epi8(bytes, min), max);
-            _mm256_store_si256(otile.add(32 * c).cast(), clamped);
+            let bytes = _mm512_packs_epi16(words(c), words(c + 16));
+            let clamped = _mm512_min_epi8(_mm512_max_epi8(bytes, min), max);
+            // SAFETY: (caller) the tile has room for whole 32-channel blocks.
+            unsafe { _mm512_store_si512(otile.add(64 * (block * 16 + j)).cast(), clamped) };
         }
+    }
+}
+
+/// One channel's short-form epilogue parameters, as the requantization loop loads them:
+/// the `vpmaddwd` multipliers of the even and odd pixels, the addend and the shift.
+#[derive(Clone, Copy)]
+#[repr(C, align(16))]
+struct ShortParams {
+    even: i32,
+    odd: i32,
+    addend: i32,
+    shift: i32,
+}
+
+/// Writes a short-form output tile ([`requantize_tile_short`]) to `valid` pixel rows of `n`
+/// channels: per 32-channel block one 16x16 byte transpose in each 128-bit lane of 16 zmm
+/// rows makes column `t` of lane `l` the 16 channels `16 (t / 8)..` of the block at position
+/// `8 l + t % 8`, which a masked store writes straight from its lane (no extracts).
+///
+/// # Safety
+/// AVX-512 BW/VL; `otile` as written by [`requantize_tile_short`] for `n` channels, 64-byte
+/// aligned; `output` writable for `valid * n` bytes.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2")]
+unsafe fn store_output_short(otile: *const u8, n: usize, valid: usize, output: *mut i8) {
+    for block in 0..n.div_ceil(32) {
+        // SAFETY: (caller) the tile holds whole 32-channel blocks of 16 rows.
+        let rows: [__m512i; 16] = core::array::from_fn(|j| unsafe {
+            _mm512_load_si512(otile.add(64 * (block * 16 + j)).cast())
+        });
+        let cols = transpose16x16x4(rows);
+        for (t, col) in cols.iter().enumerate() {
+            let channel = block * 32 + 16 * (t / 8);
+            if channel >= n {
+                continue;
+            }
+            let channels = first_bytes(n - channel) as u64;
+            for lane in 0..4 {
+                let p = 8 * lane + short_pixel(t % 8);
+                if p < valid {
+                    // The store addresses the whole register so that lane `lane` lands at
+                    // the pixel's channels; the mask writes only those bytes.
+                    let dst = output.wrapping_add(p * n + channel).wrapping_sub(16 * lane);
+                    // SAFETY: (caller) pixel p < valid has n writable bytes; the mask keeps
+                    // the store to bytes channel.. below n of that pixel (masked-out bytes
+                    // are neither written nor faulted).
+                    unsafe { _mm512_mask_storeu_epi8(dst, channels << (16 * lane), *col) };
+                }
+            }
+        }
+    }
+}
+
+super::byte_transpose16! {
+    /// Four 16x16 byte transposes at once, one per 128-bit lane.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw")]
+    fn transpose16x16x4(__m512i) {
+        _mm512_setzero_si512, _mm512_unpacklo_epi8, _mm512_unpackhi_epi8,
+        _mm512_unpacklo_epi16, _mm512_unpackhi_epi16, _mm512_unpacklo_epi32,
+        _mm512_unpackhi_epi32, _mm512_unpacklo_epi64, _mm512_unpackhi_epi64
     }
 }
 
 /// Writes the channel-major output tile (`n` x 32 bytes) to `valid` pixel rows of `n`
 /// channels, 16 channels at a time (the last block's channel tail through masked stores).
-/// With `SHORT`, byte `q` of a tile row is pixel [`short_pixel`]`(q)`.
 ///
 /// # Safety
 /// AVX-512 BW/VL; `otile` readable for `32 * round_up(n, 16)` bytes, 32-byte aligned;
 /// `output` writable for `valid * n` bytes.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2")]
-unsafe fn store_output<const SHORT: bool>(
-    otile: *const u8,
-    n: usize,
-    valid: usize,
-    output: *mut i8,
-) {
+unsafe fn store_output(otile: *const u8, n: usize, valid: usize, output: *mut i8) {
     for b in 0..n.div_ceil(16) {
         let mask = first_bytes(n - b * 16);
         // SAFETY: (caller) the tile has whole 16-channel blocks of 32 bytes.
@@ -440,9 +523,8 @@ unsafe fn store_output<const SHORT: bool>(
             _mm256_load_si256(otile.add((b * 16 + j) * TILE).cast())
         });
         let cols = transpose16x16x2(rows);
-        // Column q: lane 0 is byte q's 16 channels, lane 1 byte q + 16's.
-        for (q, col) in cols.iter().enumerate() {
-            let p = if SHORT { short_pixel(q) } else { q };
+        // Column p: lane 0 is pixel p's 16 channels, lane 1 pixel p + 16's.
+        for (p, col) in cols.iter().enumerate() {
             // SAFETY: (caller) pixels below `valid` have n writable bytes; the mask keeps
             // the stores inside channels below n.
             unsafe {
