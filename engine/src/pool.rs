@@ -1,93 +1,92 @@
 //! A persistent worker pool: `threads - 1` parked threads plus the caller run each layer
-//! together, meeting at two barriers per layer. Nothing is allocated per job.
+//! together. Per job the caller publishes it with one store and waits for one counter; each
+//! worker sees the store and bumps the counter. Nothing is allocated per job.
 
+use std::cell::UnsafeCell;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
-/// Spins before sleeping at a barrier: layers take tens of microseconds, and waking a
-/// parked thread costs about as much, so short waits spin; long ones (between frames)
-/// sleep on a condition variable.
+/// Spins before a worker sleeps waiting for the next job: layers take tens of microseconds
+/// and waking a parked thread costs about as much, so the short gaps between the layers of a
+/// frame spin; long ones (between frames) sleep on a condition variable.
 const SPINS: usize = 20_000;
+/// Spins before the caller, waiting for the workers to finish a job, yields its core (a
+/// worker that was descheduled mid-job must get to run).
+const DONE_SPINS: usize = 1_000;
 
-/// A reusable barrier that spins briefly before blocking.
-struct Barrier {
-    parties: usize,
-    arrived: AtomicUsize,
-    generation: AtomicUsize,
-    /// Threads asleep (or about to sleep) on `wake`: the last arriver takes the lock and
-    /// notifies only when there are any, so a barrier whose waiters all spun costs no
-    /// system call (a futex wake per barrier, two barriers per layer, was a measurable share
-    /// of a two-thread inference).
+/// The job of one layer: called once per worker with the worker's index.
+type Job = dyn Fn(usize) + Sync;
+
+/// Keeps the two counters written by different sides on their own cache lines.
+#[repr(align(128))]
+struct Line<T>(T);
+
+struct Shared {
+    /// Job count so far; a worker runs job `epoch` once it sees the count reach it.
+    epoch: Line<AtomicUsize>,
+    /// Workers (not counting the caller) that finished the current job.
+    done: Line<AtomicUsize>,
+    /// The current job, lifetime-erased; written by the caller before it bumps `epoch`
+    /// (release) and read by workers after they see it (acquire); valid until `done` says
+    /// every worker finished.
+    job: UnsafeCell<Option<*const Job>>,
+    stop: AtomicBool,
+    /// Workers asleep (or about to sleep) on `wake`: the caller takes the lock and notifies
+    /// only when there are any, so a job handed to spinning workers makes no system call.
     sleepers: AtomicUsize,
     lock: Mutex<()>,
     wake: Condvar,
 }
 
-impl Barrier {
-    fn new(parties: usize) -> Barrier {
-        Barrier {
-            parties,
-            arrived: AtomicUsize::new(0),
-            generation: AtomicUsize::new(0),
-            sleepers: AtomicUsize::new(0),
-            lock: Mutex::new(()),
-            wake: Condvar::new(),
-        }
-    }
-
-    fn wait(&self) {
-        let generation = self.generation.load(Ordering::Acquire);
-        if self.arrived.fetch_add(1, Ordering::AcqRel) + 1 == self.parties {
-            self.arrived.store(0, Ordering::Relaxed);
-            // SeqCst pairs with the sleeper's SeqCst increment and re-check below: either
-            // the sleeper sees the new generation, or this sees it counted and notifies
-            // under the lock, which the sleeper holds until it waits.
-            self.generation.fetch_add(1, Ordering::SeqCst);
-            if self.sleepers.load(Ordering::SeqCst) > 0 {
-                let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
-                self.wake.notify_all();
-            }
-            return;
-        }
-        for _ in 0..SPINS {
-            if self.generation.load(Ordering::Acquire) != generation {
-                return;
-            }
-            std::hint::spin_loop();
-        }
-        let mut guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
-        self.sleepers.fetch_add(1, Ordering::SeqCst);
-        while self.generation.load(Ordering::SeqCst) == generation {
-            guard = self.wake.wait(guard).unwrap_or_else(|e| e.into_inner());
-        }
-        self.sleepers.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-/// The job of one layer: called once per worker with the worker's index.
-type Job = dyn Fn(usize) + Sync;
-
-struct Shared {
-    start: Barrier,
-    end: Barrier,
-    /// The current job, lifetime-erased; valid between the two barriers of one `run`.
-    job: Mutex<Option<*const Job>>,
-    stop: AtomicBool,
-}
-
-// SAFETY: the raw job pointer is only dereferenced by workers between the `start` and `end`
-// barriers of the `run` call that stored it, while that call keeps the job alive; the job
-// itself is `Sync`.
+// SAFETY: the job cell is written only by the thread that owns the (`!Sync`) `WorkerPool`,
+// in `run`, while no worker reads it: after every worker reported the previous job done and
+// before the `epoch` bump that lets them read it again; the job itself is `Sync`.
 unsafe impl Send for Shared {}
 // SAFETY: as above.
 unsafe impl Sync for Shared {}
 
-/// The pool.
+impl Shared {
+    /// Blocks until the epoch differs from `seen` and returns the new one.
+    fn next_epoch(&self, seen: usize) -> usize {
+        for _ in 0..SPINS {
+            let epoch = self.epoch.0.load(Ordering::Acquire);
+            if epoch != seen {
+                return epoch;
+            }
+            std::hint::spin_loop();
+        }
+        let mut guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        // SeqCst pairs with the caller's SeqCst epoch bump and sleeper check: either this
+        // sees the new epoch, or the caller sees this sleeper and notifies under the lock,
+        // which this holds until it waits.
+        self.sleepers.fetch_add(1, Ordering::SeqCst);
+        let mut epoch = self.epoch.0.load(Ordering::SeqCst);
+        while epoch == seen {
+            guard = self.wake.wait(guard).unwrap_or_else(|e| e.into_inner());
+            epoch = self.epoch.0.load(Ordering::SeqCst);
+        }
+        self.sleepers.fetch_sub(1, Ordering::SeqCst);
+        epoch
+    }
+
+    /// Publishes a new epoch (a job, or the stop flag) and wakes sleeping workers.
+    fn publish(&self) {
+        self.epoch.0.fetch_add(1, Ordering::SeqCst);
+        if self.sleepers.load(Ordering::SeqCst) > 0 {
+            let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+            self.wake.notify_all();
+        }
+    }
+}
+
+/// The pool. Not `Sync`: one thread submits jobs.
 pub struct WorkerPool {
     shared: Arc<Shared>,
     handles: Vec<JoinHandle<()>>,
     threads: usize,
+    /// Makes the pool `!Sync` (`run` relies on a single submitting thread).
+    _not_sync: std::marker::PhantomData<std::cell::Cell<()>>,
 }
 
 impl WorkerPool {
@@ -95,32 +94,40 @@ impl WorkerPool {
     pub fn new(threads: usize) -> WorkerPool {
         let threads = threads.max(1);
         let shared = Arc::new(Shared {
-            start: Barrier::new(threads),
-            end: Barrier::new(threads),
-            job: Mutex::new(None),
+            epoch: Line(AtomicUsize::new(0)),
+            done: Line(AtomicUsize::new(0)),
+            job: UnsafeCell::new(None),
             stop: AtomicBool::new(false),
+            sleepers: AtomicUsize::new(0),
+            lock: Mutex::new(()),
+            wake: Condvar::new(),
         });
         let handles = (1..threads)
             .map(|index| {
                 let shared = Arc::clone(&shared);
                 std::thread::Builder::new()
                     .name(format!("prom-worker-{index}"))
-                    .spawn(move || loop {
-                        shared.start.wait();
-                        if shared.stop.load(Ordering::Acquire) {
-                            break;
+                    .spawn(move || {
+                        let mut seen = 0;
+                        loop {
+                            seen = shared.next_epoch(seen);
+                            if shared.stop.load(Ordering::Acquire) {
+                                break;
+                            }
+                            // SAFETY: the caller stored the job before publishing this
+                            // epoch (acquired above) and keeps it alive, untouched, until
+                            // this worker reports done below.
+                            unsafe {
+                                let job = (*shared.job.get()).expect("job set");
+                                (*job)(index);
+                            }
+                            shared.done.0.fetch_add(1, Ordering::Release);
                         }
-                        let job =
-                            shared.job.lock().unwrap_or_else(|e| e.into_inner()).expect("job set");
-                        // SAFETY: `run` stored a pointer to a job it keeps alive until every
-                        // worker has passed the `end` barrier below.
-                        unsafe { (*job)(index) };
-                        shared.end.wait();
                     })
                     .expect("spawn worker thread")
             })
             .collect();
-        WorkerPool { shared, handles, threads }
+        WorkerPool { shared, handles, threads, _not_sync: std::marker::PhantomData }
     }
 
     /// Workers in total.
@@ -134,14 +141,27 @@ impl WorkerPool {
             job(0);
             return;
         }
-        // SAFETY: erases the job's lifetime to store it; it is dereferenced only until the
-        // `end` barrier, before this function returns and `job` can go out of scope.
+        // SAFETY: erases the job's lifetime to store it; workers dereference it only until
+        // they report done, which this function waits for before returning.
         let erased: *const Job =
             unsafe { std::mem::transmute::<&'a (dyn Fn(usize) + Sync + 'a), &'static Job>(job) };
-        *self.shared.job.lock().unwrap_or_else(|e| e.into_inner()) = Some(erased);
-        self.shared.start.wait();
+        let shared = &*self.shared;
+        // SAFETY: no worker reads the cell now: every one reported the previous job done
+        // (waited for below) and none sees a new epoch before `publish`.
+        unsafe { *shared.job.get() = Some(erased) };
+        shared.publish();
         job(0);
-        self.shared.end.wait();
+        let workers = self.threads - 1;
+        let mut spins = 0;
+        while shared.done.0.load(Ordering::Acquire) != workers {
+            if spins < DONE_SPINS {
+                spins += 1;
+                std::hint::spin_loop();
+            } else {
+                std::thread::yield_now();
+            }
+        }
+        shared.done.0.store(0, Ordering::Relaxed);
     }
 }
 
@@ -149,7 +169,7 @@ impl Drop for WorkerPool {
     fn drop(&mut self) {
         if self.threads > 1 {
             self.shared.stop.store(true, Ordering::Release);
-            self.shared.start.wait();
+            self.shared.publish();
             for h in self.handles.drain(..) {
                 let _ = h.join();
             }
