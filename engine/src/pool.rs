@@ -15,6 +15,52 @@ const SPINS: usize = 20_000;
 /// worker that was descheduled mid-job must get to run).
 const DONE_SPINS: usize = 1_000;
 
+/// A barrier for the workers of one job (the layers of an inference): all spin, since the
+/// others arrive within microseconds; after a while a waiter yields its core, so a worker
+/// that was descheduled gets to run.
+pub struct SpinBarrier {
+    parties: usize,
+    /// Arrivals in the current generation and the generation, on one cache line: an
+    /// arrival is one read-modify-write of it, a release one more store.
+    state: Line<(AtomicUsize, AtomicUsize)>,
+}
+
+impl SpinBarrier {
+    /// A barrier for `parties` threads.
+    pub fn new(parties: usize) -> SpinBarrier {
+        SpinBarrier {
+            parties: parties.max(1),
+            state: Line((AtomicUsize::new(0), AtomicUsize::new(0))),
+        }
+    }
+
+    /// Returns once all parties have called `wait` (for this generation). Everything a
+    /// party wrote before it arrived is visible to every party after it returns.
+    pub fn wait(&self) {
+        if self.parties == 1 {
+            return;
+        }
+        let (arrived, generation) = &self.state.0;
+        let current = generation.load(Ordering::Acquire);
+        // AcqRel: the last arriver acquires every earlier arrival's writes, and its release
+        // of the generation below passes them on to the waiters.
+        if arrived.fetch_add(1, Ordering::AcqRel) + 1 == self.parties {
+            arrived.store(0, Ordering::Relaxed);
+            generation.fetch_add(1, Ordering::Release);
+            return;
+        }
+        let mut spins = 0;
+        while generation.load(Ordering::Acquire) == current {
+            if spins < SPINS {
+                spins += 1;
+                std::hint::spin_loop();
+            } else {
+                std::thread::yield_now();
+            }
+        }
+    }
+}
+
 /// The job of one layer: called once per worker with the worker's index.
 type Job = dyn Fn(usize) + Sync;
 
