@@ -92,7 +92,7 @@ impl Plan {
             }
             last_use[i + 1] = last_use[i + 1].max(i);
         }
-        let ranges = arena_layout(graph, kernels, &last_use);
+        let ranges = arena_layout(graph, &last_use);
         let arena_bytes = ranges.iter().map(|r| r.end.div_ceil(64) * 64).max().unwrap_or(0);
         let (mut max_k, mut max_n) = (1, 1);
         let layers = graph
@@ -415,8 +415,9 @@ impl Frame<'_> {
                     );
                 }
                 OpKind::PointwiseTernary => {
-                    let pixels = out.height * out.width;
-                    let px = split(pixels, threads, worker, kernels.pointwise_tile());
+                    // Whole output rows, as for the convolutions around it, so a worker
+                    // mostly reads what it wrote in the previous layer.
+                    let px = row_pixels(out, threads, worker);
                     let (k, n) = (layer.input.channels, out.channels);
                     let shape = PointwiseShape { pixels: px.len(), k, n };
                     let x = &x[px.start * k..px.end * k];
@@ -500,11 +501,7 @@ impl Frame<'_> {
 /// the two-thread MobileNetV2-1.0-224, that cost more than the synchronisation. With one
 /// thread the layout changes nothing but addresses; it costs about one largest tensor of
 /// extra arena.
-fn arena_layout(
-    graph: &crate::graph::Graph,
-    kernels: Kernels,
-    last_use: &[usize],
-) -> Vec<Range<usize>> {
+fn arena_layout(graph: &crate::graph::Graph, last_use: &[usize]) -> Vec<Range<usize>> {
     let tensors = &graph.tensors;
     let logits = tensors.len() - 1;
     let bytes_of = |t: usize| tensors[t].len() * if t == logits { 4 } else { 1 };
@@ -516,9 +513,7 @@ fn arena_layout(
             OpKind::Stem | OpKind::Depthwise => {
                 split(out.height, 2, 1, 1).start * out.width * out.channels
             }
-            OpKind::PointwiseTernary => {
-                split(out.height * out.width, 2, 1, kernels.pointwise_tile()).start * out.channels
-            }
+            OpKind::PointwiseTernary => row_pixels(out, 2, 1).start * out.channels,
             OpKind::Add => split(out.len(), 2, 1, 64).start,
             // Worker 0 pools alone.
             OpKind::AvgPool => out.len(),
@@ -567,6 +562,12 @@ fn worker_rows(out: Tensor, threads: usize, w: usize, y: &mut [u8]) -> (Range<us
     let row_len = out.width * out.channels;
     let bytes = &mut y[rows.start * row_len..rows.end * row_len];
     (rows, as_i8(bytes))
+}
+
+/// Worker `w`'s share of a pointwise layer's pixels: those of its output rows.
+fn row_pixels(out: Tensor, threads: usize, w: usize) -> Range<usize> {
+    let rows = split(out.height, threads, w, 1);
+    rows.start * out.width..rows.end * out.width
 }
 
 fn as_i8(bytes: &mut [u8]) -> &mut [i8] {
@@ -683,10 +684,7 @@ mod tests {
                         OpKind::Stem | OpKind::Depthwise => {
                             split(out.height, 2, w, 1).start * out.width * out.channels
                         }
-                        OpKind::PointwiseTernary => {
-                            let px = split(out.height * out.width, 2, w, kernels.pointwise_tile());
-                            px.start * out.channels
-                        }
+                        OpKind::PointwiseTernary => row_pixels(out, 2, w).start * out.channels,
                         OpKind::Add => split(out.len(), 2, w, 64).start,
                         OpKind::Linear => split(out.channels, 2, w, 4).start * 4,
                         OpKind::AvgPool => [0, t.out.len()][w],
