@@ -376,9 +376,12 @@ impl Frame<'_> {
                 (x, x1, y, &mut *scratch.get().cast::<Scratch>().add(worker))
             };
             let out = layer.output;
+            // This worker's output units (rows, elements or classifier rows) and bytes.
+            let (part, bytes) = worker_part(r.kind, out, threads, worker);
+            let y = as_i8(&mut y[bytes]);
             match r.kind {
                 OpKind::Stem => {
-                    let (rows, y) = worker_rows(out, threads, worker, y);
+                    let rows = part;
                     let shape = StemShape {
                         height: layer.input.height,
                         width: layer.input.width,
@@ -396,7 +399,7 @@ impl Frame<'_> {
                     );
                 }
                 OpKind::Depthwise => {
-                    let (rows, y) = worker_rows(out, threads, worker, y);
+                    let rows = part;
                     let shape = DepthwiseShape {
                         height: layer.input.height,
                         width: layer.input.width,
@@ -415,13 +418,10 @@ impl Frame<'_> {
                     );
                 }
                 OpKind::PointwiseTernary => {
-                    // Whole output rows, as for the convolutions around it, so a worker
-                    // mostly reads what it wrote in the previous layer.
-                    let px = row_pixels(out, threads, worker);
-                    let (k, n) = (layer.input.channels, out.channels);
-                    let shape = PointwiseShape { pixels: px.len(), k, n };
+                    let px = part.start * out.width..part.end * out.width;
+                    let k = layer.input.channels;
+                    let shape = PointwiseShape { pixels: px.len(), k, n: out.channels };
                     let x = &x[px.start * k..px.end * k];
-                    let y = as_i8(&mut y[px.start * n..px.end * n]);
                     if px.is_empty() {
                         return;
                     }
@@ -436,8 +436,6 @@ impl Frame<'_> {
                     }
                 }
                 OpKind::Add => {
-                    let len = out.len();
-                    let part = split(len, threads, worker, 64);
                     let ins = (
                         layer.input.zero_point,
                         plan.model.graph().tensors[r.input1 as usize].zero_point,
@@ -452,8 +450,7 @@ impl Frame<'_> {
                         output_min: r.output_min,
                         output_max: r.output_max,
                     };
-                    let y = as_i8(&mut y[part.clone()]);
-                    kernels.add(&x[part.clone()], &x1[part.clone()], &params, y);
+                    kernels.add(&x[part.clone()], &x1[part], &params, y);
                 }
                 OpKind::AvgPool => {
                     if worker == 0 {
@@ -465,21 +462,19 @@ impl Frame<'_> {
                             output_min: r.output_min,
                             output_max: r.output_max,
                         };
-                        kernels.global_avg_pool(x, layer.input.channels, &params, as_i8(y));
+                        kernels.global_avg_pool(x, layer.input.channels, &params, y);
                     }
                 }
                 OpKind::Linear => {
-                    // Split by output rows, four at a time (the SIMD kernels' row block).
                     let k = x.len();
-                    let part = split(out.channels, threads, worker, 4);
                     if part.is_empty() {
                         return;
                     }
-                    let bytes = &mut y[part.start * 4..part.end * 4];
                     // SAFETY: the logits range holds out.channels i32 from a 64-byte aligned
-                    // offset, so this worker's rows start 4-byte aligned and are in bounds.
+                    // offset, so this worker's rows (4 bytes each) start 4-byte aligned and
+                    // are in bounds.
                     let logits = unsafe {
-                        std::slice::from_raw_parts_mut(bytes.as_mut_ptr().cast::<i32>(), part.len())
+                        std::slice::from_raw_parts_mut(y.as_mut_ptr().cast::<i32>(), part.len())
                     };
                     let weights = &model.blob_i8(r.weights)[part.start * k..part.end * k];
                     let bias = &model.blob_i32(r.bias)[part];
@@ -506,20 +501,7 @@ fn arena_layout(graph: &crate::graph::Graph, last_use: &[usize]) -> Vec<Range<us
     let logits = tensors.len() - 1;
     let bytes_of = |t: usize| tensors[t].len() * if t == logits { 4 } else { 1 };
     // Byte offset at which worker 1 of 2 starts writing tensor t (its producer's split).
-    let split_at = |t: usize| {
-        let op = &graph.ops[t - 1].record;
-        let out = tensors[t];
-        match op.kind {
-            OpKind::Stem | OpKind::Depthwise => {
-                split(out.height, 2, 1, 1).start * out.width * out.channels
-            }
-            OpKind::PointwiseTernary => row_pixels(out, 2, 1).start * out.channels,
-            OpKind::Add => split(out.len(), 2, 1, 64).start,
-            // Worker 0 pools alone.
-            OpKind::AvgPool => out.len(),
-            OpKind::Linear => split(out.channels, 2, 1, 4).start * 4,
-        }
-    };
+    let split_at = |t: usize| worker_part(graph.ops[t - 1].record.kind, tensors[t], 2, 1).1.start;
     // Slot of every tensor, and each slot's extent below and above its centre.
     let mut slot_of = vec![usize::MAX; tensors.len()];
     let mut slots: Vec<(usize, usize, Option<usize>)> = Vec::new(); // (below, above, occupant)
@@ -556,18 +538,27 @@ fn arena_layout(graph: &crate::graph::Graph, last_use: &[usize]) -> Vec<Range<us
         .collect()
 }
 
-/// Worker `w`'s share of a convolution's output rows and the bytes they occupy.
-fn worker_rows(out: Tensor, threads: usize, w: usize, y: &mut [u8]) -> (Range<usize>, &mut [i8]) {
-    let rows = split(out.height, threads, w, 1);
-    let row_len = out.width * out.channels;
-    let bytes = &mut y[rows.start * row_len..rows.end * row_len];
-    (rows, as_i8(bytes))
-}
-
-/// Worker `w`'s share of a pointwise layer's pixels: those of its output rows.
-fn row_pixels(out: Tensor, threads: usize, w: usize) -> Range<usize> {
-    let rows = split(out.height, threads, w, 1);
-    rows.start * out.width..rows.end * out.width
+/// Worker `w` of `threads`'s share of a layer's output `out`: the units it computes and the
+/// bytes of the output they occupy. Convolutions (stem, depthwise and pointwise alike) split
+/// by output rows, so a worker mostly reads what it wrote in the previous layer; the add by
+/// element ranges; the classifier by output rows four at a time (the SIMD kernels' row
+/// block); the pool runs on worker 0 alone. The engine and the arena layout both use it.
+fn worker_part(
+    kind: OpKind,
+    out: Tensor,
+    threads: usize,
+    w: usize,
+) -> (Range<usize>, Range<usize>) {
+    let (units, unit_bytes) = match kind {
+        OpKind::Stem | OpKind::Depthwise | OpKind::PointwiseTernary => {
+            (split(out.height, threads, w, 1), out.width * out.channels)
+        }
+        OpKind::Add => (split(out.len(), threads, w, 64), 1),
+        OpKind::Linear => (split(out.channels, threads, w, 4), 4),
+        OpKind::AvgPool => (if w == 0 { 0..out.len() } else { out.len()..out.len() }, 1),
+    };
+    let bytes = units.start * unit_bytes..units.end * unit_bytes;
+    (units, bytes)
 }
 
 fn as_i8(bytes: &mut [u8]) -> &mut [i8] {
@@ -679,18 +670,8 @@ mod tests {
                 // another (two threads; the pool's single-worker output is left out).
                 let written = |i: usize, w: usize| {
                     let t = &layers[i];
-                    let out = t.output;
-                    let at = |w: usize| match t.op.record.kind {
-                        OpKind::Stem | OpKind::Depthwise => {
-                            split(out.height, 2, w, 1).start * out.width * out.channels
-                        }
-                        OpKind::PointwiseTernary => row_pixels(out, 2, w).start * out.channels,
-                        OpKind::Add => split(out.len(), 2, w, 64).start,
-                        OpKind::Linear => split(out.channels, 2, w, 4).start * 4,
-                        OpKind::AvgPool => [0, t.out.len()][w],
-                    };
-                    let end = if w == 0 { at(1) } else { t.out.len() };
-                    t.out.start + at(w)..t.out.start + end
+                    let bytes = worker_part(t.op.record.kind, t.output, 2, w).1;
+                    t.out.start + bytes.start..t.out.start + bytes.end
                 };
                 for i in 0..layers.len() {
                     for j in 0..layers.len() {

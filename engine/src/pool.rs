@@ -15,6 +15,20 @@ const SPINS: usize = 20_000;
 /// worker that was descheduled mid-job must get to run).
 const DONE_SPINS: usize = 1_000;
 
+/// Waits until `done()` holds: spinning `spins` times, then yielding the core between checks
+/// (so a thread that was descheduled gets to run).
+fn spin_until(spins: usize, done: impl Fn() -> bool) {
+    for _ in 0..spins {
+        if done() {
+            return;
+        }
+        std::hint::spin_loop();
+    }
+    while !done() {
+        std::thread::yield_now();
+    }
+}
+
 /// A barrier for the workers of one job (the layers of an inference): all spin, since the
 /// others arrive within microseconds; after a while a waiter yields its core, so a worker
 /// that was descheduled gets to run.
@@ -49,15 +63,7 @@ impl SpinBarrier {
             generation.fetch_add(1, Ordering::Release);
             return;
         }
-        let mut spins = 0;
-        while generation.load(Ordering::Acquire) == current {
-            if spins < SPINS {
-                spins += 1;
-                std::hint::spin_loop();
-            } else {
-                std::thread::yield_now();
-            }
-        }
+        spin_until(SPINS, || generation.load(Ordering::Acquire) != current);
     }
 }
 
@@ -198,15 +204,7 @@ impl WorkerPool {
         shared.publish();
         job(0);
         let workers = self.threads - 1;
-        let mut spins = 0;
-        while shared.done.0.load(Ordering::Acquire) != workers {
-            if spins < DONE_SPINS {
-                spins += 1;
-                std::hint::spin_loop();
-            } else {
-                std::thread::yield_now();
-            }
-        }
+        spin_until(DONE_SPINS, || shared.done.0.load(Ordering::Acquire) == workers);
         shared.done.0.store(0, Ordering::Relaxed);
     }
 }
