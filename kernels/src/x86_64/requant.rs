@@ -173,6 +173,13 @@ impl OutputParams {
         self.clamp32(ordered)
     }
 
+    /// The output zero point in 16 int16 lanes.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    pub(super) fn zero_point16(&self) -> __m256i {
+        self.zero_point16
+    }
+
     /// Clamps 32 int8 values to the output bounds.
     #[inline]
     #[target_feature(enable = "avx2")]

@@ -265,7 +265,8 @@ pub(super) fn round64(bytes: usize) -> usize {
 }
 
 /// Scratch layout: transposed input tile, table chunk (with its zero row), int32 totals,
-/// int16 running sums, output tile.
+/// int16 running sums, output tile, per-channel rounding terms and shifts, short-form
+/// parameters.
 struct Layout {
     xt: usize,
     tables: usize,
@@ -274,6 +275,7 @@ struct Layout {
     otile: usize,
     rounds: usize,
     posts: usize,
+    short: usize,
     total: usize,
 }
 
@@ -286,8 +288,9 @@ impl Layout {
         let otile = narrow + round64(n * 32);
         let rounds = otile + round64(n.div_ceil(2) * 2 * 16);
         let posts = rounds + round64(n * 8);
-        let total = posts + round64(n * 4);
-        Layout { xt, tables, wide, narrow, otile, rounds, posts, total }
+        let short = posts + round64(n * 4);
+        let total = short + round64(n * std::mem::size_of::<ShortParams>());
+        Layout { xt, tables, wide, narrow, otile, rounds, posts, short, total }
     }
 }
 
@@ -364,13 +367,15 @@ unsafe fn run_avx2(
     };
     // Final int16 sums and short-form parameters: the 16-bit epilogue. |acc| <= 128 k.
     let short = single && epi.short_form(128 * k as i64);
-    for (c, (r, p)) in rounds.iter_mut().zip(posts.iter_mut()).enumerate() {
-        let s = epi.shift[c];
-        (*r, *p) = if short {
-            (i64::from(epi.short_addend(c)), i32::from(s) - 16)
-        } else {
-            (1i64 << (s - 1), i32::from(s) - 32)
-        };
+    // SAFETY: the layout reserved n short parameter records, 64-byte aligned.
+    let short_params = unsafe { ShortParams::slice(scratch.add(layout.short), n) };
+    if short {
+        ShortParams::fill(epi, short_params);
+    } else {
+        for ((r, p), &s) in rounds.iter_mut().zip(posts.iter_mut()).zip(epi.shift) {
+            *r = 1i64 << (s - 1);
+            *p = i32::from(s) - 32;
+        }
     }
     let requant = Requant { epi, rounds, posts, out: &out_params };
     let mut start = 0;
@@ -391,7 +396,7 @@ unsafe fn run_avx2(
             }
             let output = output.as_mut_ptr().add(start * n);
             if short {
-                requantize_tile_short(acc.narrow, &requant, n, otile);
+                requantize_tile_short(acc.narrow, short_params, &out_params, otile);
                 store_output::<true>(otile, n, valid, output);
             } else {
                 let sums = if single { Sums::Narrow(acc.narrow) } else { Sums::Wide(acc.wide) };
@@ -877,29 +882,29 @@ unsafe fn requantize_tile(sums: Sums, requant: &Requant<'_>, n: usize, otile: *m
 /// [`short_pixel`] gives, which [`store_output`] undoes.
 ///
 /// # Safety
-/// AVX2; `narrow` holds the `n` channels' final int16 sums; `otile` is writable for
-/// `16 * round_up(n, 2)` bytes; the per-channel addends and shifts of `requant` are the
-/// short form's, which holds for this epilogue and accumulator bound.
+/// AVX2; `narrow` holds the final int16 sums of `params.len()` channels; `otile` is writable
+/// for 16 bytes per channel rounded up to two channels; `params` are the short form's, which
+/// holds for this epilogue and accumulator bound.
 #[target_feature(enable = "avx2")]
 unsafe fn requantize_tile_short(
     narrow: *const __m256i,
-    requant: &Requant<'_>,
-    n: usize,
+    params: &[ShortParams],
+    out: &OutputParams,
     otile: *mut u8,
 ) {
-    let Requant { epi, rounds, posts, out } = *requant;
-    let zero_point = _mm256_set1_epi16(i16::from(epi.output_zero_point));
+    let n = params.len();
+    let zero_point = out.zero_point16();
     // Channel c's 16 pixels as saturated int16 with the zero point added.
     let words = |c: usize| {
-        let m = epi.multiplier[c] >> 16;
-        let addend = _mm256_set1_epi32(rounds[c] as i32);
-        let post = _mm_cvtsi32_si128(posts[c]);
+        let p = params[c];
+        let addend = _mm256_set1_epi32(p.addend);
+        let shift = _mm256_set1_epi32(p.shift);
         // SAFETY: (caller) channel c < n has its sums.
         let sums = unsafe { _mm256_load_si256(narrow.add(c)) };
-        let even = _mm256_madd_epi16(sums, _mm256_set1_epi32(m));
-        let odd = _mm256_madd_epi16(sums, _mm256_set1_epi32(m << 16));
-        let even = _mm256_sra_epi32(_mm256_add_epi32(even, addend), post);
-        let odd = _mm256_sra_epi32(_mm256_add_epi32(odd, addend), post);
+        let even = _mm256_madd_epi16(sums, _mm256_set1_epi32(p.even));
+        let odd = _mm256_madd_epi16(sums, _mm256_set1_epi32(p.odd));
+        let even = _mm256_srav_epi32(_mm256_add_epi32(even, addend), shift);
+        let odd = _mm256_srav_epi32(_mm256_add_epi32(odd, addend), shift);
         _mm256_adds_epi16(_mm256_packs_epi32(even, odd), zero_point)
     };
     let mut c = 0;
@@ -915,6 +920,43 @@ unsafe fn requantize_tile_short(
         // SAFETY: (caller) the 32 bytes at 16 c are inside the tile.
         unsafe { _mm256_storeu_si256(otile.add(16 * c).cast(), clamped) };
         c += 2;
+    }
+}
+
+/// One channel's short-form epilogue parameters as both x86 tiers' requantization loops
+/// load them, computed once per call: the `vpmaddwd` multipliers of the even and odd
+/// pixels (`(m >> 16, 0)` and `(0, m >> 16)` as int16 pairs), the addend and the shift.
+#[derive(Clone, Copy)]
+#[repr(C, align(16))]
+pub(super) struct ShortParams {
+    pub(super) even: i32,
+    pub(super) odd: i32,
+    pub(super) addend: i32,
+    pub(super) shift: i32,
+}
+
+impl ShortParams {
+    /// `n` records at `at`.
+    ///
+    /// # Safety
+    /// `at` is 16-byte aligned and writable for `n` records, used by nothing else while the
+    /// slice lives.
+    pub(super) unsafe fn slice<'a>(at: *mut u8, n: usize) -> &'a mut [ShortParams] {
+        // SAFETY: (caller) aligned, in bounds and unaliased; every bit pattern is valid.
+        unsafe { std::slice::from_raw_parts_mut(at.cast::<ShortParams>(), n) }
+    }
+
+    /// Every channel's parameters (meaningful where [`Epilogue::short_form`] holds).
+    pub(super) fn fill(epi: &Epilogue<'_>, params: &mut [ShortParams]) {
+        for (c, p) in params.iter_mut().enumerate() {
+            let m = epi.multiplier[c] >> 16;
+            *p = ShortParams {
+                even: m,
+                odd: m << 16,
+                addend: epi.short_addend(c),
+                shift: i32::from(epi.shift[c]) - 16,
+            };
+        }
     }
 }
 

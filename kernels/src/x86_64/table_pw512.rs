@@ -16,7 +16,8 @@
 //! are widened into int32 totals.
 
 use super::table_pw::{
-    direct_zero_offset, prepared_len, round64, short_pixel, Chunk, Chunks, Geometry, Scheme, LANES,
+    direct_zero_offset, prepared_len, round64, short_pixel, Chunk, Chunks, Geometry, Scheme,
+    ShortParams, LANES,
 };
 use super::Avx512;
 use crate::params::{Epilogue, PointwiseShape};
@@ -157,19 +158,9 @@ unsafe fn run_avx512(
     // Final int16 sums and short-form parameters: the 16-bit epilogue.
     let short = narrow && epi.short_form(acc_max);
     // SAFETY: the layout reserved n short parameter records, 64-byte aligned.
-    let short_params = unsafe {
-        std::slice::from_raw_parts_mut(scratch.add(layout.short).cast::<ShortParams>(), n)
-    };
+    let short_params = unsafe { ShortParams::slice(scratch.add(layout.short), n) };
     if short {
-        for (c, p) in short_params.iter_mut().enumerate() {
-            let m = epi.multiplier[c] >> 16;
-            *p = ShortParams {
-                even: m,
-                odd: m << 16,
-                addend: epi.short_addend(c),
-                shift: i32::from(epi.shift[c]) - 16,
-            };
-        }
+        ShortParams::fill(epi, short_params);
     }
     // SAFETY: the layout reserved n i64 and n i32 for them, suitably aligned.
     let (rounds, posts) = unsafe {
@@ -446,17 +437,6 @@ unsafe fn requantize_tile_short(
             unsafe { _mm512_store_si512(otile.add(64 * (block * 16 + j)).cast(), clamped) };
         }
     }
-}
-
-/// One channel's short-form epilogue parameters, as the requantization loop loads them:
-/// the `vpmaddwd` multipliers of the even and odd pixels, the addend and the shift.
-#[derive(Clone, Copy)]
-#[repr(C, align(16))]
-struct ShortParams {
-    even: i32,
-    odd: i32,
-    addend: i32,
-    shift: i32,
 }
 
 /// Writes a short-form output tile ([`requantize_tile_short`]) to `valid` pixel rows of `n`
