@@ -11,6 +11,7 @@ use prom_kernels::{
     PoolParams, PreparedTernary, Scratch, StemShape, TernaryWeights,
 };
 use std::ops::Range;
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -276,21 +277,31 @@ impl State {
         let layers = self.plan.layers.len();
         // Worker 0 alone writes the times, each slot after the layer's barrier.
         let times = SharedTimes(times.map(|t| t.as_mut_ptr()));
+        // A run that panicked may have left arrivals or the poison behind.
+        self.barrier.reset();
         let barrier = &self.barrier;
         // One job per inference: every worker walks all layers, meeting the others at a
         // barrier after each, so a layer costs one cache-line round trip of synchronisation
         // instead of a job hand-off (whose closure the worker would fetch from the caller's
         // core) plus a completion count.
         let job = |worker: usize| {
-            for i in 0..layers {
-                let t0 = (worker == 0 && times.get().is_some()).then(Instant::now);
-                frame.run_layer_part(i, worker);
-                barrier.wait();
-                if let (Some(t0), Some(slots)) = (t0, times.get()) {
-                    // SAFETY: `times` has one slot per layer (asserted by `run_timed`) and
-                    // only worker 0 writes it, while the caller of `run_inner` waits.
-                    unsafe { *slots.add(i) = t0.elapsed() };
+            let layers_of_worker = || {
+                for i in 0..layers {
+                    let t0 = (worker == 0 && times.get().is_some()).then(Instant::now);
+                    frame.run_layer_part(i, worker);
+                    barrier.wait();
+                    if let (Some(t0), Some(slots)) = (t0, times.get()) {
+                        // SAFETY: `times` has one slot per layer (asserted by `run_timed`)
+                        // and only worker 0 writes it, while the caller of `run_inner` waits.
+                        unsafe { *slots.add(i) = t0.elapsed() };
+                    }
                 }
+            };
+            // A worker that panics will not reach the next barrier: poison it so the others
+            // stop waiting (and panic in turn); the pool passes the panic on to the caller.
+            if let Err(payload) = catch_unwind(AssertUnwindSafe(layers_of_worker)) {
+                barrier.poison();
+                resume_unwind(payload);
             }
         };
         self.pool.run(&job);

@@ -1,8 +1,14 @@
 //! A persistent worker pool: `threads - 1` parked threads plus the caller run each layer
 //! together. Per job the caller publishes it with one store and waits for one counter; each
 //! worker sees the store and bumps the counter. Nothing is allocated per job.
+//!
+//! A panic inside a job never leaves a thread waiting: every worker catches its own and
+//! still reports done, a [`SpinBarrier`] can be poisoned so that parties waiting for one
+//! that will never arrive panic too, and [`WorkerPool::run`] waits for every worker (they
+//! borrow the job) before it passes the panic on to its caller.
 
 use std::cell::UnsafeCell;
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
@@ -37,6 +43,8 @@ pub struct SpinBarrier {
     /// Arrivals in the current generation and the generation, on one cache line: an
     /// arrival is one read-modify-write of it, a release one more store.
     state: Line<(AtomicUsize, AtomicUsize)>,
+    /// Set when a party panicked and will not arrive: waiters then panic instead of waiting.
+    poisoned: AtomicBool,
 }
 
 impl SpinBarrier {
@@ -45,11 +53,28 @@ impl SpinBarrier {
         SpinBarrier {
             parties: parties.max(1),
             state: Line((AtomicUsize::new(0), AtomicUsize::new(0))),
+            poisoned: AtomicBool::new(false),
         }
+    }
+
+    /// Marks the barrier broken: a party panicked. Every current and later `wait` panics
+    /// until [`reset`](SpinBarrier::reset).
+    pub fn poison(&self) {
+        self.poisoned.store(true, Ordering::Release);
+    }
+
+    /// Clears arrivals and poisoning, for a new job once no party is waiting (the
+    /// exclusive borrow proves it).
+    pub fn reset(&mut self) {
+        *self.state.0 .0.get_mut() = 0;
+        *self.poisoned.get_mut() = false;
     }
 
     /// Returns once all parties have called `wait` (for this generation). Everything a
     /// party wrote before it arrived is visible to every party after it returns.
+    ///
+    /// # Panics
+    /// If the barrier is or becomes poisoned while waiting.
     pub fn wait(&self) {
         if self.parties == 1 {
             return;
@@ -63,7 +88,11 @@ impl SpinBarrier {
             generation.fetch_add(1, Ordering::Release);
             return;
         }
-        spin_until(SPINS, || generation.load(Ordering::Acquire) != current);
+        let poisoned = || self.poisoned.load(Ordering::Acquire);
+        spin_until(SPINS, || generation.load(Ordering::Acquire) != current || poisoned());
+        if generation.load(Ordering::Acquire) == current {
+            panic!("another worker of this job panicked");
+        }
     }
 }
 
@@ -84,6 +113,9 @@ struct Shared {
     /// every worker finished.
     job: UnsafeCell<Option<*const Job>>,
     stop: AtomicBool,
+    /// Set by a worker whose job panicked (it still reports done); read and cleared by the
+    /// caller once every worker is done.
+    panicked: AtomicBool,
     /// Workers asleep (or about to sleep) on `wake`: the caller takes the lock and notifies
     /// only when there are any, so a job handed to spinning workers makes no system call.
     sleepers: AtomicUsize,
@@ -150,6 +182,7 @@ impl WorkerPool {
             done: Line(AtomicUsize::new(0)),
             job: UnsafeCell::new(None),
             stop: AtomicBool::new(false),
+            panicked: AtomicBool::new(false),
             sleepers: AtomicUsize::new(0),
             lock: Mutex::new(()),
             wake: Condvar::new(),
@@ -169,9 +202,14 @@ impl WorkerPool {
                             // SAFETY: the caller stored the job before publishing this
                             // epoch (acquired above) and keeps it alive, untouched, until
                             // this worker reports done below.
-                            unsafe {
-                                let job = (*shared.job.get()).expect("job set");
-                                (*job)(index);
+                            let job = unsafe { (*shared.job.get()).expect("job set") };
+                            // A panic is caught here, so the worker reports done (the caller
+                            // waits for that) and stays in the pool; the panic hook has
+                            // already printed its message.
+                            // SAFETY: as above: the job is alive until the report below.
+                            if catch_unwind(AssertUnwindSafe(|| unsafe { (*job)(index) })).is_err()
+                            {
+                                shared.panicked.store(true, Ordering::Relaxed);
                             }
                             shared.done.0.fetch_add(1, Ordering::Release);
                         }
@@ -188,6 +226,10 @@ impl WorkerPool {
     }
 
     /// Runs `job(i)` on every worker `i` and returns when all are done.
+    ///
+    /// # Panics
+    /// If the job panicked on any worker: after every worker is done, with the caller's own
+    /// panic if it had one. The pool stays usable.
     pub fn run<'a>(&self, job: &'a (dyn Fn(usize) + Sync + 'a)) {
         if self.threads == 1 {
             job(0);
@@ -202,10 +244,19 @@ impl WorkerPool {
         // (waited for below) and none sees a new epoch before `publish`.
         unsafe { *shared.job.get() = Some(erased) };
         shared.publish();
-        job(0);
+        // The workers borrow the job: even if it panics here, wait for them first.
+        let own = catch_unwind(AssertUnwindSafe(|| job(0)));
         let workers = self.threads - 1;
         spin_until(DONE_SPINS, || shared.done.0.load(Ordering::Acquire) == workers);
         shared.done.0.store(0, Ordering::Relaxed);
+        // The done counter (acquired above) orders each worker's flag before its report.
+        let worker_panicked = shared.panicked.swap(false, Ordering::Relaxed);
+        if let Err(payload) = own {
+            resume_unwind(payload);
+        }
+        if worker_panicked {
+            panic!("a worker thread panicked while running a job");
+        }
     }
 }
 
@@ -225,7 +276,80 @@ impl Drop for WorkerPool {
 mod tests {
     use super::*;
     use std::sync::atomic::AtomicU64;
+    use std::sync::mpsc;
     use std::time::Duration;
+
+    /// Runs `f` on its own thread and fails if it has not finished within a minute: a
+    /// regression in these tests is a hang, which must fail rather than stall the suite.
+    fn within_a_minute(f: impl FnOnce() + Send + 'static) {
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            f();
+            let _ = tx.send(());
+        });
+        rx.recv_timeout(Duration::from_secs(60)).expect("finished (no worker left waiting)");
+    }
+
+    /// A job that panics on any one worker makes `run` panic on the caller once every
+    /// worker is done, and the pool keeps working afterwards.
+    #[test]
+    fn a_panicking_job_fails_the_run_and_the_pool_survives() {
+        within_a_minute(|| {
+            for threads in [2, 3] {
+                let pool = WorkerPool::new(threads);
+                for culprit in 0..threads {
+                    let ran = AtomicUsize::new(0);
+                    let result = catch_unwind(AssertUnwindSafe(|| {
+                        pool.run(&|w| {
+                            ran.fetch_add(1, Ordering::Relaxed);
+                            if w == culprit {
+                                panic!("test panic on worker {w}");
+                            }
+                        })
+                    }));
+                    assert!(result.is_err(), "{threads} threads, worker {culprit} panicked");
+                    assert_eq!(ran.load(Ordering::Relaxed), threads, "every worker ran");
+                    let after = AtomicUsize::new(0);
+                    pool.run(&|_| {
+                        after.fetch_add(1, Ordering::Relaxed);
+                    });
+                    assert_eq!(after.load(Ordering::Relaxed), threads, "the pool still works");
+                }
+            }
+        });
+    }
+
+    /// When one party panics and poisons the barrier, the parties waiting at it panic
+    /// instead of waiting forever; after a reset it works again.
+    #[test]
+    fn a_poisoned_barrier_releases_its_waiters() {
+        within_a_minute(|| {
+            let threads = 3;
+            let pool = WorkerPool::new(threads);
+            let mut barrier = SpinBarrier::new(threads);
+            let released = AtomicUsize::new(0);
+            let result = catch_unwind(AssertUnwindSafe(|| {
+                pool.run(&|w| {
+                    if w == 1 {
+                        barrier.poison();
+                        panic!("test panic before the barrier");
+                    }
+                    let waited = catch_unwind(AssertUnwindSafe(|| barrier.wait()));
+                    assert!(waited.is_err(), "worker {w} left a poisoned barrier by panicking");
+                    released.fetch_add(1, Ordering::Relaxed);
+                })
+            }));
+            assert!(result.is_err());
+            assert_eq!(released.load(Ordering::Relaxed), threads - 1);
+            barrier.reset();
+            let passed = AtomicUsize::new(0);
+            pool.run(&|_| {
+                barrier.wait();
+                passed.fetch_add(1, Ordering::Relaxed);
+            });
+            assert_eq!(passed.load(Ordering::Relaxed), threads);
+        });
+    }
 
     /// Every worker runs every job exactly once, whether the others spun at the barriers
     /// (back-to-back jobs) or fell asleep there (a pause far longer than the spin).
