@@ -31,49 +31,50 @@ mod table_pw512;
 
 /// Defines `fn $name([$v; 16]) -> [$v; 16]`, a 16x16 byte transpose done independently in
 /// every 128-bit lane of `$v` (the unpack instructions work per lane), from the nine
-/// intrinsics given: zero, then the low/high unpacks of 8-, 16-, 32- and 64-bit elements.
+/// intrinsics given: the low/high unpacks of 8-, 16-, 32- and 64-bit elements.
 /// Shared by the SSE2 (one matrix) and AVX2 (two matrices at once) tile transposes.
 macro_rules! byte_transpose16 {
     ($(#[$attr:meta])* fn $name:ident($v:ty) {
-        $zero:ident, $lo8:ident, $hi8:ident, $lo16:ident, $hi16:ident, $lo32:ident,
+        $lo8:ident, $hi8:ident, $lo16:ident, $hi16:ident, $lo32:ident,
         $hi32:ident, $lo64:ident, $hi64:ident
     }) => {
         $(#[$attr])*
         fn $name(r: [$v; 16]) -> [$v; 16] {
+            // Straight-line stages over named registers: written as loops over arrays, LLVM
+            // kept the arrays on the stack (a store and a load per vector and stage).
             // SAFETY: register-only operations of an instruction set the function's target
             // features (or the x86_64 baseline, for SSE2) guarantee.
             #[allow(unused_unsafe)]
             unsafe {
-                let mut a = [$zero(); 16];
-                for i in 0..8 {
-                    a[i] = $lo8(r[2 * i], r[2 * i + 1]);
-                    a[i + 8] = $hi8(r[2 * i], r[2 * i + 1]);
-                }
-                // a[h*8 + i]: rows 2i, 2i+1; columns h*8..h*8+8
-                let mut b = [$zero(); 16];
-                for h in 0..2 {
-                    for i in 0..4 {
-                        let (x, y) = (a[h * 8 + 2 * i], a[h * 8 + 2 * i + 1]);
-                        b[h * 8 + i] = $lo16(x, y);
-                        b[h * 8 + 4 + i] = $hi16(x, y);
-                    }
-                }
-                // b[base + i] (base = h*8 + q*4): rows 4i..4i+4; columns base..base+4
-                let mut c = [$zero(); 16];
-                for base in [0, 4, 8, 12] {
-                    for i in 0..2 {
-                        let (x, y) = (b[base + 2 * i], b[base + 2 * i + 1]);
-                        c[base + i] = $lo32(x, y);
-                        c[base + 2 + i] = $hi32(x, y);
-                    }
-                }
-                // c[base + 2e + i]: rows 8i..8i+8; columns base+2e, base+2e+1
-                let mut out = [$zero(); 16];
-                for base in (0..16).step_by(2) {
-                    out[base] = $lo64(c[base], c[base + 1]);
-                    out[base + 1] = $hi64(c[base], c[base + 1]);
-                }
-                out
+                let [r0, r1, r2, r3, r4, r5, r6, r7, r8, r9, r10, r11, r12, r13, r14, r15] = r;
+                // a[i], a[i + 8]: rows 2i, 2i+1; columns 0..8 and 8..16
+                let [a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15] = [
+                    $lo8(r0, r1), $lo8(r2, r3), $lo8(r4, r5), $lo8(r6, r7),
+                    $lo8(r8, r9), $lo8(r10, r11), $lo8(r12, r13), $lo8(r14, r15),
+                    $hi8(r0, r1), $hi8(r2, r3), $hi8(r4, r5), $hi8(r6, r7),
+                    $hi8(r8, r9), $hi8(r10, r11), $hi8(r12, r13), $hi8(r14, r15),
+                ];
+                // b[h*8 + q*4 + i]: rows 4i..4i+4; columns h*8 + q*4..+4
+                let [b0, b1, b2, b3, b4, b5, b6, b7, b8, b9, b10, b11, b12, b13, b14, b15] = [
+                    $lo16(a0, a1), $lo16(a2, a3), $lo16(a4, a5), $lo16(a6, a7),
+                    $hi16(a0, a1), $hi16(a2, a3), $hi16(a4, a5), $hi16(a6, a7),
+                    $lo16(a8, a9), $lo16(a10, a11), $lo16(a12, a13), $lo16(a14, a15),
+                    $hi16(a8, a9), $hi16(a10, a11), $hi16(a12, a13), $hi16(a14, a15),
+                ];
+                // c[base + 2e + i] (base = 0, 4, 8, 12): rows 8i..8i+8; columns base+2e, +1
+                let [c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, c11, c12, c13, c14, c15] = [
+                    $lo32(b0, b1), $lo32(b2, b3), $hi32(b0, b1), $hi32(b2, b3),
+                    $lo32(b4, b5), $lo32(b6, b7), $hi32(b4, b5), $hi32(b6, b7),
+                    $lo32(b8, b9), $lo32(b10, b11), $hi32(b8, b9), $hi32(b10, b11),
+                    $lo32(b12, b13), $lo32(b14, b15), $hi32(b12, b13), $hi32(b14, b15),
+                ];
+                // out[j]: column j, rows 0..16
+                [
+                    $lo64(c0, c1), $hi64(c0, c1), $lo64(c2, c3), $hi64(c2, c3),
+                    $lo64(c4, c5), $hi64(c4, c5), $lo64(c6, c7), $hi64(c6, c7),
+                    $lo64(c8, c9), $hi64(c8, c9), $lo64(c10, c11), $hi64(c10, c11),
+                    $lo64(c12, c13), $hi64(c12, c13), $lo64(c14, c15), $hi64(c14, c15),
+                ]
             }
         }
     };

@@ -1010,7 +1010,7 @@ super::byte_transpose16! {
     /// Transposes a 16x16 byte matrix held as 16 rows.
     #[inline(always)]
     fn transpose16x16(__m128i) {
-        _mm_setzero_si128, _mm_unpacklo_epi8, _mm_unpackhi_epi8, _mm_unpacklo_epi16,
+        _mm_unpacklo_epi8, _mm_unpackhi_epi8, _mm_unpacklo_epi16,
         _mm_unpackhi_epi16, _mm_unpacklo_epi32, _mm_unpackhi_epi32, _mm_unpacklo_epi64,
         _mm_unpackhi_epi64
     }

@@ -185,6 +185,7 @@ unsafe fn run_avx512(
         max: _mm256_set1_epi8(epi.output_max),
     };
     let sums = if narrow { Sums::Narrow(acc.narrow) } else { Sums::Wide(acc.wide) };
+    let rows = short_rows(n);
     let mut start = 0;
     while start < pixels {
         let valid = TILE.min(pixels - start);
@@ -204,7 +205,7 @@ unsafe fn run_avx512(
             let output = output.as_mut_ptr().add(start * n);
             if short {
                 requantize_tile_short(acc.narrow, short_params, &requant, otile);
-                store_output_short(otile, n, valid, output);
+                store_output_short(otile, n, valid, output, &rows);
             } else {
                 if folded {
                     requantize_tile::<true>(sums, &requant, n, otile);
@@ -283,7 +284,7 @@ super::byte_transpose16! {
     #[inline]
     #[target_feature(enable = "avx2")]
     fn transpose16x16x2(__m256i) {
-        _mm256_setzero_si256, _mm256_unpacklo_epi8, _mm256_unpackhi_epi8,
+        _mm256_unpacklo_epi8, _mm256_unpackhi_epi8,
         _mm256_unpacklo_epi16, _mm256_unpackhi_epi16, _mm256_unpacklo_epi32,
         _mm256_unpackhi_epi32, _mm256_unpacklo_epi64, _mm256_unpackhi_epi64
     }
@@ -439,43 +440,105 @@ unsafe fn requantize_tile_short(
     }
 }
 
+/// Byte offsets of the output rows of a short-form tile's positions: position `q` holds
+/// pixel [`short_pixel`]`(q)`, whose row starts `short_pixel(q) * n` bytes into the tile's
+/// output. Computed once per call.
+fn short_rows(n: usize) -> [usize; TILE] {
+    core::array::from_fn(|q| short_pixel(q) * n)
+}
+
 /// Writes a short-form output tile ([`requantize_tile_short`]) to `valid` pixel rows of `n`
 /// channels: per 32-channel block one 16x16 byte transpose in each 128-bit lane of 16 zmm
 /// rows makes column `t` of lane `l` the 16 channels `16 (t / 8)..` of the block at position
-/// `8 l + t % 8`, stored with a 16-byte masked store per lane. (Storing each lane straight
-/// from the zmm with a shifted 64-byte mask, without extracts, was measured slower: those
-/// stores straddle cache lines.)
+/// `8 l + t % 8`. A whole tile's full blocks are stored with plain 16-byte stores, which
+/// `vextracti32x4` does straight from the zmm (no shuffle), in straight-line code that keeps
+/// the columns in registers; the last tile and a channel tail use masked stores. (Storing
+/// each lane straight from the zmm with a shifted 64-byte mask, without extracts, was
+/// measured slower: those stores straddle cache lines.)
 ///
 /// # Safety
 /// AVX-512 BW/VL; `otile` as written by [`requantize_tile_short`] for `n` channels, 64-byte
-/// aligned; `output` writable for `valid * n` bytes.
+/// aligned; `output` writable for `valid * n` bytes; `rows` is [`short_rows`]`(n)`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2")]
-unsafe fn store_output_short(otile: *const u8, n: usize, valid: usize, output: *mut i8) {
-    for block in 0..n.div_ceil(32) {
+unsafe fn store_output_short(
+    otile: *const u8,
+    n: usize,
+    valid: usize,
+    output: *mut i8,
+    rows: &[usize; TILE],
+) {
+    // The columns of 32-channel block `block`.
+    let columns = |block: usize| {
         // SAFETY: (caller) the tile holds whole 32-channel blocks of 16 rows.
-        let rows: [__m512i; 16] = core::array::from_fn(|j| unsafe {
+        let tile: [__m512i; 16] = core::array::from_fn(|j| unsafe {
             _mm512_load_si512(otile.add(64 * (block * 16 + j)).cast())
         });
-        let cols = transpose16x16x4(rows);
-        for (t, col) in cols.iter().enumerate() {
-            let channel = block * 32 + 16 * (t / 8);
-            if channel >= n {
+        transpose16x16x4(tile)
+    };
+    for block in 0..n.div_ceil(32) {
+        // SAFETY: (caller) every position's pixel below `valid` has n writable bytes from
+        // its row offset; the plain stores write channels block * 32.. + 32 <= n of all 32
+        // pixels, the masked ones only bytes below n of pixels below `valid`.
+        unsafe {
+            let base = output.add(block * 32);
+            if valid < TILE || block * 32 + 32 > n {
+                // Out of line, so the columns of whole blocks stay in registers.
+                store_columns_masked(columns(block), base, n - block * 32, rows, valid);
                 continue;
             }
-            let channels = first_bytes(n - channel);
-            let lanes = [
-                _mm512_castsi512_si128(*col),
-                _mm512_extracti32x4_epi32::<1>(*col),
-                _mm512_extracti32x4_epi32::<2>(*col),
-                _mm512_extracti32x4_epi32::<3>(*col),
-            ];
-            for (lane, bytes) in lanes.into_iter().enumerate() {
-                let p = 8 * lane + short_pixel(t % 8);
-                if p < valid {
-                    // SAFETY: (caller) pixel p < valid has n writable bytes; the mask keeps
-                    // the store to bytes channel.. below n of that pixel.
-                    unsafe { _mm_mask_storeu_epi8(output.add(p * n + channel), channels, bytes) };
-                }
+            let cols = columns(block);
+            // Column t: channels 16 (t / 8).. at positions 8 l + t % 8.
+            macro_rules! put {
+                ($($t:literal)*) => {$({
+                    let (col, at, r) = (cols[$t], base.add(16 * ($t / 8)), $t % 8);
+                    _mm_storeu_si128(at.add(rows[r]).cast(), _mm512_castsi512_si128(col));
+                    let lane1 = _mm512_extracti32x4_epi32::<1>(col);
+                    _mm_storeu_si128(at.add(rows[8 + r]).cast(), lane1);
+                    let lane2 = _mm512_extracti32x4_epi32::<2>(col);
+                    _mm_storeu_si128(at.add(rows[16 + r]).cast(), lane2);
+                    let lane3 = _mm512_extracti32x4_epi32::<3>(col);
+                    _mm_storeu_si128(at.add(rows[24 + r]).cast(), lane3);
+                })*};
+            }
+            put!(0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15);
+        }
+    }
+}
+
+/// The stores of [`store_output_short`] for the last tile or a block with fewer than 32
+/// channels (`channels` of them): only the rows of pixels below `valid`, only the bytes
+/// of existing channels.
+///
+/// # Safety
+/// AVX-512 BW/VL; the rows of pixels below `valid` are writable for `channels.min(32)` bytes
+/// from `base`.
+#[inline(never)]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2")]
+unsafe fn store_columns_masked(
+    cols: [__m512i; 16],
+    base: *mut i8,
+    channels: usize,
+    rows: &[usize; TILE],
+    valid: usize,
+) {
+    for (t, col) in cols.iter().enumerate() {
+        let channel = 16 * (t / 8);
+        if channel >= channels {
+            break;
+        }
+        let mask = first_bytes(channels - channel);
+        let lanes = [
+            _mm512_castsi512_si128(*col),
+            _mm512_extracti32x4_epi32::<1>(*col),
+            _mm512_extracti32x4_epi32::<2>(*col),
+            _mm512_extracti32x4_epi32::<3>(*col),
+        ];
+        for (lane, bytes) in lanes.into_iter().enumerate() {
+            let q = 8 * lane + t % 8;
+            if short_pixel(q) < valid {
+                // SAFETY: (caller) pixel short_pixel(q) < valid: its bytes below `channels`
+                // are writable.
+                unsafe { _mm_mask_storeu_epi8(base.add(rows[q] + channel), mask, bytes) };
             }
         }
     }
@@ -486,7 +549,7 @@ super::byte_transpose16! {
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw")]
     fn transpose16x16x4(__m512i) {
-        _mm512_setzero_si512, _mm512_unpacklo_epi8, _mm512_unpackhi_epi8,
+        _mm512_unpacklo_epi8, _mm512_unpackhi_epi8,
         _mm512_unpacklo_epi16, _mm512_unpackhi_epi16, _mm512_unpacklo_epi32,
         _mm512_unpackhi_epi32, _mm512_unpacklo_epi64, _mm512_unpackhi_epi64
     }
