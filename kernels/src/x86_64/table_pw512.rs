@@ -10,8 +10,10 @@
 //! - the requantization epilogue handles 16 int32 lanes per step and narrows with the
 //!   saturating `vpmovsdb`.
 //!
-//! Chunks keep the tables near 30 KiB (L1): 12 groups of lut40 (12 * 40 rows of 64 bytes) or
-//! 6 groups of lut81 (6 * 81 * 64). Int16 sums wrap, so only a sum's final value has to fit:
+//! Chunks keep the tables in L1 next to the tile and the sums: 12 groups of lut40 (12 * 40
+//! rows of 64 bytes, 30 KiB) or 5 groups of lut81 (5 * 81 * 64, 25 KiB; 6 groups, 30 KiB,
+//! measured 2% slower over the network's pointwise layers, 4 the same as 5, 3 slower again,
+//! and lut40 chunks of 8 the same as 12). Int16 sums wrap, so only a sum's final value has to fit:
 //! they run over at most 48 (lut40) or 60 (lut81) groups, `60 * 4 * 128 < 2^15`, before they
 //! are widened into int32 totals.
 
@@ -32,11 +34,11 @@ const ROW: usize = TILE * 2;
 /// Stored rows per lut40 group: codes 41..=80.
 const ROWS: usize = 40;
 /// Table geometry (row offsets in the prepared lists).
-const GEOMETRY: Geometry = Geometry { row: ROW, chunk40: 12, chunk81: 6, direct: true };
+const GEOMETRY: Geometry = Geometry { row: ROW, chunk40: 12, chunk81: 5, direct: true };
 /// Groups an int16 lut40 sum may span before it is widened (|sum| <= 48 * 512 < 2^15).
 const WINDOW: usize = 4 * GEOMETRY.chunk40;
 /// Groups an int16 lut81 sum spans before it is widened.
-const WINDOW81: usize = 10 * GEOMETRY.chunk81;
+const WINDOW81: usize = 12 * GEOMETRY.chunk81;
 const _: () = assert!(GEOMETRY.offsets_fit_u16());
 const _: () = assert!(WINDOW * 4 * 128 < 1 << 15 && WINDOW81 * 4 * 128 < 1 << 15);
 const _: () =
