@@ -102,8 +102,15 @@ impl Epilogue<'_> {
     /// `2^s` equals flooring `acc (m >> 16) + B16` by `2^(s-16)` (nested floor division); an
     /// arithmetic shift of an int32 by 32 or more is still that floor (0 or -1).
     pub fn short_form(&self, acc_max: i64) -> bool {
-        acc_max < 1 << 15
-            && self.foldable(acc_max)
+        acc_max < 1 << 15 && self.short_form_wide(acc_max)
+    }
+
+    /// The [short form](Epilogue::short_form) for accumulators kept in int32 (any `acc_max`):
+    /// the same formula and proof, with only the int32 sum `acc (m >> 16) + B16` bounded, so
+    /// a kernel with int32 sums multiplies them by `m >> 16` with a 32-bit multiply-add
+    /// (NEON `mla`) instead of forming 64-bit products.
+    pub fn short_form_wide(&self, acc_max: i64) -> bool {
+        self.foldable(acc_max)
             && (0..self.bias.len()).all(|c| {
                 let m = i64::from(self.multiplier[c]);
                 m % (1 << SHORT_FORM_ZERO_BITS) == 0
@@ -452,9 +459,10 @@ mod tests {
             seed ^= seed << 17;
             seed
         };
-        let mut checked = 0;
-        for case in 0..4000 {
-            let acc_max = [127i64, 128 * 16, 128 * 96, 128 * 255, (1 << 15) - 1][case % 5];
+        let (mut checked, mut checked_wide) = (0, 0);
+        for case in 0..8000 {
+            let bounds = [127i64, 128 * 16, 128 * 96, 128 * 255, (1 << 15) - 1, 128 * 384];
+            let acc_max = [bounds[case % 5], bounds[case % 6], 128 * 576, 128 * 960][case % 4];
             let scale = 2f64.powf(-((next() % 1200) as f64) / 100.0 - 1.1);
             let (m, s) = quantize_scale_short(scale).unwrap();
             assert_eq!(m % (1 << 16), 0);
@@ -471,10 +479,15 @@ mod tests {
                 output_min: lo,
                 output_max: hi,
             };
-            if !epi.short_form(acc_max) {
+            assert_eq!(epi.short_form(acc_max), acc_max < 1 << 15 && epi.short_form_wide(acc_max));
+            if !epi.short_form_wide(acc_max) {
                 continue;
             }
-            checked += 1;
+            if acc_max < 1 << 15 {
+                checked += 1;
+            } else {
+                checked_wide += 1;
+            }
             let a16 = epi.short_addend(0);
             for _ in 0..50 {
                 let acc = (next() % (2 * acc_max as u64 + 1)) as i64 - acc_max;
@@ -484,7 +497,8 @@ mod tests {
                 assert_eq!(short, requantize(acc, bias, m, s, zp, lo, hi), "acc {acc} m {m} s {s}");
             }
         }
-        assert!(checked > 2500, "short form held in only {checked} cases");
+        assert!(checked > 1800, "short form held in only {checked} cases");
+        assert!(checked_wide > 400, "wide short form held in only {checked_wide} cases");
         // Not short: a multiplier with low bits set, an accumulator bound of 2^15.
         let epi = Epilogue {
             bias: &[0],

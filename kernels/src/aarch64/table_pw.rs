@@ -270,6 +270,8 @@ unsafe fn run_neon(
     }
     let chunk = scheme.chunk();
     let out = Output::new(epi);
+    // |acc| <= 128 k: int8 activations times weights in {-1, 0, 1}.
+    let short = epi.short_form_wide(128 * k as i64);
     let mut start = 0;
     while start < pixels {
         let valid = TILE.min(pixels - start);
@@ -303,7 +305,7 @@ unsafe fn run_neon(
                 };
                 gs += len;
             }
-            requantize_tile(acc, epi, &out, n, otile);
+            requantize_tile(acc, epi, short, &out, n, otile);
             store_output(otile, n, valid, output.as_mut_ptr().add(start * n));
         }
         start += valid;
@@ -704,19 +706,39 @@ unsafe fn transpose_tile(
 }
 
 /// Requantizes the tile's accumulators: channel `c`'s 16 pixels become 16 bytes at
-/// `otile + 16 c`.
+/// `otile + 16 c`. With `short` ([`Epilogue::short_form_wide`] holds for this layer's
+/// accumulator bound) each channel is `(acc * (m >> 16) + B16) >> (s - 16)`: one 32-bit
+/// multiply-add and one shift (`sshl` by a negative count, a floor) per four pixels instead
+/// of two 64-bit products, two rounding shifts and two narrows.
 ///
 /// # Safety
 /// NEON; `acc` holds `16 n` aligned int32; `otile` is writable for `16 n` bytes; the
-/// epilogue has `n` entries with shifts in the contract's range.
+/// epilogue has `n` entries with shifts in the contract's range; `short` only where the
+/// short form holds.
 #[target_feature(enable = "neon")]
 unsafe fn requantize_tile(
     acc: *const i32,
     epi: &Epilogue<'_>,
+    short: bool,
     out: &Output,
     n: usize,
     otile: *mut i8,
 ) {
+    if short {
+        for c in 0..n {
+            let m = vdupq_n_s32(epi.multiplier[c] >> 16);
+            let addend = vdupq_n_s32(epi.short_addend(c));
+            let right = vdupq_n_s32(16 - i32::from(epi.shift[c]));
+            // SAFETY: (caller) c < n keeps the reads and the 16-byte write in bounds.
+            unsafe {
+                let a = acc.add(TILE * c);
+                let y = [0, 4, 8, 12]
+                    .map(|i| vshlq_s32(vmlaq_s32(addend, vld1q_s32(a.add(i)), m), right));
+                vst1q_s8(otile.add(TILE * c), out.narrow16(y));
+            }
+        }
+        return;
+    }
     let params = epi.bias.iter().zip(epi.multiplier).zip(epi.shift).take(n);
     for (c, ((&b, &m), &s)) in params.enumerate() {
         let q = Quad::splat(b, m, s);
