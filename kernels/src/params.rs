@@ -51,9 +51,13 @@ impl Epilogue<'_> {
             "epilogue: multiplier length != output channels"
         );
         assert_eq!(self.shift.len(), channels, "epilogue: shift length != output channels");
-        assert!(self.multiplier.iter().all(|&m| m >= 0), "epilogue: negative multiplier");
+        // Folds without early exits, so that these per-call passes vectorize.
+        let min_multiplier = self.multiplier.iter().fold(0, |lo: i32, &m| lo.min(m));
+        assert!(min_multiplier >= 0, "epilogue: negative multiplier");
+        let (lo, hi) =
+            self.shift.iter().fold((MIN_SHIFT, MAX_SHIFT), |(lo, hi), &s| (lo.min(s), hi.max(s)));
         assert!(
-            self.shift.iter().all(|&s| (MIN_SHIFT..=MAX_SHIFT).contains(&s)),
+            lo >= MIN_SHIFT && hi <= MAX_SHIFT,
             "epilogue: shift outside {MIN_SHIFT}..={MAX_SHIFT}"
         );
         assert!(self.output_min <= self.output_max, "epilogue: output_min > output_max");
@@ -74,8 +78,10 @@ impl Epilogue<'_> {
     /// `|acc| + |bias| < 2^31` and `m < 2^31` bound `|acc m| + |bias m|` by `2^62`, and with
     /// `s <= 53`, `2^(s-1) + |zp 2^s| <= 2^52 + 2^60`.
     pub fn foldable(&self, acc_max: i64) -> bool {
-        self.shift.iter().all(|&s| s <= FOLD_MAX_SHIFT)
-            && self.bias.iter().all(|&b| i64::from(b).abs() + acc_max <= i64::from(i32::MAX))
+        // Maxima without early exits, so that these per-call passes vectorize.
+        let max_shift = self.shift.iter().fold(0, |hi, &s| hi.max(s));
+        let max_bias = self.bias.iter().fold(0, |hi, &b| hi.max(b.unsigned_abs()));
+        max_shift <= FOLD_MAX_SHIFT && i64::from(max_bias) + acc_max <= i64::from(i32::MAX)
     }
 
     /// Channel `c`'s folded addend `bias * m + 2^(s-1) + zp * 2^s` (meaningful where
@@ -110,12 +116,13 @@ impl Epilogue<'_> {
     /// a kernel with int32 sums multiplies them by `m >> 16` with a 32-bit multiply-add
     /// (NEON `mla`) instead of forming 64-bit products.
     pub fn short_form_wide(&self, acc_max: i64) -> bool {
+        // `&` rather than `&&` inside: no early exit, so the pass vectorizes.
         self.foldable(acc_max)
-            && (0..self.bias.len()).all(|c| {
+            && (0..self.bias.len()).fold(true, |ok, c| {
                 let m = i64::from(self.multiplier[c]);
-                m % (1 << SHORT_FORM_ZERO_BITS) == 0
-                    && self.short_addend_wide(c).abs() + acc_max * (m >> SHORT_FORM_ZERO_BITS)
-                        <= i64::from(i32::MAX)
+                ok & (m % (1 << SHORT_FORM_ZERO_BITS) == 0)
+                    & (self.short_addend_wide(c).abs() + acc_max * (m >> SHORT_FORM_ZERO_BITS)
+                        <= i64::from(i32::MAX))
             })
     }
 
@@ -448,6 +455,38 @@ mod tests {
         };
         assert!(!wide.foldable(11) && wide.foldable(10));
         assert!(!Epilogue { shift: &[54], bias: &[0], ..wide }.foldable(0));
+    }
+
+    /// `check` accepts the contract's ranges and rejects each violation, wherever in the
+    /// channels it is.
+    #[test]
+    fn check_rejects_every_violation() {
+        let ok = |m: &[i32], s: &[u8]| {
+            let bias = vec![0; m.len()];
+            let epi = Epilogue {
+                bias: &bias,
+                multiplier: m,
+                shift: s,
+                output_zero_point: 0,
+                output_min: -128,
+                output_max: 127,
+            };
+            std::panic::catch_unwind(|| epi.check(m.len())).is_ok()
+        };
+        let n = 37;
+        let (m, s) = (vec![1 << 30; n], vec![40u8; n]);
+        assert!(ok(&m, &s));
+        assert!(ok(&vec![0; n], &vec![MIN_SHIFT; n]) && ok(&m, &vec![MAX_SHIFT; n]));
+        for at in [0, 17, n - 1] {
+            let mut bad = m.clone();
+            bad[at] = -1;
+            assert!(!ok(&bad, &s), "negative multiplier at {at}");
+            for wrong in [MIN_SHIFT - 1, MAX_SHIFT + 1] {
+                let mut bad = s.clone();
+                bad[at] = wrong;
+                assert!(!ok(&m, &bad), "shift {wrong} at {at}");
+            }
+        }
     }
 
     #[test]
