@@ -13,9 +13,9 @@
 //! Chunks keep the tables in L1 next to the tile and the sums: 12 groups of lut40 (12 * 40
 //! rows of 64 bytes, 30 KiB) or 5 groups of lut81 (5 * 81 * 64, 25 KiB; 6 groups, 30 KiB,
 //! measured 2% slower over the network's pointwise layers, 4 the same as 5, 3 slower again,
-//! and lut40 chunks of 8 the same as 12). Int16 sums wrap, so only a sum's final value has to fit:
-//! they run over at most 48 (lut40) or 60 (lut81) groups, `60 * 4 * 128 < 2^15`, before they
-//! are widened into int32 totals.
+//! and lut40 chunks of 8 the same as 12). Int16 sums wrap, so only a sum's final value has
+//! to fit: they run over at most 48 (lut40) or 60 (lut81) groups, `60 * 4 * 128 < 2^15`,
+//! before they are widened into int32 totals.
 
 use super::table_pw::{
     direct_zero_offset, prepared_len, round64, short_pixel, Chunk, Chunks, Geometry, Scheme,
