@@ -8,6 +8,8 @@
 
 // Kernel function names follow XNNPACK's convention `op_tile__isa`.
 #[allow(non_snake_case)]
+mod add;
+#[allow(non_snake_case)]
 mod add512;
 #[allow(non_snake_case)]
 mod dw;
@@ -303,20 +305,15 @@ unsafe fn linear_4rows_x16__avx2(_t: Avx2, input: &[i8], w: &[i8], k: usize) -> 
     out
 }
 
-// The other small ops (residual add, pool) are the scalar code compiled with AVX2 enabled,
-// which LLVM vectorises; same integer arithmetic, so bit-identical by construction.
+// The global average pool is the scalar code compiled with AVX2 enabled, which LLVM
+// vectorises; same integer arithmetic, so bit-identical by construction.
 
 pub(crate) fn add_avx512(t: Avx512, a: &[i8], b: &[i8], p: &AddParams, out: &mut [i8]) {
     add512::run(t, a, b, p, out)
 }
 
-pub(crate) fn add(_t: Avx2, a: &[i8], b: &[i8], p: &AddParams, out: &mut [i8]) {
-    #[target_feature(enable = "avx2")]
-    fn add_avx2(a: &[i8], b: &[i8], p: &AddParams, out: &mut [i8]) {
-        crate::scalar::add(a, b, p, out)
-    }
-    // SAFETY: the `Avx2` token proves the CPU has AVX2.
-    unsafe { add_avx2(a, b, p, out) }
+pub(crate) fn add(t: Avx2, a: &[i8], b: &[i8], p: &AddParams, out: &mut [i8]) {
+    add::run(t, a, b, p, out)
 }
 
 pub(crate) fn global_avg_pool(
