@@ -57,8 +57,8 @@ pub(super) struct Geometry {
     pub chunk40: usize,
     /// Groups per lut81 chunk.
     pub chunk81: usize,
-    /// Whether the tier has the table-free [`Scheme::Direct`] kernel.
-    pub direct: bool,
+    /// Output count below which a layer skips the tables ([`Scheme::Direct`]).
+    pub direct_max_n: usize,
 }
 
 impl Geometry {
@@ -74,7 +74,12 @@ impl Geometry {
 }
 
 /// This tier's geometry: 16-pixel rows of 32 bytes.
-const GEOMETRY: Geometry = Geometry { row: ROW, chunk40: CHUNK, chunk81: CHUNK81, direct: false };
+/// 16-pixel tiles halve the table build per addition less than the direct kernel's
+/// additions, so the direct kernel pays off only below 32 outputs here (measured:
+/// 112x112x32->16 0.145 -> 0.134 ms, 56x56x144->24 0.159 -> 0.148 ms, but 28x28x192->32
+/// 0.055 -> 0.057 ms).
+const GEOMETRY: Geometry =
+    Geometry { row: ROW, chunk40: CHUNK, chunk81: CHUNK81, direct_max_n: 32 };
 const _: () = assert!(GEOMETRY.offsets_fit_u16() && GEOMETRY.zero_row() == ZERO_ROW);
 
 /// `(list, stored row)` of a code: list 0 adds, list 1 subtracts, 2 = all-zero group; the
@@ -115,7 +120,7 @@ impl Scheme {
     /// 0.21 ms with lut40, 0.105 ms with lut81; 196x576x96 0.11 vs 0.09 ms; 784x192x32
     /// 0.061 vs 0.075 ms (lut40 better).
     pub(super) fn for_layer(k: usize, n: usize, geo: Geometry) -> Scheme {
-        if geo.direct && n < DIRECT_MAX_N && k <= DIRECT_MAX_K {
+        if n < geo.direct_max_n && k <= DIRECT_MAX_K {
             Scheme::Direct
         } else if n >= k || n >= LUT81_MIN_N {
             Scheme::Lut81
@@ -127,8 +132,6 @@ impl Scheme {
 
 /// Output count from which a layer uses full 81-row tables whatever its input count.
 const LUT81_MIN_N: usize = 96;
-/// Output count below which a tier with the direct kernel skips the tables.
-const DIRECT_MAX_N: usize = 64;
 /// Largest input count of the direct kernel: its int16 sums, at most `128 k` in magnitude,
 /// never wrap.
 pub(super) const DIRECT_MAX_K: usize = 255;
@@ -282,7 +285,9 @@ struct Layout {
 impl Layout {
     fn new(k: usize, n: usize) -> Layout {
         let xt = 0;
-        let tables = xt + round64(groups(k) * 4 * ROW);
+        // Whole 16-channel blocks, so that the direct kernel's zero vector (the first vector
+        // of the table area) is at `direct_zero_offset`.
+        let tables = xt + round64(k.div_ceil(16) * 16 * ROW);
         let wide = tables + round64((ZERO_ROW + ROW).max(CHUNK81 * CODES * ROW));
         let narrow = wide + round64(n * 64);
         let otile = narrow + round64(n * 32);
@@ -351,6 +356,13 @@ unsafe fn run_avx2(
         _mm256_store_si256(tables.add(ZERO_ROW).cast(), _mm256_setzero_si256());
         (scratch.add(layout.xt).cast::<__m256i>(), tables, acc, scratch.add(layout.otile))
     };
+    let scheme = Scheme::for_layer(k, n, GEOMETRY);
+    // The direct kernel's zero vector, right after the tile (its tables are unused).
+    assert_eq!(layout.tables - layout.xt, direct_zero_offset(k, GEOMETRY));
+    if scheme == Scheme::Direct {
+        // SAFETY: the table area starts with at least one aligned vector.
+        unsafe { _mm256_store_si256(tables.cast(), _mm256_setzero_si256()) };
+    }
     let out_params = OutputParams::new(epi.output_zero_point, epi.output_min, epi.output_max);
     // The per-channel rounding terms and post shifts, once per call rather than per tile.
     // SAFETY: the layout reserved n i64 and n i32 for them, suitably aligned.
@@ -360,9 +372,10 @@ unsafe fn run_avx2(
             std::slice::from_raw_parts_mut(scratch.add(layout.posts).cast::<i32>(), n),
         )
     };
-    let scheme = Scheme::for_layer(k, n, GEOMETRY);
+    // The direct kernel's int16 sums never wrap (k <= DIRECT_MAX_K).
     let single = match scheme {
-        Scheme::Lut40 | Scheme::Direct => Chunks::single(g, WINDOW),
+        Scheme::Direct => true,
+        Scheme::Lut40 => Chunks::single(g, WINDOW),
         Scheme::Lut81 => Chunks::single(g, WINDOW81),
     };
     // Final int16 sums and short-form parameters: the 16-bit epilogue. |acc| <= 128 k.
@@ -392,7 +405,7 @@ unsafe fn run_avx2(
                 Scheme::Lut81 => ternary_pw_16x4c_lut81__avx2_mac(
                     xt, lists, g, n, tables, acc, CHUNK81, WINDOW81,
                 ),
-                Scheme::Direct => unreachable!("the AVX2 geometry has no direct kernel"),
+                Scheme::Direct => ternary_pw_16x1c_direct__avx2_mac(xt, lists, n, acc.narrow),
             }
             let output = output.as_mut_ptr().add(start * n);
             if short {
@@ -483,7 +496,8 @@ macro_rules! table_mac_kernels {
         names: {
             lut40: $lut40:ident, lut81: $lut81:ident, store_sum: $store_sum:ident,
             build_tables: $build_tables:ident, table81: $table81:ident,
-            table40: $table40:ident, table9: $table9:ident, lists: $lists:ident $(,)?
+            table40: $table40:ident, table9: $table9:ident, lists: $lists:ident,
+            direct: $direct:ident $(,)?
         } $(,)?
     ) => {
         /// Where a tile's per-channel sums are: int16 (one vector per channel) when the
@@ -772,6 +786,30 @@ macro_rules! table_mac_kernels {
                 ($add(s0, s1), p.cast())
             }
         }
+
+        /// Add-only MAC of one tile without tables: every output channel adds the input
+        /// vectors of its +1 weights and subtracts those of its -1 weights; channel `c`'s
+        /// int16 sums end in `narrow[c]`.
+        ///
+        /// # Safety
+        /// The target features; `xt` holds the transposed tile followed by a zero vector at
+        /// `direct_zero_offset`; `lists` was produced by `prepare_for` for this `k` and `n`
+        /// (direct); `narrow` has room for `n` vectors.
+        #[inline(never)]
+        #[target_feature(enable = $feat)]
+        unsafe fn $direct(xt: *const $v, lists: *const u16, n: usize, narrow: *mut $v) {
+            let mut list = lists;
+            for c in 0..n {
+                // SAFETY: (caller) each record's offsets name vectors of the tile or its zero
+                // vector; channel c < n has its narrow vector.
+                unsafe {
+                    let (plus, minus) = (usize::from(*list) / 2, usize::from(*list.add(1)) / 2);
+                    let (sum, next) = $lists($zero(), xt.cast(), list.add(2), plus, minus);
+                    list = next;
+                    $store(narrow.add(c), sum);
+                }
+            }
+        }
     };
 }
 pub(super) use table_mac_kernels;
@@ -789,6 +827,7 @@ table_mac_kernels! {
         store_sum: ternary_store_sum__avx2, build_tables: ternary_build_tables__avx2,
         table81: ternary_table81__avx2, table40: ternary_table40__avx2,
         table9: ternary_table9__avx2, lists: ternary_lists__avx2,
+        direct: ternary_pw_16x1c_direct__avx2_mac,
     },
 }
 

@@ -33,8 +33,8 @@ const TILE: usize = 32;
 const ROW: usize = TILE * 2;
 /// Stored rows per lut40 group: codes 41..=80.
 const ROWS: usize = 40;
-/// Table geometry (row offsets in the prepared lists).
-const GEOMETRY: Geometry = Geometry { row: ROW, chunk40: 12, chunk81: 5, direct: true };
+/// Table geometry (row offsets in the prepared lists); the direct kernel below 64 outputs.
+const GEOMETRY: Geometry = Geometry { row: ROW, chunk40: 12, chunk81: 5, direct_max_n: 64 };
 /// Groups an int16 lut40 sum may span before it is widened (|sum| <= 48 * 512 < 2^15).
 const WINDOW: usize = 4 * GEOMETRY.chunk40;
 /// Groups an int16 lut81 sum spans before it is widened.
@@ -234,6 +234,7 @@ super::table_pw::table_mac_kernels! {
         store_sum: ternary_store_sum__avx512, build_tables: ternary_build_tables__avx512,
         table81: ternary_table81__avx512, table40: ternary_table40__avx512,
         table9: ternary_table9__avx512, lists: ternary_lists__avx512,
+        direct: ternary_pw_32x1c_direct__avx512_mac,
     },
 }
 
@@ -249,36 +250,6 @@ fn widen_lo(v: __m512i) -> __m512i {
 #[target_feature(enable = "avx512f,avx512bw")]
 fn widen_hi(v: __m512i) -> __m512i {
     _mm512_cvtepi16_epi32(_mm512_extracti64x4_epi64::<1>(v))
-}
-
-/// Add-only MAC of one 32-pixel tile without tables: every output channel adds the input
-/// vectors of its +1 weights and subtracts those of its -1 weights; channel `c`'s int16
-/// sums end in `narrow[c]`.
-///
-/// # Safety
-/// AVX-512 F/BW; `xt` holds the transposed tile followed by a zero vector at
-/// [`direct_zero_offset`]; `lists` was produced by [`prepare`] for this `k` and `n` (direct);
-/// `narrow` has room for `n` vectors.
-#[inline(never)]
-#[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn ternary_pw_32x1c_direct__avx512_mac(
-    xt: *const __m512i,
-    lists: *const u16,
-    n: usize,
-    narrow: *mut __m512i,
-) {
-    let mut list = lists;
-    for c in 0..n {
-        // SAFETY: (caller) each record's offsets name vectors of the tile or its zero
-        // vector; channel c < n has its narrow vector.
-        unsafe {
-            let (plus, minus) = (usize::from(*list) / 2, usize::from(*list.add(1)) / 2);
-            let (sum, next) =
-                ternary_lists__avx512(_mm512_setzero_si512(), xt.cast(), list.add(2), plus, minus);
-            list = next;
-            _mm512_store_si512(narrow.add(c), sum);
-        }
-    }
 }
 
 super::byte_transpose16! {
