@@ -182,6 +182,8 @@ struct Layout {
     tables: usize,
     acc: usize,
     otile: usize,
+    /// Short-form addends, one i32 per channel, computed once per call.
+    addends: usize,
     total: usize,
 }
 
@@ -191,8 +193,9 @@ impl Layout {
         let tables = xt + XT_BYTES;
         let acc = tables + round64(TABLES_BYTES);
         let otile = acc + round64(n * TILE * 4);
-        let total = otile + round64(n * TILE);
-        Layout { xt, tables, acc, otile, total }
+        let addends = otile + round64(n * TILE);
+        let total = addends + round64(n * 4);
+        Layout { xt, tables, acc, otile, addends, total }
     }
 }
 
@@ -270,8 +273,17 @@ unsafe fn run_neon(
     }
     let chunk = scheme.chunk();
     let out = Output::new(epi);
-    // |acc| <= 128 k: int8 activations times weights in {-1, 0, 1}.
-    let short = epi.short_form_wide(128 * k as i64);
+    // |acc| <= 128 k: int8 activations times weights in {-1, 0, 1}. The short form's
+    // addends (a 64-bit product each) once per call, not per tile.
+    let short = epi.short_form_wide(128 * k as i64).then(|| {
+        // SAFETY: the layout reserved n aligned i32 for them, used by nothing else.
+        let addends =
+            unsafe { std::slice::from_raw_parts_mut(scratch.add(layout.addends).cast(), n) };
+        for (c, a) in addends.iter_mut().enumerate() {
+            *a = epi.short_addend(c);
+        }
+        &*addends
+    });
     let mut start = 0;
     while start < pixels {
         let valid = TILE.min(pixels - start);
@@ -713,21 +725,21 @@ unsafe fn transpose_tile(
 ///
 /// # Safety
 /// NEON; `acc` holds `16 n` aligned int32; `otile` is writable for `16 n` bytes; the
-/// epilogue has `n` entries with shifts in the contract's range; `short` only where the
-/// short form holds.
+/// epilogue has `n` entries with shifts in the contract's range; `short` (the `n` addends)
+/// only where the short form holds.
 #[target_feature(enable = "neon")]
 unsafe fn requantize_tile(
     acc: *const i32,
     epi: &Epilogue<'_>,
-    short: bool,
+    short: Option<&[i32]>,
     out: &Output,
     n: usize,
     otile: *mut i8,
 ) {
-    if short {
-        for c in 0..n {
+    if let Some(addends) = short {
+        for (c, &addend) in addends.iter().enumerate().take(n) {
             let m = vdupq_n_s32(epi.multiplier[c] >> 16);
-            let addend = vdupq_n_s32(epi.short_addend(c));
+            let addend = vdupq_n_s32(addend);
             let right = vdupq_n_s32(16 - i32::from(epi.shift[c]));
             // SAFETY: (caller) c < n keeps the reads and the 16-byte write in bounds.
             unsafe {
