@@ -265,6 +265,26 @@ pub(super) fn direct_zero_offset(k: usize, geo: Geometry) -> usize {
     k.div_ceil(16) * 16 * geo.row
 }
 
+/// Writes the direct kernel's zero vector (one row of zeros at the start of the table area,
+/// which the direct kernel does not otherwise use) when `scheme` is direct, after checking
+/// that the table area starts at [`direct_zero_offset`] from the tile (`tables_offset`).
+///
+/// # Safety
+/// `tables` is writable for `geo.row` bytes.
+pub(super) unsafe fn zero_direct_pad(
+    scheme: Scheme,
+    tables_offset: usize,
+    k: usize,
+    geo: Geometry,
+    tables: *mut u8,
+) {
+    assert_eq!(tables_offset, direct_zero_offset(k, geo), "direct zero vector misplaced");
+    if scheme == Scheme::Direct {
+        // SAFETY: (caller) geo.row writable bytes.
+        unsafe { std::ptr::write_bytes(tables, 0, geo.row) };
+    }
+}
+
 pub(super) fn round64(bytes: usize) -> usize {
     bytes.div_ceil(64) * 64
 }
@@ -359,12 +379,8 @@ unsafe fn run_avx2(
         (scratch.add(layout.xt).cast::<__m256i>(), tables, acc, scratch.add(layout.otile))
     };
     let scheme = Scheme::for_layer(k, n, GEOMETRY);
-    // The direct kernel's zero vector, right after the tile (its tables are unused).
-    assert_eq!(layout.tables - layout.xt, direct_zero_offset(k, GEOMETRY));
-    if scheme == Scheme::Direct {
-        // SAFETY: the table area starts with at least one aligned vector.
-        unsafe { _mm256_store_si256(tables.cast(), _mm256_setzero_si256()) };
-    }
+    // SAFETY: the table area holds far more than one row, at direct_zero_offset (asserted).
+    unsafe { zero_direct_pad(scheme, layout.tables - layout.xt, k, GEOMETRY, tables) };
     let out_params = OutputParams::new(epi.output_zero_point, epi.output_min, epi.output_max);
     // The per-channel rounding terms and post shifts, once per call rather than per tile.
     // SAFETY: the layout reserved n i64 and n i32 for them, suitably aligned.

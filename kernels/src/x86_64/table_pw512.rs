@@ -18,7 +18,7 @@
 //! before they are widened into int32 totals.
 
 use super::table_pw::{
-    direct_zero_offset, prepared_len, round64, short_pixel, Chunk, Chunks, Geometry, Scheme,
+    prepared_len, round64, short_pixel, zero_direct_pad, Chunk, Chunks, Geometry, Scheme,
     ShortParams, LANES,
 };
 use super::Avx512;
@@ -140,11 +140,7 @@ unsafe fn run_avx512(
         };
         let tables = scratch.add(layout.tables);
         _mm512_store_si512(tables.add(GEOMETRY.zero_row()).cast(), _mm512_setzero_si512());
-        // The direct kernel's zero vector, right after the tile (its tables are unused).
-        assert_eq!(layout.tables - layout.xt, direct_zero_offset(k, GEOMETRY));
-        if scheme == Scheme::Direct {
-            _mm512_store_si512(tables.cast(), _mm512_setzero_si512());
-        }
+        zero_direct_pad(scheme, layout.tables - layout.xt, k, GEOMETRY, tables);
         (scratch.add(layout.xt).cast::<__m512i>(), tables, acc, scratch.add(layout.otile))
     };
     // The per-channel epilogue parameters are computed once per call rather than per tile.
