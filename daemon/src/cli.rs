@@ -32,7 +32,7 @@ enum Command {
         /// Width multiplier, 0.35..=1.4.
         #[arg(long, default_value_t = 1.0)]
         width: f32,
-        /// Input resolution, 96..=224, a multiple of 32.
+        /// Input resolution, 32..=224, a multiple of 32.
         #[arg(long, default_value_t = 224)]
         resolution: u32,
         /// Number of classes.
@@ -138,6 +138,46 @@ enum Command {
         /// Camera name.
         camera: String,
     },
+    /// Pack a trained network (the interchange file `prom-train export` writes: safetensors
+    /// with the graph in its metadata) into a .prom model: requantization multipliers and
+    /// shifts, zero-point folds and trit packing per docs/FORMAT.md, validated by the engine,
+    /// written atomically.
+    Pack {
+        /// Interchange file (.safetensors).
+        input: PathBuf,
+        /// Class labels, one per line, in class order.
+        #[arg(long)]
+        labels: PathBuf,
+        /// Output model file.
+        #[arg(short, long)]
+        output: PathBuf,
+    },
+    /// Measure a model's accuracy on a labelled data set with the engine: top-1, top-5,
+    /// per-class accuracy and speed. DATA is a directory with idx files
+    /// (t10k-images-idx3-ubyte[.gz] and t10k-labels-idx1-ubyte[.gz], e.g. Fashion-MNIST;
+    /// greyscale images smaller than the input are centred on a black canvas) or a folder
+    /// tree with one folder per class (named by label or class index).
+    Eval {
+        /// Model file.
+        model: PathBuf,
+        /// Data set directory.
+        data: PathBuf,
+        /// idx split: test (t10k-*) or train.
+        #[arg(long, default_value = "test", value_parser = ["test", "train"])]
+        split: String,
+        /// Evaluate only the first N images.
+        #[arg(long, value_name = "N")]
+        limit: Option<usize>,
+        /// Worker threads.
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+        /// Write every image's int32 logits to FILE (little-endian, images x classes).
+        #[arg(long, value_name = "FILE")]
+        logits: Option<PathBuf>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run the daemon on a private bus with its embedded model and the test pattern, and
     /// print the classifications it publishes over D-Bus (no camera, no system bus needed).
     Demo {
@@ -172,6 +212,18 @@ pub fn main() -> ExitCode {
         Command::Pause { bus, camera } => client::pause_resume(&bus, &camera, true),
         Command::Resume { bus, camera } => client::pause_resume(&bus, &camera, false),
         Command::Demo { frames, json } => client::demo(frames, json),
+        Command::Pack { input, labels, output } => crate::toolkit::pack(&input, &labels, &output),
+        Command::Eval { model, data, split, limit, threads, logits, json } => {
+            crate::toolkit::eval(&crate::toolkit::EvalOptions {
+                model: &model,
+                data: &data,
+                split: &split,
+                limit,
+                threads,
+                json,
+                logits: logits.as_deref(),
+            })
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -649,7 +701,11 @@ fn benchmark(
     let macs_of =
         |k: OpKind| graph.ops.iter().filter(|o| o.record.kind == k).map(|o| o.macs).sum::<u64>();
     let pw = macs_of(OpKind::PointwiseTernary) as f64;
-    let mul = (macs_of(OpKind::Stem) + macs_of(OpKind::Depthwise) + macs_of(OpKind::Linear)) as f64;
+    // int8 pointwise layers (per-layer precision) multiply like the other int8 layers.
+    let mul = (macs_of(OpKind::Stem)
+        + macs_of(OpKind::Depthwise)
+        + macs_of(OpKind::Linear)
+        + macs_of(OpKind::PointwiseInt8)) as f64;
     let other = macs_of(OpKind::AvgPool) as f64;
     let prom_pj = pw * energy::INT8_ADD
         + mul * (energy::INT8_MUL + energy::INT32_ADD)

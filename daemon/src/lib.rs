@@ -12,6 +12,7 @@ pub mod pipeline;
 pub mod preprocess;
 pub mod publish;
 pub mod sources;
+pub mod toolkit;
 
 /// Locks `m`, taking the data even if a thread panicked while holding it: every value the
 /// daemon guards stays consistent at each unlock, so poisoning carries no information here.

@@ -104,11 +104,16 @@ impl Plan {
                 let r = &op.record;
                 let input = tensors[r.input0 as usize];
                 let output = tensors[i + 1];
+                if r.kind.is_pointwise() {
+                    max_k = max_k.max(input.channels);
+                    max_n = max_n.max(output.channels);
+                }
                 let weights =
-                    if r.kind == OpKind::PointwiseTernary {
+                    if r.kind == OpKind::PointwiseInt8 {
                         let (k, n) = (input.channels, output.channels);
-                        max_k = max_k.max(k);
-                        max_n = max_n.max(n);
+                        Weights::Int8(kernels.pack_int8_pointwise(model.blob_i8(r.weights), n, k))
+                    } else if r.kind == OpKind::PointwiseTernary {
+                        let (k, n) = (input.channels, output.channels);
                         let stored = model.blob_u8(r.weights);
                         match mode {
                             PointwiseMode::Ternary => {
@@ -355,7 +360,7 @@ impl Frame<'_> {
         let threads = self.threads;
         let epi_storage;
         let epi = match r.kind {
-            OpKind::Stem | OpKind::Depthwise | OpKind::PointwiseTernary => {
+            OpKind::Stem | OpKind::Depthwise | OpKind::PointwiseTernary | OpKind::PointwiseInt8 => {
                 epi_storage = Epilogue {
                     bias: model.blob_i32(r.bias),
                     multiplier: model.blob_i32(r.multipliers),
@@ -428,7 +433,7 @@ impl Frame<'_> {
                         y,
                     );
                 }
-                OpKind::PointwiseTernary => {
+                OpKind::PointwiseTernary | OpKind::PointwiseInt8 => {
                     let px = part.start * out.width..part.end * out.width;
                     let k = layer.input.channels;
                     let shape = PointwiseShape { pixels: px.len(), k, n: out.channels };
@@ -561,7 +566,7 @@ fn worker_part(
     w: usize,
 ) -> (Range<usize>, Range<usize>) {
     let (units, unit_bytes) = match kind {
-        OpKind::Stem | OpKind::Depthwise | OpKind::PointwiseTernary => {
+        OpKind::Stem | OpKind::Depthwise | OpKind::PointwiseTernary | OpKind::PointwiseInt8 => {
             (split(out.height, threads, w, 1), out.width * out.channels)
         }
         OpKind::Add => (split(out.len(), threads, w, 64), 1),

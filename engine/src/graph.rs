@@ -23,17 +23,20 @@ pub enum OpKind {
     AvgPool = 5,
     /// Int8 linear classifier to int32 logits.
     Linear = 6,
+    /// Int8 pointwise (1x1) conv (a layer kept at int8 precision; multiply kernels).
+    PointwiseInt8 = 7,
 }
 
 impl OpKind {
     /// All kinds.
-    pub const ALL: [OpKind; 6] = [
+    pub const ALL: [OpKind; 7] = [
         OpKind::Stem,
         OpKind::Depthwise,
         OpKind::PointwiseTernary,
         OpKind::Add,
         OpKind::AvgPool,
         OpKind::Linear,
+        OpKind::PointwiseInt8,
     ];
 
     pub(crate) fn from_u8(v: u8) -> Option<OpKind> {
@@ -49,7 +52,13 @@ impl OpKind {
             OpKind::Add => "add",
             OpKind::AvgPool => "avgpool",
             OpKind::Linear => "linear",
+            OpKind::PointwiseInt8 => "pointwise-int8",
         }
+    }
+
+    /// Whether the op is a pointwise (1x1) convolution, ternary or int8.
+    pub fn is_pointwise(self) -> bool {
+        matches!(self, OpKind::PointwiseTernary | OpKind::PointwiseInt8)
     }
 }
 
@@ -308,6 +317,18 @@ impl Graph {
                             max - 1
                         )));
                     }
+                    ((x.height * x.width * k * n) as u64, (k * n + n) as u64)
+                }
+                OpKind::PointwiseInt8 => {
+                    if rec.stride != 1 {
+                        return Err(ctx("stride must be 1".into()));
+                    }
+                    expect_shape(&ctx, y, x.height, x.width, y.channels)?;
+                    let (k, n) = (x.channels, y.channels);
+                    if k > MAX_POINTWISE_K {
+                        return Err(ctx(format!("{k} input channels (at most {MAX_POINTWISE_K})")));
+                    }
+                    blobs.conv(&ctx, &mut rec, n * k, n, 128 * 127 * k as i64)?;
                     ((x.height * x.width * k * n) as u64, (k * n + n) as u64)
                 }
                 OpKind::Add => {

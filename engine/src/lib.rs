@@ -13,6 +13,7 @@ pub mod error;
 pub mod format;
 pub mod graph;
 pub mod model;
+pub mod pack;
 pub mod trits;
 pub mod writer;
 

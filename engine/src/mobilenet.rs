@@ -1,5 +1,5 @@
 //! MobileNetV2 in PROM quantization: the architecture (any width multiplier 0.35-1.4, input
-//! 96-224 in steps of 32, any class count) and a deterministic synthesizer of random-weight
+//! 32-224 in steps of 32, any class count) and a deterministic synthesizer of random-weight
 //! models whose quantization parameters are calibrated on random inputs, so activations
 //! neither saturate nor vanish.
 //!
@@ -22,7 +22,7 @@ use prom_kernels::{
 pub struct SynthConfig {
     /// Width multiplier (0.35..=1.4).
     pub width: f32,
-    /// Input resolution (96..=224, a multiple of 32).
+    /// Input resolution (32..=224, a multiple of 32).
     pub resolution: u32,
     /// Number of classes.
     pub classes: u32,
@@ -32,6 +32,9 @@ pub struct SynthConfig {
     pub zero_fraction: f32,
     /// Calibration images.
     pub calibration_images: usize,
+    /// Indices (in order of appearance) of the pointwise layers synthesized at int8
+    /// precision (`OpKind::PointwiseInt8`); the others are ternary.
+    pub int8_pointwise: Vec<usize>,
 }
 
 impl Default for SynthConfig {
@@ -43,6 +46,7 @@ impl Default for SynthConfig {
             seed: 1,
             zero_fraction: 0.4,
             calibration_images: 2,
+            int8_pointwise: Vec::new(),
         }
     }
 }
@@ -54,7 +58,7 @@ pub enum SynthError {
     #[error("width multiplier {0} is outside 0.35..=1.4")]
     Width(f32),
     /// Resolution outside the family.
-    #[error("resolution {0} must be 96..=224 and a multiple of 32")]
+    #[error("resolution {0} must be 32..=224 and a multiple of 32")]
     Resolution(u32),
     /// No classes.
     #[error("classes must be at least 1 (got {0})")]
@@ -62,6 +66,9 @@ pub enum SynthError {
     /// Zero share outside [0, 1).
     #[error("zero fraction {0} must be in 0.0..1.0")]
     ZeroFraction(f32),
+    /// An int8 pointwise layer index past the network's pointwise layers.
+    #[error("int8 pointwise layer {0} does not exist (MobileNetV2 has {POINTWISE_LAYERS})")]
+    Int8Pointwise(usize),
 }
 
 /// Inverted-residual settings (expansion t, channels c, repeats n, stride s).
@@ -74,6 +81,10 @@ pub const BLOCKS: [(usize, usize, usize, usize); 7] = [
     (6, 160, 3, 2),
     (6, 320, 1, 1),
 ];
+
+/// Number of pointwise layers of MobileNetV2 (expand and project per block, the first block
+/// without expansion, and the final 1x1 conv).
+pub const POINTWISE_LAYERS: usize = 34;
 
 /// Channels rounded to a multiple of 8 the usual MobileNet way (never below 8, never more
 /// than 10% below the exact value).
@@ -184,6 +195,8 @@ struct Builder {
     tensors: Vec<TensorRecord>,
     ops: Vec<OpSpec>,
     zero_fraction: f32,
+    int8_pointwise: Vec<usize>,
+    pointwise_count: usize,
 }
 
 /// Per-channel (multiplier, shift, bias) such that `(a + bias) * M` has the wanted spread.
@@ -317,6 +330,11 @@ impl Builder {
     }
 
     fn pointwise(&mut self, x: &Act, input: u32, n: usize, relu6: bool) -> Act {
+        let index = self.pointwise_count;
+        self.pointwise_count += 1;
+        if self.int8_pointwise.contains(&index) {
+            return self.pointwise_int8(x, input, n, relu6);
+        }
         let k = x.c;
         let trits: Vec<i8> = (0..n * k)
             .map(|_| {
@@ -372,6 +390,45 @@ impl Builder {
                 out,
                 &mut scratch_cell.borrow_mut(),
             )
+        };
+        self.conv(op, x, (x.h, x.w, n), &acc, &sums, relu6, &run)
+    }
+
+    /// An int8 pointwise layer (per-layer precision), run with the int8 kernels.
+    fn pointwise_int8(&mut self, x: &Act, input: u32, n: usize, relu6: bool) -> Act {
+        let k = x.c;
+        let w = self.int8_weights(n * k, 40.0);
+        let sums: Vec<i64> = w.chunks(k).map(|r| r.iter().map(|&v| i64::from(v)).sum()).collect();
+        let pixels = x.h * x.w;
+        let stride = (pixels / 256).max(1);
+        let acc: Vec<Vec<i64>> = x
+            .data
+            .iter()
+            .map(|img| {
+                let mut a = Vec::new();
+                for p in (0..pixels).step_by(stride) {
+                    let row = &img[p * k..(p + 1) * k];
+                    for wrow in w.chunks(k) {
+                        a.push(
+                            wrow.iter()
+                                .zip(row)
+                                .map(|(&w, &q)| i64::from(w) * (i64::from(q) - i64::from(x.zp)))
+                                .sum(),
+                        );
+                    }
+                }
+                a
+            })
+            .collect();
+        let mut op = OpSpec::new(OpKind::PointwiseInt8, input);
+        op.weights = w.iter().map(|&v| v as u8).collect();
+        let shape = PointwiseShape { pixels, k, n };
+        let kernels = self.kernels;
+        let packed = kernels.pack_int8_pointwise(&w, n, k);
+        let mut scratch = kernels.scratch(k, n);
+        let scratch_cell = std::cell::RefCell::new(&mut scratch);
+        let run = |kk: &Kernels, e: &Epilogue<'_>, img: usize, out: &mut [i8]| {
+            kk.int8_pointwise(shape, &x.data[img], &packed, e, out, &mut scratch_cell.borrow_mut())
         };
         self.conv(op, x, (x.h, x.w, n), &acc, &sums, relu6, &run)
     }
@@ -534,7 +591,7 @@ pub fn synthesize(cfg: &SynthConfig) -> Result<ModelSpec, SynthError> {
     if !(0.35..=1.4).contains(&cfg.width) {
         return Err(SynthError::Width(cfg.width));
     }
-    if !(96..=224).contains(&cfg.resolution) || !cfg.resolution.is_multiple_of(32) {
+    if !(32..=224).contains(&cfg.resolution) || !cfg.resolution.is_multiple_of(32) {
         return Err(SynthError::Resolution(cfg.resolution));
     }
     if cfg.classes == 0 {
@@ -542,6 +599,9 @@ pub fn synthesize(cfg: &SynthConfig) -> Result<ModelSpec, SynthError> {
     }
     if !(0.0..1.0).contains(&cfg.zero_fraction) {
         return Err(SynthError::ZeroFraction(cfg.zero_fraction));
+    }
+    if let Some(&bad) = cfg.int8_pointwise.iter().find(|&&i| i >= POINTWISE_LAYERS) {
+        return Err(SynthError::Int8Pointwise(bad));
     }
     let res = cfg.resolution as usize;
     let mut rng = Rng(cfg.seed ^ 0x5052_4f4d);
@@ -558,6 +618,8 @@ pub fn synthesize(cfg: &SynthConfig) -> Result<ModelSpec, SynthError> {
         }],
         ops: Vec::new(),
         zero_fraction: cfg.zero_fraction,
+        int8_pointwise: cfg.int8_pointwise.clone(),
+        pointwise_count: 0,
     };
     let stem_c = make_divisible(32.0 * cfg.width);
     let mut x = b.stem(&images, res, stem_c);
@@ -594,8 +656,11 @@ pub fn synthesize(cfg: &SynthConfig) -> Result<ModelSpec, SynthError> {
     let last_c = if cfg.width > 1.0 { make_divisible(1280.0 * cfg.width) } else { 1280 };
     x = b.pointwise(&x, xi, last_c, true);
     xi = (b.tensors.len() - 1) as u32;
-    x = b.avgpool(&x, xi);
-    xi = (b.tensors.len() - 1) as u32;
+    if x.h * x.w > 1 {
+        // Pooling a single pixel (32x32 inputs) is the identity: the classifier reads it.
+        x = b.avgpool(&x, xi);
+        xi = (b.tensors.len() - 1) as u32;
+    }
     b.linear(&x, xi, cfg.classes as usize);
     let labels = (0..cfg.classes).map(|i| format!("class {i}")).collect();
     let metadata = Metadata {
@@ -627,6 +692,19 @@ pub fn synthesize(cfg: &SynthConfig) -> Result<ModelSpec, SynthError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pointwise_layer_count_and_int8_choice() {
+        let count: usize = BLOCKS.iter().map(|&(t, _, n, _)| n * if t == 1 { 1 } else { 2 }).sum();
+        assert_eq!(count + 1, POINTWISE_LAYERS);
+        let cfg = SynthConfig {
+            resolution: 32,
+            classes: 3,
+            int8_pointwise: vec![POINTWISE_LAYERS],
+            ..SynthConfig::default()
+        };
+        assert_eq!(synthesize(&cfg), Err(SynthError::Int8Pointwise(POINTWISE_LAYERS)));
+    }
 
     #[test]
     fn distinct_shapes_of_mobilenetv2_1_0_224() {

@@ -6,7 +6,15 @@ use prom_kernels::{Kernels, Tier};
 use std::sync::Arc;
 
 fn model(width: f32, resolution: u32, classes: u32, seed: u64) -> Arc<Model> {
-    let cfg = SynthConfig { width, resolution, classes, seed, ..SynthConfig::default() };
+    // A few pointwise layers at int8 precision (per-layer precision), the rest ternary.
+    let cfg = SynthConfig {
+        width,
+        resolution,
+        classes,
+        seed,
+        int8_pointwise: vec![1, 6],
+        ..SynthConfig::default()
+    };
     let bytes = synthesize(&cfg).expect("synth").to_bytes();
     Arc::new(Model::from_bytes(&bytes).expect("synthesized model validates"))
 }
@@ -37,7 +45,7 @@ fn logits(
 
 #[test]
 fn results_identical_across_threads_modes_and_tiers() {
-    for (width, res, classes) in [(0.35, 96, 10), (1.0, 128, 37), (1.4, 96, 5)] {
+    for (width, res, classes) in [(0.35, 96, 10), (1.0, 128, 37), (1.4, 96, 5), (1.0, 32, 10)] {
         let m = model(width, res, classes, 7);
         let input = image(3, (res * res * 3) as usize);
         let reference = logits(&m, Kernels::scalar(), PointwiseMode::Ternary, 1, &input);

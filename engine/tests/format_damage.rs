@@ -759,9 +759,15 @@ fn inconsistent_graph_structure_is_invalid() {
     assert_invalid(&e, &["9 tensors for 7 ops"]);
     let e = patch_err(|b| {
         let at = op_record_pos(b, OP_POOL) + op_field::KIND;
+        b[at] = 8;
+    });
+    assert_invalid(&e, &["op 5", "unknown kind 8"]);
+    // Kind 7 (int8 pointwise) is known; a pool record relabelled as one fails its checks.
+    let e = patch_err(|b| {
+        let at = op_record_pos(b, OP_POOL) + op_field::KIND;
         b[at] = 7;
     });
-    assert_invalid(&e, &["op 5", "unknown kind 7"]);
+    assert_invalid(&e, &["op 5 (pointwise-int8)"]);
     let e = patch_err(|b| {
         let at = op_record_pos(b, OP_POOL) + 100;
         b[at] = 1;

@@ -90,6 +90,17 @@ fn reference(model: &Model, input: &[u8]) -> Vec<i32> {
                     }
                 }
             }
+            OpKind::PointwiseInt8 => {
+                let (k, n) = (xt.channels, yt.channels);
+                let x = &acts[r.input0 as usize];
+                for p in 0..yt.height * yt.width {
+                    for c in 0..n {
+                        let acc: i64 =
+                            (0..k).map(|j| (w[c * k + j] as i8) as i64 * x[p * k + j] as i64).sum();
+                        y[p * n + c] = q(acc, c);
+                    }
+                }
+            }
             OpKind::Add => {
                 let (a, b) = (&acts[r.input0 as usize], &acts[r.input1 as usize]);
                 let (za, zb) =
@@ -152,20 +163,33 @@ fn random_image(seed: u64, len: usize) -> Vec<u8> {
 #[test]
 fn engine_equals_naive_reference_bit_for_bit() {
     let emulated = std::env::var_os("PROM_TEST_EMULATED").is_some();
-    let configs: &[(f32, u32, u32, usize)] = if emulated {
-        &[(0.35, 96, 10, 2), (0.5, 128, 3, 1)]
+    // (width, resolution, classes, images, pointwise layers at int8 precision)
+    let configs: &[(f32, u32, u32, usize, &[usize])] = if emulated {
+        &[(0.35, 96, 10, 2, &[]), (0.5, 128, 3, 1, &[0, 5]), (1.0, 32, 10, 2, &[1, 16])]
     } else {
-        &[(0.35, 96, 10, 6), (0.75, 160, 100, 3), (1.0, 128, 37, 3), (1.4, 96, 7, 3)]
+        &[
+            (0.35, 96, 10, 6, &[]),
+            (0.75, 160, 100, 3, &[0, 3, 33]),
+            (1.0, 128, 37, 3, &[]),
+            (1.4, 96, 7, 3, &[2, 7, 20]),
+            (1.0, 32, 10, 4, &[]),
+            (1.0, 32, 10, 4, &[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16]),
+            (0.35, 64, 5, 3, &[1, 4]),
+        ]
     };
-    for (ci, &(width, res, classes, images)) in configs.iter().enumerate() {
+    for (ci, &(width, res, classes, images, int8)) in configs.iter().enumerate() {
         let cfg = SynthConfig {
             width,
             resolution: res,
             classes,
             seed: 11 + ci as u64,
+            int8_pointwise: int8.to_vec(),
             ..SynthConfig::default()
         };
         let model = Arc::new(Model::from_bytes(&synthesize(&cfg).unwrap().to_bytes()).unwrap());
+        let int8_ops =
+            model.graph().ops.iter().filter(|o| o.record.kind == OpKind::PointwiseInt8).count();
+        assert_eq!(int8_ops, int8.len(), "the model has the int8 pointwise layers asked for");
         let states: Vec<(String, State)> = Tier::ALL
             .into_iter()
             .filter(|t| t.is_available())
@@ -188,7 +212,7 @@ fn engine_equals_naive_reference_bit_for_bit() {
                 assert_eq!(
                     state.run(&input),
                     &expected[..],
-                    "width {width} res {res} image {img}: {name}"
+                    "width {width} res {res} int8 {int8:?} image {img}: {name}"
                 );
             }
         }

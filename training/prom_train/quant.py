@@ -1,0 +1,151 @@
+"""Fake quantizers mirroring the PROM-Q numeric contract (docs/FORMAT.md).
+
+Every quantizer returns values on the grid the engine uses, in float, with straight-through
+gradients: the forward pass is what the integer engine computes (up to the fixed-point
+precision of its multipliers), the backward pass treats rounding as the identity and clamping
+as a gate (zero gradient outside the representable range).
+
+Rounding is half up (`floor(v + 0.5)`), the contract's rule, everywhere.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+#: ReLU6 outputs use the full int8 range for [0, 6]: real = 6/255 * (q + 128).
+RELU6_SCALE = 6.0 / 255.0
+RELU6_ZERO_POINT = -128
+
+#: TWN's threshold factor: a weight is kept (+-1) when |w| > 0.7 * mean|w| of its row.
+TERNARY_THRESHOLD = 0.7
+
+#: Scales below this are treated as an all-zero channel (avoids dividing by zero).
+MIN_SCALE = 1e-8
+
+#: Largest requantization scale `s_in * s_w / s_out` training lets a layer have. The
+#: contract's multipliers and shifts represent scales below 0.5 (docs/FORMAT.md); the packer
+#: rounds multipliers to 15 bits, so keep a margin.
+MAX_REQUANT_SCALE = 0.49
+
+
+class _RoundHalfUpSTE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:  # type: ignore[override]
+        return torch.floor(x + 0.5)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
+        return grad
+
+
+def round_half_up(x: Tensor) -> Tensor:
+    """`floor(x + 0.5)` with a straight-through gradient."""
+    return _RoundHalfUpSTE.apply(x)
+
+
+def fake_quant_affine(x: Tensor, scale: float | Tensor, zero_point: int | Tensor) -> Tensor:
+    """int8 per-tensor affine: `q = clamp(round(x / s) + z, -128, 127)`, back to `s (q - z)`."""
+    q = torch.clamp(round_half_up(x / scale) + zero_point, -128.0, 127.0)
+    return (q - zero_point) * scale
+
+
+def fake_quant_relu6(x: Tensor) -> Tensor:
+    """ReLU6 at the contract's fixed scale: the clamp to [0, 6] is the int8 clamp."""
+    return fake_quant_affine(x, RELU6_SCALE, RELU6_ZERO_POINT)
+
+
+def int8_weight_scale(w: Tensor) -> Tensor:
+    """Symmetric per-output-channel scale (dim 0): max|w| / 127."""
+    return (w.detach().abs().flatten(1).amax(dim=1) / 127.0).clamp(min=MIN_SCALE)
+
+
+def fake_quant_int8_weight(w: Tensor) -> tuple[Tensor, Tensor]:
+    """Weights to [-127, 127] * scale per output channel; returns (weights, scale)."""
+    scale = int8_weight_scale(w)
+    shape = (-1,) + (1,) * (w.dim() - 1)
+    s = scale.view(shape)
+    q = torch.clamp(round_half_up(w / s), -127.0, 127.0)
+    return q * s, scale
+
+
+def ternary_codes(w: Tensor) -> tuple[Tensor, Tensor]:
+    """TWN ternarisation per output channel (dim 0), without gradients.
+
+    Threshold `delta = 0.7 * mean|w|` (Li & Liu 2016: the value that minimises the L2 error
+    for weights close to Gaussian) and scale `alpha = mean |w|` over the kept weights (the L2
+    optimal scale for those trits). Returns (trits in {-1, 0, 1}, alpha).
+    """
+    w = w.detach()
+    a = w.abs().flatten(1)
+    delta = TERNARY_THRESHOLD * a.mean(dim=1, keepdim=True)
+    keep = (a > delta).to(w.dtype)
+    alpha = (a * keep).sum(dim=1) / keep.sum(dim=1).clamp(min=1.0)
+    alpha = alpha.clamp(min=MIN_SCALE)
+    trits = torch.sign(w) * keep.view_as(w)
+    return trits, alpha
+
+
+def fake_quant_ternary_weight(w: Tensor) -> tuple[Tensor, Tensor]:
+    """Ternary weights `alpha[n] * t[n][k]` with a straight-through gradient to `w`."""
+    trits, alpha = ternary_codes(w)
+    shape = (-1,) + (1,) * (w.dim() - 1)
+    wq = trits * alpha.view(shape)
+    return w + (wq - w).detach(), alpha
+
+
+def fake_quant_bias(b: Tensor, scale: Tensor) -> Tensor:
+    """int32 bias at the accumulator's scale `s_in * s_w[n]` (the packer rounds the same)."""
+    return round_half_up(b / scale) * scale
+
+
+class RangeObserver(nn.Module):
+    """Per-tensor activation range for a linear (non-ReLU6) int8 output.
+
+    Tracks the batch min/max while `observing` (a plain average over the first
+    `1 / momentum` batches, an exponential moving average after that); the range
+    always includes 0 (so zero is exact) and gives `s = (max - min) / 255`,
+    `z = round(-128 - min / s)`. Frozen ranges (`observing = False`) are what export uses.
+    """
+
+    def __init__(self, momentum: float = 0.01) -> None:
+        super().__init__()
+        self.momentum = momentum
+        self.observing = True
+        self.register_buffer("min_val", torch.tensor(0.0))
+        self.register_buffer("max_val", torch.tensor(0.0))
+        self.register_buffer("batches", torch.tensor(0, dtype=torch.long))
+        # Bounds on the scale that keep the requantization of the producing and consuming
+        # layers representable (set by the model before every quantized forward).
+        self.min_scale = 0.0
+        self.max_scale = float("inf")
+
+    @torch.no_grad()
+    def observe(self, x: Tensor) -> None:
+        lo, hi = x.detach().min().float(), x.detach().max().float()
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(lo, op=torch.distributed.ReduceOp.MIN)
+            torch.distributed.all_reduce(hi, op=torch.distributed.ReduceOp.MAX)
+        weight = max(self.momentum, 1.0 / float(self.batches + 1))
+        self.min_val.lerp_(lo, weight)
+        self.max_val.lerp_(hi, weight)
+        self.batches += 1
+
+    def set_limits(self, min_scale: float, max_scale: float) -> None:
+        self.min_scale, self.max_scale = min_scale, max_scale
+
+    def qparams(self) -> tuple[float, int]:
+        lo = min(float(self.min_val), 0.0)
+        hi = max(float(self.max_val), 0.0)
+        scale = max((hi - lo) / 255.0, 1e-6)
+        zero_point = int(min(max(round(-128.0 - lo / scale), -128), 127))
+        # A bounded scale keeps the zero point: the window shrinks (or grows) around 0 in
+        # proportion, clipping both ends alike.
+        scale = min(max(scale, self.min_scale), self.max_scale)
+        return scale, zero_point
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.observing:
+            self.observe(x)
+        scale, zero_point = self.qparams()
+        return fake_quant_affine(x, scale, zero_point)
