@@ -189,8 +189,9 @@ def evaluate(model, loader, d: Dist, title: str, show: bool = True) -> dict[str,
     loss_sum = 0.0
     n = len(loader.dataset) if d.world == 1 else len(loader.sampler)
     bar = Progress(n, title, d.main and show)
+    dtype = next(model.parameters()).dtype
     for images, labels in loader:
-        x = datasets.to_rgb_float(images.to(d.device))
+        x = datasets.to_rgb_float(images.to(d.device)).to(dtype)
         labels = labels.to(d.device)
         logits = model(x)
         loss_sum += float(F.cross_entropy(logits, labels, reduction="sum"))
@@ -253,11 +254,26 @@ def train(args, phase: str) -> str:
         model.load_state_dict(source["model"])
     if cfg["labels"] != spec.labels:
         raise ValueError(f"the checkpoint's classes differ from {args.data}'s")
+    teacher = None
+    if phase == "qat" and args.distill > 0:
+        # The float twin as teacher (Hinton et al. 2015): its soft targets carry what the
+        # one-hot labels do not, which is what a ternary network needs most to recover.
+        source_path = resume["args"]["source"] if resume is not None else args.source
+        source = load_checkpoint(source_path)
+        if source["phase"] != "float":
+            raise ValueError(f"--distill needs a float teacher; {source_path} is {source['phase']}")
+        teacher = build_model(source["config"])
+        teacher.load_state_dict(source["model"])
+        teacher.to(d.device).eval()
+        for p in teacher.parameters():
+            p.requires_grad_(False)
     model.to(d.device)
     model.set_quantized(phase == "qat")
     train_loader = loaders(args, spec, cfg["resolution"], d, train=True)
     test_loader = loaders(args, spec, cfg["resolution"], d, train=False)
     if phase == "qat" and resume is None:
+        if args.bn_recalibration_batches > 0:
+            recalibrate_bn(model, train_loader, d, args.bn_recalibration_batches)
         calibrate(model, train_loader, d, args.calibration_batches)
     net: torch.nn.Module = model
     if d.world > 1:
@@ -314,6 +330,13 @@ def train(args, phase: str) -> str:
             labels = labels.to(d.device, non_blocking=True)
             logits = net(x)
             loss = F.cross_entropy(logits, labels, label_smoothing=args.label_smoothing)
+            if teacher is not None:
+                with torch.no_grad():
+                    soft = F.softmax(teacher(x) / args.temperature, dim=1)
+                kd = F.kl_div(
+                    F.log_softmax(logits / args.temperature, dim=1), soft, reduction="batchmean"
+                ) * (args.temperature**2)
+                loss = (1.0 - args.distill) * loss + args.distill * kd
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -341,6 +364,8 @@ def train(args, phase: str) -> str:
             "test_loss": result["loss"],
             "seconds": seconds,
             "images_per_second": train_seen / max(seconds, 1e-9),
+            "train_images": int(train_seen),
+            "world_size": d.world,
         }
         history.append(record)
         d.log(json.dumps(record))
@@ -369,6 +394,19 @@ def train(args, phase: str) -> str:
     return final_path
 
 
+def recalibrate_bn(model: PromMobileNetV2, loader, d: Dist, batches: int) -> None:
+    """Batch-norm statistics re-estimated for the quantized weights (QAT start)."""
+
+    def inputs():
+        for i, (images, _) in enumerate(loader):
+            if i >= batches:
+                return
+            yield datasets.to_rgb_float(images.to(d.device))
+
+    d.log(f"re-estimating batch norm for the quantized weights on {batches} batches")
+    model.recalibrate_batch_norm(inputs())
+
+
 @torch.no_grad()
 def calibrate(model: PromMobileNetV2, loader, d: Dist, batches: int) -> None:
     """Observes the activation ranges on `batches` batches (eval mode, no training)."""
@@ -391,7 +429,7 @@ def cmd_ptq(args) -> None:
     """int8 post-training quantization: calibration only, no training."""
     d = Dist(args.device)
     seed_everything(args.seed)
-    spec = datasets.DataSpec.parse(args.data, args.data_dir)
+    spec = datasets.DataSpec.parse(args.data or "fashion-mnist", args.data_dir)
     if args.source:
         ckpt = load_checkpoint(args.source)
         cfg = dict(ckpt["config"])
@@ -403,6 +441,8 @@ def cmd_ptq(args) -> None:
             raise SystemExit("ptq needs --from CHECKPOINT or --init STATE_DICT")
         state = torch.load(init, map_location="cpu")
         labels = read_labels(args.labels) if args.labels else spec.labels
+        if args.data is None and not args.labels:
+            raise ValueError("ptq with --init needs --labels (or --data for its classes)")
         resolution = args.resolution or spec.resolution or 224
         model = PromMobileNetV2(args.width, len(labels), resolution, init_state=state)
         cfg = {
@@ -419,7 +459,14 @@ def cmd_ptq(args) -> None:
     model.set_pointwise_precision(cfg["precisions"])
     model.to(d.device)
     model.set_quantized(True)
-    loader = loaders(args, spec, cfg["resolution"], d, train=False)
+    if args.calib:
+        images = datasets.CalibrationImages(
+            args.calib, cfg["resolution"], repeats=args.calib_repeats, seed=args.seed
+        )
+        loader = DataLoader(images, batch_size=args.batch_size, num_workers=args.workers)
+        d.log(f"calibrating on {len(images.files)} images x {images.repeats} crops")
+    else:
+        loader = loaders(args, spec, cfg["resolution"], d, train=False)
     calibrate(model, loader, d, args.calibration_batches)
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "ptq.pt")
@@ -441,8 +488,35 @@ def cmd_eval(args) -> None:
     spec = datasets.DataSpec.parse(args.data or ckpt["config"]["data"], args.data_dir)
     loader = loaders(args, spec, ckpt["config"]["resolution"], d, train=False)
     result = evaluate(model, loader, d, f"eval {ckpt['phase']}")
+    if args.compare_logits:
+        result.update(agreement(model, loader, d, args.compare_logits))
     if d.main:
         print(json.dumps({"checkpoint": args.checkpoint, "phase": ckpt["phase"], **result}))
+
+
+@torch.no_grad()
+def agreement(model, loader, d: Dist, path: str) -> dict[str, float]:
+    """Top-1 agreement of this model with another's logits (`promctl eval --logits`, int32,
+    images x classes, in the data set's order)."""
+    if d.world > 1:
+        raise ValueError("--compare-logits runs in one process")
+    other = np.fromfile(path, dtype="<i4")
+    classes = model.classes
+    if other.size % classes:
+        raise ValueError(f"{path}: {other.size} values are not whole rows of {classes} logits")
+    other = other.reshape(-1, classes)
+    model.eval()
+    ours = []
+    dtype = next(model.parameters()).dtype
+    for images, _ in loader:
+        x = datasets.to_rgb_float(images.to(d.device)).to(dtype)
+        ours.append(model(x).argmax(1).cpu().numpy())
+    mine = np.concatenate(ours)
+    if len(mine) != len(other):
+        raise ValueError(f"{path} has {len(other)} images, the data set {len(mine)}")
+    theirs = other.argmax(1)
+    same = int((mine == theirs).sum())
+    return {"compared_images": len(mine), "top1_agreement": 100.0 * same / len(mine)}
     d.close()
 
 
@@ -501,6 +575,12 @@ def add_common(p: argparse.ArgumentParser, training: bool = True) -> None:
         p.add_argument("--resume", action="store_true", help="continue from OUT/<phase>-last.pt")
         p.add_argument("--calibration-batches", type=int, default=20)
         p.add_argument(
+            "--bn-recalibration-batches",
+            type=int,
+            default=20,
+            help="QAT: batches to re-estimate batch norm for the quantized weights (0: off)",
+        )
+        p.add_argument(
             "--freeze-observers-epoch",
             type=int,
             default=1,
@@ -511,6 +591,14 @@ def add_common(p: argparse.ArgumentParser, training: bool = True) -> None:
             help="QAT: pointwise layers kept int8 (all, none, or indices like 0,16); "
             "the rest are ternary",
         )
+        p.add_argument(
+            "--distill",
+            type=float,
+            default=0.0,
+            help="QAT: weight of distillation from the float twin (0: labels only, 1: teacher "
+            "only)",
+        )
+        p.add_argument("--temperature", type=float, default=2.0, help="distillation temperature")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -545,10 +633,18 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--resolution", type=int)
     p.add_argument("--calibration-batches", type=int, default=8)
     p.add_argument("--int8-pointwise", help="default all (PTQ cannot make ternary accurate)")
+    p.add_argument("--calib", help="calibrate on the images of this folder (any labels)")
+    p.add_argument("--calib-repeats", type=int, default=8, help="random crops per image")
+    p.set_defaults(data=None)
     p = sub.add_parser("eval", help="test accuracy of a checkpoint (float or fake-quantized)")
     p.add_argument("checkpoint")
     add_common(p, training=False)
     p.set_defaults(data=None)
+    p.add_argument(
+        "--compare-logits",
+        metavar="FILE",
+        help="also report top-1 agreement with these engine logits (promctl eval --logits)",
+    )
     p = sub.add_parser("export", help="write the interchange file for `promctl pack`")
     p.add_argument("checkpoint")
     p.add_argument("-o", "--output", required=True, help="interchange file (.safetensors)")

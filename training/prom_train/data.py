@@ -116,6 +116,46 @@ class ImageFolderU8(Dataset):
         return img, label
 
 
+class CalibrationImages(Dataset):
+    """Every image of a folder (recursively), for calibration only (labels are unused):
+    `repeats` random resized crops of each, so a handful of photos gives varied inputs."""
+
+    EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp")
+
+    def __init__(self, root: str, resolution: int, repeats: int = 8, seed: int = 0) -> None:
+        import torchvision.transforms as T
+
+        self.files = sorted(
+            os.path.join(d, f)
+            for d, _, names in os.walk(root)
+            for f in names
+            if f.lower().endswith(self.EXTENSIONS)
+        )
+        if not self.files:
+            raise FileNotFoundError(f"{root}: no images for calibration")
+        self.repeats = repeats
+        self.seed = seed
+        self.tf = T.Compose(
+            [T.RandomResizedCrop(resolution, scale=(0.35, 1.0)), T.RandomHorizontalFlip()]
+        )
+        self.centre = T.Compose([T.Resize(resolution * 256 // 224), T.CenterCrop(resolution)])
+
+    def __len__(self) -> int:
+        return len(self.files) * self.repeats
+
+    def __getitem__(self, i: int) -> tuple[Tensor, int]:
+        import torchvision.transforms.functional as TF
+        from PIL import Image
+
+        img = Image.open(self.files[i % len(self.files)]).convert("RGB")
+        if i < len(self.files):
+            out = self.centre(img)
+        else:
+            torch.manual_seed(self.seed * 1_000_003 + i)
+            out = self.tf(img)
+        return TF.pil_to_tensor(out), 0
+
+
 @dataclass
 class DataSpec:
     """`fashion-mnist` or `imagefolder:PATH` (PATH/train and PATH/val)."""

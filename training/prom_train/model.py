@@ -72,6 +72,28 @@ class QConvBN(nn.Module):
         return quant.fake_quant_int8_weight(w)
 
     @torch.no_grad()
+    @torch.no_grad()
+    def observe_batch_norm(self, x: Tensor) -> None:
+        """Batch-norm re-estimation for quantized weights: the running statistics become
+        those of this layer's output with its weights quantized (ternary or int8 per channel
+        commute with the fold's per-channel gain), averaged over the batches seen, so the
+        folded network is normalised again after quantization."""
+        wq, _ = self.quantized_weights(self.conv.weight)
+        c = self.conv
+        y = F.conv2d(x, wq, None, c.stride, c.padding, c.dilation, c.groups)
+        mean = y.mean(dim=(0, 2, 3))
+        var = y.var(dim=(0, 2, 3), unbiased=False)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            n = float(torch.distributed.get_world_size())
+            torch.distributed.all_reduce(mean)
+            torch.distributed.all_reduce(var)
+            mean, var = mean / n, var / n
+        seen = int(self.bn.num_batches_tracked)
+        weight = 1.0 / (seen + 1)
+        self.bn.running_mean.lerp_(mean, weight)
+        self.bn.running_var.lerp_(var, weight)
+        self.bn.num_batches_tracked += 1
+
     def max_weight_scale(self) -> float:
         """The largest per-channel weight scale after folding (ternary alpha or int8 step)."""
         w, _ = self.folded()
@@ -88,15 +110,28 @@ class QConvBN(nn.Module):
         y = self.bn(self.conv(x))
         return torch.clamp(y, 0.0, 6.0) if self.relu6 else y
 
+    def engine_factors(self, in_scale: float, w_scale: Tensor) -> Tensor:
+        """Per-channel ratio of the engine's stored requantization scale to the exact one."""
+        out_scale = self.out_qparams()[0]
+        return quant.engine_scale_factors(in_scale * w_scale.detach() / out_scale).view(1, -1, 1, 1)
+
+    def requantize(self, y: Tensor, in_scale: float, w_scale: Tensor) -> Tensor:
+        """The output quantization of `y = acc + bias` (real units), with the engine's
+        rounded multipliers once the output range is known."""
+        if self.relu6:
+            return quant.fake_quant_relu6(y * self.engine_factors(in_scale, w_scale))
+        assert self.out_observer is not None
+        if self.out_observer.observing:
+            self.out_observer.observe(y)
+        scale, zp = self.out_observer.qparams()
+        return quant.fake_quant_affine(y * self.engine_factors(in_scale, w_scale), scale, zp)
+
     def quant_forward(self, x: Tensor, in_scale: float, w: Tensor, b: Tensor) -> Tensor:
         wq, w_scale = self.quantized_weights(w)
         bq = quant.fake_quant_bias(b, in_scale * w_scale)
         c = self.conv
         y = F.conv2d(x, wq, bq, c.stride, c.padding, c.dilation, c.groups)
-        if self.relu6:
-            return quant.fake_quant_relu6(y)
-        assert self.out_observer is not None
-        return self.out_observer(y)
+        return self.requantize(y, in_scale, w_scale)
 
 
 class Stem(QConvBN):
@@ -133,7 +168,7 @@ class Stem(QConvBN):
         wq, w_scale = self.quantized_weights(w)
         bq = quant.fake_quant_bias(b, in_scale * w_scale)
         y = F.conv2d(F.pad(x, (1, 1, 1, 1)), wq, bq, self.conv.stride, 0)
-        return quant.fake_quant_relu6(y)
+        return self.requantize(y, in_scale, w_scale)
 
 
 class Block(nn.Module):
@@ -169,6 +204,7 @@ class PromMobileNetV2(nn.Module):
         self.resolution = resolution
         self.input_zero_point = min(255, max(0, round(255.0 * sum(mean) / len(mean))))
         self.quantized = False
+        self.recalibrating_bn = False
         tv = torchvision_mobilenet_v2(width, classes, init_state)
         feats = tv.features
         self.features = nn.ModuleList()
@@ -222,6 +258,28 @@ class PromMobileNetV2(nn.Module):
             o.observing = on
 
     @torch.no_grad()
+    def recalibrate_batch_norm(self, batches) -> None:
+        """Re-estimates every batch norm (but the stem's, whose int8 weights barely move it)
+        for the quantized weights, layer after layer in one pass per batch, then forgets the
+        activation ranges observed meanwhile (calibrate them again afterwards)."""
+        was_training = self.training
+        self.eval()
+        for layer in self.convs():
+            if not isinstance(layer, Stem):
+                layer.bn.num_batches_tracked.zero_()
+        self.recalibrating_bn = True
+        self.set_observing(True)
+        try:
+            for x in batches:
+                self(x)
+        finally:
+            self.recalibrating_bn = False
+            self.set_observing(False)
+            for o in self.observers():
+                o.batches.zero_()
+            self.train(was_training)
+
+    @torch.no_grad()
     def update_scale_limits(self) -> None:
         """Bounds the observed scales of linear outputs so every requantization scale
         `s_in * s_w / s_out` stays below `quant.MAX_REQUANT_SCALE` (the contract's range):
@@ -259,15 +317,21 @@ class PromMobileNetV2(nn.Module):
         scale = 1.0 / 255.0
         for f in self.features:
             if isinstance(f, Block):
-                block_in = x
+                block_in, in_scale = x, scale
                 for layer in f.conv:
                     x, scale = self._conv(layer, x, scale)
                 if f.residual:
-                    x = block_in + x
-                    if self.quantized:
-                        assert f.add_observer is not None
-                        x = f.add_observer(x)
-                        scale = f.add_observer.qparams()[0]
+                    if not self.quantized:
+                        x = block_in + x
+                        continue
+                    obs = f.add_observer
+                    assert obs is not None
+                    if obs.observing:
+                        obs.observe(block_in + x)
+                    out_scale, zp = obs.qparams()
+                    fa, fb = quant.add_factors(in_scale, scale, out_scale)
+                    x = quant.fake_quant_affine(block_in * fa + x * fb, out_scale, zp)
+                    scale = out_scale
             else:
                 x, scale = self._conv(f, x, scale)
         x = x.mean(dim=(2, 3))
@@ -280,6 +344,8 @@ class PromMobileNetV2(nn.Module):
     def _conv(self, layer: QConvBN, x: Tensor, scale: float) -> tuple[Tensor, float]:
         if not self.quantized:
             return layer.float_forward(x), scale
+        if self.recalibrating_bn and not isinstance(layer, Stem):
+            layer.observe_batch_norm(x)
         w, b = layer.folded()
         y = layer.quant_forward(x, scale, w, b)
         return y, layer.out_qparams()[0]

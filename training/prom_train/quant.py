@@ -10,6 +10,8 @@ Rounding is half up (`floor(v + 0.5)`), the contract's rule, everywhere.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
@@ -97,6 +99,33 @@ def fake_quant_ternary_weight(w: Tensor) -> tuple[Tensor, Tensor]:
 def fake_quant_bias(b: Tensor, scale: Tensor) -> Tensor:
     """int32 bias at the accumulator's scale `s_in * s_w[n]` (the packer rounds the same)."""
     return round_half_up(b / scale) * scale
+
+
+def engine_scale_factors(scales: Tensor) -> Tensor:
+    """Per-channel ratio of the requantization scale the packer stores to the exact `scales`
+    (1 within 2^-15). `promctl pack` uses `prom_kernels::quantize_scale_short`: a multiplier
+    `m` normalised to [2^30, 2^31) (rounded half up), then rounded to its top 15 bits; the
+    shift only places it, so the ratio is `rounded(m) / m`. Multiplying by it makes fake
+    quantization round where the engine does."""
+    s = scales.detach().double()
+    mantissa, _ = torch.frexp(s)
+    m = mantissa * 2.0**31
+    rounded = torch.floor((torch.floor(m + 0.5) + 2.0**15) / 2.0**16) * 2.0**16
+    ratio = torch.where(s > 0, rounded / m, torch.ones_like(m))
+    return ratio.to(scales.dtype)
+
+
+def add_factors(scale_a: float, scale_b: float, scale_out: float) -> tuple[float, float]:
+    """The residual add's input rescales as the packer stores them (multipliers of at most
+    2^22 over a shift of at most 31), as factors on `scale_x / scale_out`."""
+    ra, rb = scale_a / scale_out, scale_b / scale_out
+    big = max(ra, rb)
+    shift = next((s for s in range(31, 0, -1) if math.floor(big * 2.0**s + 0.5) <= 1 << 22), None)
+    if shift is None:
+        return 1.0, 1.0
+    qa = math.floor(ra * 2.0**shift + 0.5) / 2.0**shift
+    qb = math.floor(rb * 2.0**shift + 0.5) / 2.0**shift
+    return qa / ra, qb / rb
 
 
 class RangeObserver(nn.Module):

@@ -1,0 +1,183 @@
+"""The whole toolkit path on a few hundred Fashion-MNIST images: float fine-tuning, QAT
+(and resuming it), export, `promctl pack`, `promctl eval`, and the independent numpy
+simulator, which must equal the engine bit for bit."""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from prom_train import cli, promsim
+from prom_train.export import read_safetensors, write_safetensors
+
+COMMON = ["--limit", "256", "--eval-limit", "200", "--batch-size", "64", "--max-steps", "3"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, fashion_dir, promctl):
+    out = tmp_path_factory.mktemp("smoke")
+    d = str(out)
+    assert cli.main(["finetune", "--out", d, "--epochs", "1", *COMMON]) == 0
+    float_ckpt = os.path.join(d, "float.pt")
+    qat = ["qat", "--from", float_ckpt, "--out", d, "--calibration-batches", "2", *COMMON]
+    assert cli.main([*qat, "--epochs", "1", "--int8-pointwise", "5"]) == 0
+    # Resume: a second epoch continues from qat-last.pt.
+    assert cli.main([*qat, "--epochs", "2", "--int8-pointwise", "5", "--resume"]) == 0
+    interchange = os.path.join(d, "model.safetensors")
+    assert cli.main(["export", os.path.join(d, "qat.pt"), "-o", interchange]) == 0
+    model = os.path.join(d, "model.prom")
+    labels = os.path.join(d, "model.labels")
+    subprocess.run([promctl, "pack", interchange, "--labels", labels, "-o", model], check=True)
+    return {"dir": d, "interchange": interchange, "labels": labels, "model": model}
+
+
+def test_resume_continued_the_run(run):
+    ckpt = torch.load(os.path.join(run["dir"], "qat.pt"), map_location="cpu")
+    assert [h["epoch"] for h in ckpt["history"]] == [1, 2]
+    assert ckpt["config"]["precisions"].count("int8") == 1
+    assert ckpt["config"]["precisions"][5] == "int8"
+
+
+def test_packed_model_has_the_chosen_precisions(run, promctl):
+    out = subprocess.run(
+        [promctl, "inspect", run["model"], "--json"], check=True, capture_output=True, text=True
+    ).stdout
+    kinds = [layer["kind"] for layer in json.loads(out)["layers"]]
+    assert kinds.count("pointwise-int8") == 1 and kinds.count("pointwise") == 33
+
+
+def test_engine_equals_the_numpy_simulator_bit_for_bit(run, promctl, fashion_dir, tmp_path):
+    logits = tmp_path / "engine.bin"
+    subprocess.run(
+        [promctl, "eval", run["model"], fashion_dir, "--limit", "300", "--logits", str(logits)],
+        check=True,
+        capture_output=True,
+    )
+    engine = np.fromfile(logits, dtype="<i4").reshape(300, 10)
+    with open(run["model"], "rb") as f:
+        model = promsim.PromModel(f.read())
+    images, _ = promsim.load_idx_inputs(fashion_dir, 32, 300)
+    sim = promsim.run(model, images)
+    assert sim.shape == engine.shape
+    assert np.array_equal(sim, engine), f"{int((sim != engine).any(1).sum())} images differ"
+    # The comparison is not vacuous: logits vary across images and classes.
+    assert len(np.unique(engine.argmax(1))) > 1 and engine.std() > 0
+
+
+def test_fake_quant_model_agrees_with_the_engine(run, promctl, fashion_dir, tmp_path, capsys):
+    logits = tmp_path / "engine.bin"
+    subprocess.run(
+        [promctl, "eval", run["model"], fashion_dir, "--limit", "200", "--logits", str(logits)],
+        check=True,
+        capture_output=True,
+    )
+    ckpt = os.path.join(run["dir"], "qat.pt")
+    capsys.readouterr()
+    args = ["eval", ckpt, "--eval-limit", "200", "--compare-logits", str(logits)]
+    assert cli.main(args) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["compared_images"] == 200
+    assert report["top1_agreement"] >= 97.0, report
+
+
+def _rewrite(src: str, dst: str, edit) -> None:
+    tensors, meta = read_safetensors(src)
+    tensors = {k: v.copy() for k, v in tensors.items()}
+    graph = json.loads(meta["prom_graph"])
+    edit(tensors, graph)
+    write_safetensors(dst, tensors, {"prom_graph": json.dumps(graph)})
+
+
+def _pack_error(promctl, interchange, labels, out) -> str:
+    r = subprocess.run(
+        [promctl, "pack", interchange, "--labels", labels, "-o", out],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode != 0
+    assert not os.path.exists(out), "a failed pack must not leave a model behind"
+    return r.stderr
+
+
+def test_pack_names_the_bad_tensor_and_writes_nothing(run, promctl, tmp_path):
+    out = str(tmp_path / "bad.prom")
+    bad = str(tmp_path / "bad.safetensors")
+
+    def off_grid(t, g):
+        t["op3.weight"][0, 0, 0, 0] += 0.37 * float(t["op3.weight_scale"][0])
+
+    _rewrite(run["interchange"], bad, off_grid)
+    err = _pack_error(promctl, bad, run["labels"], out)
+    assert "op 3 (pointwise)" in err and "op3.weight" in err and "grid" in err
+
+    def wrong_shape(t, g):
+        t["op1.bias"] = t["op1.bias"][:-1]
+
+    _rewrite(run["interchange"], bad, wrong_shape)
+    err = _pack_error(promctl, bad, run["labels"], out)
+    assert "op1.bias" in err and "shape" in err
+
+    def missing(t, g):
+        del t["op7.weight_scale"]
+
+    _rewrite(run["interchange"], bad, missing)
+    assert "op7.weight_scale" in _pack_error(promctl, bad, run["labels"], out)
+
+    def nan(t, g):
+        t["op2.bias"][3] = np.nan
+
+    _rewrite(run["interchange"], bad, nan)
+    assert "not finite" in _pack_error(promctl, bad, run["labels"], out)
+
+    def relu6_scale(t, g):
+        g["ops"][0]["output_scale"] = 0.5
+
+    _rewrite(run["interchange"], bad, relu6_scale)
+    assert "ReLU6" in _pack_error(promctl, bad, run["labels"], out)
+
+    short = tmp_path / "short.labels"
+    short.write_text("a\nb\n")
+    assert "2 labels for a 10-class model" in _pack_error(
+        promctl, run["interchange"], str(short), out
+    )
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_bytes(struct.pack("<Q", 1 << 40) + b"{}")
+    assert "not a safetensors file" in _pack_error(promctl, str(garbage), run["labels"], out)
+
+
+def test_ddp_with_two_cpu_processes(tmp_path, fashion_dir):
+    """The same command under torchrun: 2 gloo processes, each on its half of the data."""
+    out = tmp_path / "ddp"
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29517",
+        "-m",
+        "prom_train.cli",
+        "finetune",
+        "--out",
+        str(out),
+        "--epochs",
+        "1",
+        "--device",
+        "cpu",
+        *COMMON,
+    ]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    ckpt = torch.load(out / "float.pt", map_location="cpu")
+    record = ckpt["history"][0]
+    # Both ranks trained: 3 steps of 64 images each, summed over 2 processes.
+    assert record["train_images"] == 2 * 3 * 64, record
+    assert record["world_size"] == 2

@@ -1,0 +1,64 @@
+"""The fake quantizers against the contract's integer rules (docs/FORMAT.md)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from prom_train import quant
+
+
+def test_round_half_up_is_the_contracts_rounding():
+    x = torch.tensor([-2.5, -1.5, -0.5, 0.5, 1.5, 2.49, 2.5])
+    assert quant.round_half_up(x).tolist() == [-2.0, -1.0, 0.0, 1.0, 2.0, 2.0, 3.0]
+
+
+def test_fake_quant_affine_matches_the_integer_formula_and_gates_gradients():
+    scale, zp = 0.05, -7
+    x = torch.linspace(-9.0, 9.0, 721, requires_grad=True)
+    y = quant.fake_quant_affine(x, scale, zp)
+    for v, out in zip(x.tolist(), y.tolist()):
+        q = min(max(math.floor(v / scale + 0.5) + zp, -128), 127)
+        assert abs(out - (q - zp) * scale) < 1e-5
+    y.sum().backward()
+    lo, hi = (-128 - zp) * scale, (127 - zp) * scale
+    inside = (x > lo + scale) & (x < hi - scale)
+    outside = (x < lo - scale) | (x > hi + scale)
+    assert torch.all(x.grad[inside] == 1.0) and torch.all(x.grad[outside] == 0.0)
+
+
+def test_relu6_uses_the_fixed_scale():
+    y = quant.fake_quant_relu6(torch.tensor([-1.0, 0.0, 3.0, 6.0, 7.0]))
+    assert torch.allclose(y, torch.tensor([0.0, 0.0, 128 * 6 / 255, 6.0, 6.0]), atol=1e-6)
+
+
+def test_ternary_threshold_and_scale_follow_twn():
+    w = torch.tensor([[0.1, -0.9, 0.5, 0.02], [0.0, 0.0, 0.0, 0.0]])
+    trits, alpha = quant.ternary_codes(w)
+    # row 0: mean |w| = 0.38, threshold 0.266: -0.9 and 0.5 kept, alpha = 0.7
+    assert trits[0].tolist() == [0.0, -1.0, 1.0, 0.0]
+    assert abs(float(alpha[0]) - 0.7) < 1e-6
+    assert trits[1].tolist() == [0.0] * 4 and float(alpha[1]) == quant.MIN_SCALE
+    wq, _ = quant.fake_quant_ternary_weight(w.clone().requires_grad_(True))
+    assert torch.allclose(wq[0], torch.tensor([0.0, -0.7, 0.7, 0.0]))
+
+
+def test_int8_weights_are_symmetric_per_channel():
+    w = torch.tensor([[0.5, -1.0, 0.25], [2.0, 0.01, -0.3]])
+    wq, scale = quant.fake_quant_int8_weight(w)
+    assert torch.allclose(scale, torch.tensor([1.0 / 127, 2.0 / 127]))
+    q = wq / scale.view(-1, 1)
+    assert torch.allclose(q, q.round()) and q.abs().max() <= 127
+
+
+def test_observer_limits_keep_the_zero_point():
+    obs = quant.RangeObserver()
+    obs.observe(torch.tensor([-3.0, 9.0]))
+    scale, zp = obs.qparams()
+    assert abs(scale - 12.0 / 255) < 1e-7 and zp == round(-128 + 3.0 / scale)
+    obs.set_limits(0.0, scale / 2)
+    s2, z2 = obs.qparams()
+    assert abs(s2 - scale / 2) < 1e-9 and z2 == zp
+    obs.set_limits(scale * 3, float("inf"))
+    assert abs(obs.qparams()[0] - scale * 3) < 1e-9
