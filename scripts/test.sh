@@ -10,18 +10,22 @@
 #    4. cargo clippy -p prom-kernels --all-targets --target aarch64-unknown-linux-gnu -- -D warnings
 #    5. cargo test --workspace --release (release: the bit-exact tests run full MobileNetV2 shapes)
 #    6. scripts/check-add-only.sh: no multiply in the ternary (add-only) kernels, x86_64 + aarch64
-#    7. aarch64 kernel tests under qemu-aarch64 with QEMU_CPU=cortex-a72 (Raspberry Pi 4),
+#    7. scripts/test-training.sh: the Python toolkit (installs Debian's PyTorch, Fashion-MNIST
+#       and a cached venv when missing): ruff, then pytest (quantizers, a training smoke test
+#       through pack/eval with the numpy simulator bit-exact, DDP with 2 processes, the
+#       shipped models);
+#    8. aarch64 kernel tests under qemu-aarch64 with QEMU_CPU=cortex-a72 (Raspberry Pi 4),
 #       PROM_TEST_EMULATED=1, then `tier_really_ran -- --nocapture`, which must print
 #       `tier-check: neon ran` (proof that the NEON tier, not scalar, was tested);
-#    8. the same with QEMU_CPU=cortex-a76 (Raspberry Pi 5);
-#    9. armv7-unknown-linux-gnueabihf kernel tests under qemu-arm (scalar tier), or a
+#    9. the same with QEMU_CPU=cortex-a76 (Raspberry Pi 5);
+#   10. armv7-unknown-linux-gnueabihf kernel tests under qemu-arm (scalar tier), or a
 #       SKIPPED line when arm-linux-gnueabihf-gcc is not available.
 # A failing step does not stop the later ones (set PROM_TEST_FAIL_FAST=1 to stop at the first
 # failure); the exit status is non-zero if any step failed. A failing prerequisite step
 # stops everything.
 #
 # Environment:
-#   PROM_TEST_SKIP_CROSS=1   skip steps 7-9 (the emulated runs) for a quick local check;
+#   PROM_TEST_SKIP_CROSS=1   skip steps 8-10 (the emulated runs) for a quick local check;
 #                            the default is to run everything.
 #   PROM_TEST_FAIL_FAST=1    stop at the first failing step.
 #   CARGO_TERM_COLOR         default: always on a terminal or GitHub Actions, never otherwise.
@@ -142,6 +146,7 @@ step "clippy (aarch64, prom-kernels)" \
   cargo clippy -p prom-kernels --all-targets --target "$AARCH64" -- -D warnings
 step "tests (host, release)" cargo test --workspace --release
 step "add-only check (x86_64, aarch64)" scripts/check-add-only.sh
+step "training toolkit (Python)" scripts/test-training.sh
 
 if [ "${PROM_TEST_SKIP_CROSS:-0}" = 1 ]; then
   skip "aarch64 tests under qemu, cortex-a72" "PROM_TEST_SKIP_CROSS=1"

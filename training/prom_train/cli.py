@@ -221,6 +221,15 @@ def train(args, phase: str) -> str:
         model = build_model(cfg)
         model.load_state_dict(resume["model"])
         d.log(f"resuming {last_path} after epoch {resume['epoch']}")
+    elif phase == "float" and getattr(args, "source", None):
+        # Continue fine-tuning a float checkpoint with a fresh schedule.
+        source = load_checkpoint(args.source)
+        if source["phase"] != "float":
+            raise ValueError(f"{args.source} is a {source['phase']} checkpoint, not float")
+        cfg = dict(source["config"])
+        model = build_model(cfg)
+        model.load_state_dict(source["model"])
+        d.log(f"continuing from {args.source}")
     elif phase == "float":
         resolution = args.resolution or spec.resolution or 224
         init = args.init or default_init()
@@ -339,6 +348,8 @@ def train(args, phase: str) -> str:
                 loss = (1.0 - args.distill) * loss + args.distill * kd
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if args.clip_grad > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip_grad)
             opt.step()
             sched.step()
             seen += len(labels)
@@ -570,6 +581,7 @@ def add_common(p: argparse.ArgumentParser, training: bool = True) -> None:
         p.add_argument("--epochs", type=int, default=5)
         p.add_argument("--wd", type=float, default=4e-5, help="weight decay")
         p.add_argument("--label-smoothing", type=float, default=0.1)
+        p.add_argument("--clip-grad", type=float, default=2.0, help="gradient norm limit (0: none)")
         p.add_argument("--warmup-steps", type=int, default=200)
         p.add_argument("--max-steps", type=int, help="at most N steps per epoch (smoke tests)")
         p.add_argument("--resume", action="store_true", help="continue from OUT/<phase>-last.pt")
@@ -607,9 +619,12 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("finetune", help="float fine-tuning from ImageNet weights")
     add_common(p)
     p.add_argument("--init", help="torchvision MobileNetV2 state dict (default: ImageNet)")
+    p.add_argument(
+        "--from", dest="source", help="continue from a float checkpoint (a new schedule)"
+    )
     p.add_argument("--width", type=float, default=1.0)
     p.add_argument("--resolution", type=int, help="input side (default: the data set's, or 224)")
-    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--lr", type=float, default=0.01)
     p = sub.add_parser("qat", help="PROM quantization-aware training from a float checkpoint")
     add_common(p)
     p.add_argument("--from", dest="source", required=True, help="float (or QAT) checkpoint")

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import quant
 from .model import Block, PromMobileNetV2, QConvBN
 
 INTERCHANGE_FORMAT = "prom-interchange"
@@ -96,6 +97,14 @@ def export_interchange(model: PromMobileNetV2, path: str, notes: str = "") -> di
         w, b = layer.folded()
         wq, w_scale = layer.quantized_weights(w)
         out_scale, out_zp = layer.out_qparams()
+        worst = in_scale * float(w_scale.max()) / out_scale
+        if worst >= quant.MAX_REQUANT_SCALE + 0.005:
+            raise ValueError(
+                f"op {i} ({layer.kind}): requantization scale {worst:.3f} is outside the "
+                "contract's range (below 0.5): this layer's and its neighbours' weight scales "
+                "leave no valid activation scale between them; train longer (QAT lowers "
+                "them), or keep the layer at int8 (--int8-pointwise)"
+            )
         name = f"op{i}"
         tensors[f"{name}.weight"] = _np(wq)
         tensors[f"{name}.weight_scale"] = _np(w_scale)
