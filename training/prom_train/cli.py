@@ -327,7 +327,7 @@ def train(args, phase: str) -> str:
         net.train()
         seen = correct = 0
         loss_sum = 0.0
-        n = steps_per_epoch * args.batch_size
+        n = steps_per_epoch * args.batch_size * d.world
         bar = Progress(n, f"{phase} epoch {epoch + 1}/{args.epochs}", d.main)
         t0 = time.time()
         for step, (images, labels) in enumerate(train_loader):

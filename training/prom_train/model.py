@@ -66,10 +66,16 @@ class QConvBN(nn.Module):
         b = bn.bias - bn.running_mean * gain
         return w, b
 
-    def quantized_weights(self, w: Tensor) -> tuple[Tensor, Tensor]:
+    def quantized_weights(self, w: Tensor, in_scale: float | None = None) -> tuple[Tensor, Tensor]:
+        """Quantized weights and their per-channel scales. Given the input scale, the scales
+        are capped so the requantization scale `s_in * s_w / s_out` stays within the
+        contract's range (below 0.5; docs/TRAINING.md)."""
+        cap = None
+        if in_scale is not None:
+            cap = quant.MAX_REQUANT_SCALE * self.out_qparams()[0] / in_scale
         if self.precision == "ternary":
-            return quant.fake_quant_ternary_weight(w)
-        return quant.fake_quant_int8_weight(w)
+            return quant.fake_quant_ternary_weight(w, cap)
+        return quant.fake_quant_int8_weight(w, cap)
 
     @torch.no_grad()
     @torch.no_grad()
@@ -93,13 +99,6 @@ class QConvBN(nn.Module):
         self.bn.running_mean.lerp_(mean, weight)
         self.bn.running_var.lerp_(var, weight)
         self.bn.num_batches_tracked += 1
-
-    def max_weight_scale(self) -> float:
-        """The largest per-channel weight scale after folding (ternary alpha or int8 step)."""
-        w, _ = self.folded()
-        if self.precision == "ternary":
-            return float(quant.ternary_codes(w)[1].max())
-        return float(quant.int8_weight_scale(w).max())
 
     def out_qparams(self) -> tuple[float, int]:
         if self.out_observer is None:
@@ -127,7 +126,7 @@ class QConvBN(nn.Module):
         return quant.fake_quant_affine(y * self.engine_factors(in_scale, w_scale), scale, zp)
 
     def quant_forward(self, x: Tensor, in_scale: float, w: Tensor, b: Tensor) -> Tensor:
-        wq, w_scale = self.quantized_weights(w)
+        wq, w_scale = self.quantized_weights(w, in_scale)
         bq = quant.fake_quant_bias(b, in_scale * w_scale)
         c = self.conv
         y = F.conv2d(x, wq, bq, c.stride, c.padding, c.dilation, c.groups)
@@ -165,7 +164,7 @@ class Stem(QConvBN):
         return torch.clamp(y, 0.0, 6.0)
 
     def quant_forward(self, x: Tensor, in_scale: float, w: Tensor, b: Tensor) -> Tensor:
-        wq, w_scale = self.quantized_weights(w)
+        wq, w_scale = self.quantized_weights(w, in_scale)
         bq = quant.fake_quant_bias(b, in_scale * w_scale)
         y = F.conv2d(F.pad(x, (1, 1, 1, 1)), wq, bq, self.conv.stride, 0)
         return self.requantize(y, in_scale, w_scale)
@@ -279,40 +278,12 @@ class PromMobileNetV2(nn.Module):
                 o.batches.zero_()
             self.train(was_training)
 
-    @torch.no_grad()
-    def update_scale_limits(self) -> None:
-        """Bounds the observed scales of linear outputs so every requantization scale
-        `s_in * s_w / s_out` stays below `quant.MAX_REQUANT_SCALE` (the contract's range):
-        a layer whose output scale is fixed (ReLU6) bounds its input's scale from above; a
-        linear output is bounded from below by its own layer's scales."""
-        feats = list(self.features)
-        limit = quant.MAX_REQUANT_SCALE
-        for j, f in enumerate(feats):
-            if not isinstance(f, Block):
-                continue
-            project = f.conv[-1]
-            assert project.out_observer is not None
-            lowest = quant.RELU6_SCALE * project.max_weight_scale() / limit
-            nxt = feats[j + 1]
-            consumer = nxt.conv[0] if isinstance(nxt, Block) else nxt
-            highest = float("inf")
-            if consumer.relu6:
-                highest = limit * quant.RELU6_SCALE / consumer.max_weight_scale()
-            if f.residual:
-                assert f.add_observer is not None
-                project.out_observer.set_limits(lowest, float("inf"))
-                f.add_observer.set_limits(0.0, highest)
-            else:
-                project.out_observer.set_limits(lowest, highest)
-
     # -- forward -----------------------------------------------------------------------------
 
     def forward(self, u: Tensor) -> Tensor:
         """`u`: uint8 RGB as float 0..255, NCHW. Returns logits (float; the engine's int32
         logits times their scale in quantized mode)."""
         stem = self.features[0]
-        if self.quantized:
-            self.update_scale_limits()
         x = (u - stem.zero_point) / 255.0
         scale = 1.0 / 255.0
         for f in self.features:

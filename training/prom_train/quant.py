@@ -62,9 +62,12 @@ def int8_weight_scale(w: Tensor) -> Tensor:
     return (w.detach().abs().flatten(1).amax(dim=1) / 127.0).clamp(min=MIN_SCALE)
 
 
-def fake_quant_int8_weight(w: Tensor) -> tuple[Tensor, Tensor]:
-    """Weights to [-127, 127] * scale per output channel; returns (weights, scale)."""
+def fake_quant_int8_weight(w: Tensor, max_scale: float | None = None) -> tuple[Tensor, Tensor]:
+    """Weights to [-127, 127] * scale per output channel; returns (weights, scale). A
+    `max_scale` caps the scale (the largest weights then saturate)."""
     scale = int8_weight_scale(w)
+    if max_scale is not None:
+        scale = scale.clamp(max=max_scale)
     shape = (-1,) + (1,) * (w.dim() - 1)
     s = scale.view(shape)
     q = torch.clamp(round_half_up(w / s), -127.0, 127.0)
@@ -88,9 +91,12 @@ def ternary_codes(w: Tensor) -> tuple[Tensor, Tensor]:
     return trits, alpha
 
 
-def fake_quant_ternary_weight(w: Tensor) -> tuple[Tensor, Tensor]:
-    """Ternary weights `alpha[n] * t[n][k]` with a straight-through gradient to `w`."""
+def fake_quant_ternary_weight(w: Tensor, max_scale: float | None = None) -> tuple[Tensor, Tensor]:
+    """Ternary weights `alpha[n] * t[n][k]` with a straight-through gradient to `w`; a
+    `max_scale` caps `alpha`."""
     trits, alpha = ternary_codes(w)
+    if max_scale is not None:
+        alpha = alpha.clamp(max=max_scale)
     shape = (-1,) + (1,) * (w.dim() - 1)
     wq = trits * alpha.view(shape)
     return w + (wq - w).detach(), alpha
@@ -144,10 +150,6 @@ class RangeObserver(nn.Module):
         self.register_buffer("min_val", torch.tensor(0.0))
         self.register_buffer("max_val", torch.tensor(0.0))
         self.register_buffer("batches", torch.tensor(0, dtype=torch.long))
-        # Bounds on the scale that keep the requantization of the producing and consuming
-        # layers representable (set by the model before every quantized forward).
-        self.min_scale = 0.0
-        self.max_scale = float("inf")
 
     @torch.no_grad()
     def observe(self, x: Tensor) -> None:
@@ -160,17 +162,11 @@ class RangeObserver(nn.Module):
         self.max_val.lerp_(hi, weight)
         self.batches += 1
 
-    def set_limits(self, min_scale: float, max_scale: float) -> None:
-        self.min_scale, self.max_scale = min_scale, max_scale
-
     def qparams(self) -> tuple[float, int]:
         lo = min(float(self.min_val), 0.0)
         hi = max(float(self.max_val), 0.0)
         scale = max((hi - lo) / 255.0, 1e-6)
         zero_point = int(min(max(round(-128.0 - lo / scale), -128), 127))
-        # A bounded scale keeps the zero point: the window shrinks (or grows) around 0 in
-        # proportion, clipping both ends alike.
-        scale = min(max(scale, self.min_scale), self.max_scale)
         return scale, zero_point
 
     def forward(self, x: Tensor) -> Tensor:

@@ -52,13 +52,23 @@ def test_int8_weights_are_symmetric_per_channel():
     assert torch.allclose(q, q.round()) and q.abs().max() <= 127
 
 
-def test_observer_limits_keep_the_zero_point():
+def test_observer_range_includes_zero():
     obs = quant.RangeObserver()
     obs.observe(torch.tensor([-3.0, 9.0]))
     scale, zp = obs.qparams()
     assert abs(scale - 12.0 / 255) < 1e-7 and zp == round(-128 + 3.0 / scale)
-    obs.set_limits(0.0, scale / 2)
-    s2, z2 = obs.qparams()
-    assert abs(s2 - scale / 2) < 1e-9 and z2 == zp
-    obs.set_limits(scale * 3, float("inf"))
-    assert abs(obs.qparams()[0] - scale * 3) < 1e-9
+    obs = quant.RangeObserver()
+    obs.observe(torch.tensor([2.0, 5.1]))
+    scale, zp = obs.qparams()
+    assert abs(scale - 5.1 / 255) < 1e-7 and zp == -128
+
+
+def test_weight_scales_are_capped_for_the_contract():
+    w = torch.tensor([[0.9, -0.9, 0.0], [0.05, -0.05, 0.0]])
+    wq, alpha = quant.fake_quant_ternary_weight(w, max_scale=0.3)
+    assert torch.allclose(alpha, torch.tensor([0.3, 0.05]))
+    assert torch.allclose(wq, torch.tensor([[0.3, -0.3, 0.0], [0.05, -0.05, 0.0]]))
+    wq, s = quant.fake_quant_int8_weight(torch.tensor([[1.27, 0.5]]), max_scale=0.005)
+    assert torch.allclose(s, torch.tensor([0.005])) and torch.allclose(
+        wq, torch.tensor([[0.635, 0.5]])
+    )

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The exact commands that made models/fashion-mnist-prom.prom (logs in models/logs/).
+# Needs what scripts/test-training.sh installs (Debian's PyTorch and Fashion-MNIST, the
+# venv with prom-train and the ImageNet weights) and a release build of promctl.
+# Takes about 70 minutes on 2 CPU cores; add --device cuda for a GPU.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+VENV=${PROM_TRAIN_VENV:-$HOME/.cache/prom-train-venv}
+OUT=${OUT:-runs/fashion-mnist}
+T="$VENV/bin/prom-train"
+# 1. Float twin: fine-tune from torchvision's ImageNet weights, 5 epochs, then 3 more.
+"$T" finetune --data fashion-mnist --out "$OUT/float-1" --epochs 5 --lr 0.01 --seed 0
+"$T" finetune --data fashion-mnist --from "$OUT/float-1/float.pt" --out "$OUT/float-2" \
+  --epochs 3 --lr 0.005 --seed 1
+# 2. PROM QAT: every pointwise layer ternary; batch norm re-estimated, distillation.
+"$T" qat --data fashion-mnist --from "$OUT/float-2/float.pt" --out "$OUT/qat" \
+  --epochs 4 --lr 0.004 --distill 0.5 --seed 2
+# 3. Export, pack, evaluate with the engine, check against the simulator.
+"$T" export "$OUT/qat/qat.pt" -o "$OUT/fashion-mnist-prom.safetensors"
+target/release/promctl pack "$OUT/fashion-mnist-prom.safetensors" \
+  --labels "$OUT/fashion-mnist-prom.labels" -o models/fashion-mnist-prom.prom
+target/release/promctl eval models/fashion-mnist-prom.prom /usr/share/datasets/fashion-mnist \
+  --logits "$OUT/engine-logits.bin"
+"$VENV/bin/python" -m prom_train.promsim models/fashion-mnist-prom.prom \
+  --idx /usr/share/datasets/fashion-mnist --compare "$OUT/engine-logits.bin"
+"$T" eval "$OUT/qat/qat.pt" --compare-logits "$OUT/engine-logits.bin"
