@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The exact commands that made models/mobilenetv2-imagenet-int8.prom (log in models/logs/):
 # int8 post-training quantization of torchvision's ImageNet MobileNetV2, calibrated on the
-# CC0 / public-domain photos of scikit-image's wheel (64 random crops each), then the check
+# CC0 / public-domain photos of scikit-image's wheel (128 random crops each), then the check
 # against the float model on foolbox's 20 labelled ImageNet photos. About 2 minutes on CPU.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -19,7 +19,7 @@ for name in ["astronaut.png", "camera.png", "chelsea.png", "coffee.png", "horse.
         f.write(wheel.read(f"skimage/data/{name}"))
 PY
 "$VENV/bin/prom-train" ptq --labels models/imagenet.labels --calib "$OUT/calib" \
-  --calib-repeats 64 --resolution 224 --batch-size 32 --calibration-batches 16 --out "$OUT"
+  --calib-repeats 128 --resolution 224 --batch-size 32 --calibration-batches 32 --out "$OUT"
 "$VENV/bin/prom-train" export "$OUT/ptq.pt" -o "$OUT/imagenet-int8.safetensors"
 target/release/promctl pack "$OUT/imagenet-int8.safetensors" --labels models/imagenet.labels \
   -o models/mobilenetv2-imagenet-int8.prom

@@ -178,12 +178,22 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Run the daemon on a private bus with its embedded model and the test pattern, and
-    /// print the classifications it publishes over D-Bus (no camera, no system bus needed).
+    /// Run the daemon on a private bus with its embedded trained model (Fashion-MNIST, PROM
+    /// ternary) and a file camera playing bundled test images; classify each image over
+    /// D-Bus (ClassifyImage) and print predicted vs true labels and the accuracy, then the
+    /// camera's Classified signals (no camera, no system bus, no model file needed).
     Demo {
-        /// Results to receive before stopping the daemon.
-        #[arg(long, default_value_t = 20)]
+        /// Classified signals of the demo camera to show before stopping the daemon.
+        #[arg(long, default_value_t = 10)]
         frames: u64,
+        /// Serve this model instead of the embedded Fashion-MNIST PROM model (for example
+        /// models/mobilenetv2-imagenet-int8.prom with --images models/demo/photos).
+        #[arg(long, value_name = "FILE")]
+        model: Option<PathBuf>,
+        /// Classify the images of this folder instead of the bundled Fashion-MNIST test
+        /// images; a name ending in `_<class id>` (such as `cat_281.png`) gives the true class.
+        #[arg(long, value_name = "DIR")]
+        images: Option<PathBuf>,
         /// One JSON object per line.
         #[arg(long)]
         json: bool,
@@ -211,7 +221,12 @@ pub fn main() -> ExitCode {
         Command::Reload { bus, path } => client::reload(&bus, path.as_deref()),
         Command::Pause { bus, camera } => client::pause_resume(&bus, &camera, true),
         Command::Resume { bus, camera } => client::pause_resume(&bus, &camera, false),
-        Command::Demo { frames, json } => client::demo(frames, json),
+        Command::Demo { frames, json, model, images } => client::demo(&client::DemoOptions {
+            frames,
+            json,
+            model: model.as_deref(),
+            images: images.as_deref(),
+        }),
         Command::Pack { input, labels, output } => crate::toolkit::pack(&input, &labels, &output),
         Command::Eval { model, data, split, limit, threads, logits, json } => {
             crate::toolkit::eval(&crate::toolkit::EvalOptions {

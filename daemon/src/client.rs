@@ -432,33 +432,95 @@ fn wait_for_service(
     }
 }
 
-/// `promctl demo`: a private bus, the daemon with the embedded model and the test pattern,
-/// and the classifications it publishes, received over D-Bus.
-pub fn demo(frames: u64, json: bool) -> Result<()> {
+/// Options of `promctl demo`.
+pub struct DemoOptions<'a> {
+    /// Results of the file camera to show.
+    pub frames: u64,
+    /// JSON lines instead of text.
+    pub json: bool,
+    /// A model file to serve instead of the embedded one.
+    pub model: Option<&'a Path>,
+    /// A folder of images instead of the bundled ones (names ending `_<class id>` give the
+    /// true class).
+    pub images: Option<&'a Path>,
+}
+
+/// The true class in an image's file name: `<anything>_<class id>.<ext>`.
+pub fn class_from_file_name(path: &Path) -> Option<u32> {
+    let stem = path.file_stem()?.to_str()?;
+    stem.rsplit_once('_')?.1.parse().ok()
+}
+
+/// One `ClassifyImage` answer in the demo's JSON output.
+#[derive(Serialize)]
+struct DemoImage<'a> {
+    image: String,
+    true_class: Option<u32>,
+    true_label: Option<&'a str>,
+    top_k: &'a [Prediction],
+    correct: Option<bool>,
+}
+
+/// `promctl demo`: a private bus, the daemon with the embedded trained model (or `--model`)
+/// and a `file:` camera playing the bundled test images (or `--images`); every image is
+/// also sent through `ClassifyImage`, printing predicted against true labels and the
+/// accuracy, then a few of the camera's `Classified` signals.
+pub fn demo(o: &DemoOptions<'_>) -> Result<()> {
+    let (frames, json) = (o.frames, o.json);
     let daemon_exe = find_program("prom-daemon").ok_or(
         "prom-daemon not found next to promctl or on PATH (build it: cargo build --release -p prom-daemon)",
     )?;
     let dir = std::env::temp_dir().join(format!("promctl-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let dir = TempDir(dir);
+    let images_dir = match o.images {
+        Some(d) => d.to_path_buf(),
+        None => {
+            let d = dir.0.join("images");
+            std::fs::create_dir_all(&d)?;
+            for (name, bytes) in crate::demo_images::FASHION_MNIST {
+                std::fs::write(d.join(name), bytes)?;
+            }
+            d
+        }
+    };
+    let mut images: Vec<PathBuf> = std::fs::read_dir(&images_dir)
+        .map_err(|e| format!("{}: {e}", images_dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.extension().and_then(|e| e.to_str()).is_some_and(|e| {
+                ["png", "jpg", "jpeg", "ppm", "pgm"].contains(&e.to_ascii_lowercase().as_str())
+            })
+        })
+        .collect();
+    images.sort();
+    if images.is_empty() {
+        return Err(format!("{}: no images (PNG, JPEG, PPM)", images_dir.display()).into());
+    }
     let (bus, address) = start_private_bus(&dir.0)?;
     let _bus = Reaped(Some(bus));
     let config = dir.0.join("demo.toml");
+    let source = format!("file:{}", images_dir.display());
     std::fs::write(
         &config,
-        "# promctl demo: one deterministic test-pattern camera (640x480 YUYV, 10 fps,\n\
-         # a new scene every second); the daemon's built-in model.\n\
-         log = \"warn\"\n\n[[camera]]\nname = \"demo\"\nsource = \"testpattern\"\nfps = 10\n",
+        format!(
+            "# promctl demo: one camera playing the demo images at 10 fps.\n\
+             log = \"warn\"\n\n[[camera]]\nname = \"demo\"\nsource = {}\nfps = 10\n",
+            toml_string(&source)
+        ),
     )?;
     let log_path = dir.0.join("prom-daemon.log");
     let log = std::fs::File::create(&log_path)?;
     let mut err = std::io::stderr().lock();
     let mut out = std::io::stdout().lock();
     writeln!(err, "promctl demo: private D-Bus at {address}")?;
-    let child = Command::new(&daemon_exe)
-        .arg("--config")
-        .arg(&config)
-        .arg("--embedded-model")
+    let mut cmd = Command::new(&daemon_exe);
+    cmd.arg("--config").arg(&config);
+    match o.model {
+        Some(m) => cmd.arg("--model").arg(m),
+        None => cmd.arg("--embedded-model"),
+    };
+    let child = cmd
         .arg("--bus-address")
         .arg(&address)
         .stdin(Stdio::null())
@@ -484,16 +546,63 @@ pub fn demo(frames: u64, json: bool) -> Result<()> {
     writeln!(err, "promctl demo: {} (pid {pid}) serving model: {name}", daemon_exe.display())?;
     writeln!(
         err,
-        "promctl demo: NOTE the embedded model is synthesized with random weights, not trained: \
-         its labels are placeholders and its scores say nothing about the picture. Install a \
-         trained .prom model for real classifications."
+        "promctl demo: kernel tier {}, {} thread(s); {} images from {}",
+        status.tier,
+        status.threads,
+        images.len(),
+        if o.images.is_some() {
+            images_dir.display().to_string()
+        } else {
+            "the bundled Fashion-MNIST test set".into()
+        }
     )?;
-    writeln!(
-        err,
-        "promctl demo: source: test pattern 640x480 YUYV at 10 fps, a new scene every second; \
-         kernel tier {}, {} thread(s). Receiving {frames} results over D-Bus:",
-        status.tier, status.threads
-    )?;
+    writeln!(err, "promctl demo: ClassifyImage over D-Bus, predicted vs true label:")?;
+    let proxy = Classifier1ProxyBlocking::new(&conn)?;
+    let labels: Vec<String> = match o.model {
+        Some(m) => prom_engine::Model::open(m)?.labels().to_vec(),
+        None => prom_engine::Model::from_bytes(crate::pipeline::EMBEDDED_MODEL)?.labels().to_vec(),
+    };
+    let (mut labelled, mut right) = (0usize, 0usize);
+    for path in &images {
+        let bytes = std::fs::read(path)?;
+        let top_k = proxy.classify_image(&bytes)?;
+        let truth = class_from_file_name(path);
+        let true_label = truth.map(|t| labels.get(t as usize).map_or("?", |l| l.as_str()));
+        let correct = truth.map(|t| top_k.first().is_some_and(|p| p.0 == t));
+        labelled += usize::from(truth.is_some());
+        right += usize::from(correct == Some(true));
+        let file = path.file_name().unwrap_or_default().to_string_lossy().to_string();
+        if json {
+            let line =
+                DemoImage { image: file, true_class: truth, true_label, top_k: &top_k, correct };
+            serde_json::to_writer(&mut out, &line)?;
+            writeln!(out)?;
+        } else {
+            let (class, label, score) = top_k.first().cloned().unwrap_or((0, "?".into(), 0.0));
+            let mark = match correct {
+                Some(true) => "ok",
+                Some(false) => "WRONG",
+                None => "",
+            };
+            let truth_text = match truth {
+                Some(t) => format!("true {t:>4} {:<14}", true_label.unwrap_or("?")),
+                None => String::new(),
+            };
+            writeln!(
+                out,
+                "{file:<28} predicted {class:>4} {label:<14} {:5.1}%  {truth_text} {mark}",
+                score * 100.0
+            )?;
+        }
+    }
+    if labelled > 0 {
+        writeln!(
+            err,
+            "promctl demo: accuracy {right}/{labelled} = {:.1}% on these images",
+            100.0 * right as f64 / labelled as f64
+        )?;
+    }
+    writeln!(err, "promctl demo: the camera `demo` plays the same images; {frames} of its Classified signals:")?;
     let mut seen = 0u64;
     watch_signals(&conn, None, Some(Duration::from_secs(10)), |c| {
         print_result(&mut out, &c, json, 3)?;
@@ -533,4 +642,19 @@ pub fn demo(frames: u64, json: bool) -> Result<()> {
         return Err(format!("prom-daemon failed: {code}\n--- prom-daemon log ---\n{text}").into());
     }
     Ok(())
+}
+
+/// A TOML basic string.
+fn toml_string(s: &str) -> String {
+    let mut out = String::from("\"");
+    for ch in s.chars() {
+        match ch {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04X}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
 }

@@ -44,8 +44,8 @@ pub struct Args {
     pub config: Option<PathBuf>,
     #[command(flatten)]
     pub overrides: CliOverrides,
-    /// Serve the model built into the daemon (a synthesized MobileNetV2-1.0-224 with random
-    /// weights), ignoring the configured and installed models.
+    /// Serve the model built into the daemon (MobileNetV2 PROM trained on Fashion-MNIST, 10
+    /// clothing classes), ignoring the configured and installed models.
     #[arg(long, conflicts_with = "model")]
     pub embedded_model: bool,
     /// Check the configuration and the model, print the effective settings and exit.
@@ -227,9 +227,10 @@ pub fn run(args: Args) -> Result<()> {
         model.info.checksum
     );
     if origin == ModelOrigin::Embedded {
-        tracing::warn!(
-            "serving the embedded default model: random weights, not trained; its classes are \
-             meaningless (install a model at {DEFAULT_MODEL_PATH} or set `model`)"
+        tracing::info!(
+            "serving the embedded default model: Fashion-MNIST (10 clothing classes on 32x32 \
+             greyscale images); install a model at {DEFAULT_MODEL_PATH} or set `model` for \
+             other classes"
         );
     }
 

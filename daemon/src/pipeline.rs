@@ -30,13 +30,15 @@ use crate::preprocess::{Crop as PreCrop, Frame, PixelFormat, Preprocessor};
 use crate::publish::Policy;
 use crate::sources::{self, Backoff, FrameMeta, FrameSource, SourceError};
 
-/// The default model built into the daemon (see daemon/build.rs): MobileNetV2-1.0-224 with
-/// 1000 classes, random weights and calibrated quantization. Not a trained model.
-pub static EMBEDDED_MODEL: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/default.prom"));
+/// The default model built into the daemon: models/fashion-mnist-prom.prom, MobileNetV2-1.0
+/// at 32x32 trained on Fashion-MNIST (10 clothing classes) with PROM quantization-aware
+/// training, every pointwise layer ternary (docs/MODELS.md).
+pub static EMBEDDED_MODEL: &[u8] =
+    include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/../models/fashion-mnist-prom.prom"));
 
 /// Name of the embedded model in `Model.name` and logs.
 pub const EMBEDDED_MODEL_NAME: &str =
-    "embedded default (synthesized MobileNetV2-1.0-224, random weights, not trained)";
+    "embedded default (MobileNetV2-1.0-32 PROM, Fashion-MNIST, 10 classes)";
 
 /// Frame buffers per camera: one being filled, one waiting in the slot, one being
 /// preprocessed.

@@ -267,10 +267,14 @@ def train(args, phase: str) -> str:
     if phase == "qat" and args.distill > 0:
         # The float twin as teacher (Hinton et al. 2015): its soft targets carry what the
         # one-hot labels do not, which is what a ternary network needs most to recover.
-        source_path = resume["args"]["source"] if resume is not None else args.source
+        saved = resume["args"] if resume is not None else vars(args)
+        source_path = saved.get("teacher") or saved["source"]
         source = load_checkpoint(source_path)
         if source["phase"] != "float":
-            raise ValueError(f"--distill needs a float teacher; {source_path} is {source['phase']}")
+            raise ValueError(
+                f"--distill needs a float teacher; {source_path} is {source['phase']} "
+                "(name one with --teacher)"
+            )
         teacher = build_model(source["config"])
         teacher.load_state_dict(source["model"])
         teacher.to(d.device).eval()
@@ -470,6 +474,7 @@ def cmd_ptq(args) -> None:
     model.set_pointwise_precision(cfg["precisions"])
     model.to(d.device)
     model.set_quantized(True)
+    model.set_observer_percentile(args.percentile if args.percentile < 100 else None)
     if args.calib:
         images = datasets.CalibrationImages(
             args.calib, cfg["resolution"], repeats=args.calib_repeats, seed=args.seed
@@ -611,6 +616,10 @@ def add_common(p: argparse.ArgumentParser, training: bool = True) -> None:
             "only)",
         )
         p.add_argument("--temperature", type=float, default=2.0, help="distillation temperature")
+        p.add_argument(
+            "--teacher",
+            help="QAT: float checkpoint to distil from (default: --from, when it is float)",
+        )
 
 
 def parser() -> argparse.ArgumentParser:
@@ -650,6 +659,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--int8-pointwise", help="default all (PTQ cannot make ternary accurate)")
     p.add_argument("--calib", help="calibrate on the images of this folder (any labels)")
     p.add_argument("--calib-repeats", type=int, default=8, help="random crops per image")
+    p.add_argument(
+        "--percentile",
+        type=float,
+        default=100.0,
+        help="activation ranges from this central percentile of each batch (100: min/max)",
+    )
     p.set_defaults(data=None)
     p = sub.add_parser("eval", help="test accuracy of a checkpoint (float or fake-quantized)")
     p.add_argument("checkpoint")

@@ -256,6 +256,11 @@ class PromMobileNetV2(nn.Module):
         for o in self.observers():
             o.observing = on
 
+    def set_observer_percentile(self, percentile: float | None) -> None:
+        """Observe central percentiles instead of min/max (None: min/max)."""
+        for o in self.observers():
+            o.percentile = percentile
+
     @torch.no_grad()
     def recalibrate_batch_norm(self, batches) -> None:
         """Re-estimates every batch norm (but the stem's, whose int8 weights barely move it)

@@ -150,10 +150,19 @@ class RangeObserver(nn.Module):
         self.register_buffer("min_val", torch.tensor(0.0))
         self.register_buffer("max_val", torch.tensor(0.0))
         self.register_buffer("batches", torch.tensor(0, dtype=torch.long))
+        # Observe a central percentile of each batch instead of its min/max (PTQ: clipping
+        # rare outliers buys resolution for everything else).
+        self.percentile: float | None = None
 
     @torch.no_grad()
     def observe(self, x: Tensor) -> None:
-        lo, hi = x.detach().min().float(), x.detach().max().float()
+        if self.percentile is None:
+            lo, hi = x.detach().min().float(), x.detach().max().float()
+        else:
+            flat = x.detach().flatten().float()
+            step = max(1, flat.numel() // (1 << 20))  # torch.quantile takes at most 2^24
+            q = torch.tensor([1.0 - self.percentile / 100.0, self.percentile / 100.0])
+            lo, hi = torch.quantile(flat[::step], q.to(flat.device))
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.all_reduce(lo, op=torch.distributed.ReduceOp.MIN)
             torch.distributed.all_reduce(hi, op=torch.distributed.ReduceOp.MAX)
