@@ -193,3 +193,14 @@ def test_ddp_with_two_cpu_processes(tmp_path, fashion_dir):
     # Both ranks trained on their halves of 512 images: 3 steps of 64 each, summed.
     assert record["train_images"] == 2 * 3 * 64, record
     assert record["world_size"] == 2
+
+
+def test_all_runs_both_phases_and_exports(tmp_path, fashion_dir):
+    out = str(tmp_path / "all")
+    args = ["all", "--out", out, "--float-epochs", "1", "--qat-epochs", "1", *COMMON]
+    assert cli.main([*args, "--calibration-batches", "1", "--bn-recalibration-batches", "1"]) == 0
+    tensors, meta = read_safetensors(os.path.join(out, "model.safetensors"))
+    graph = json.loads(meta["prom_graph"])
+    assert graph["classes"] == 10 and graph["ops"][-1]["kind"] == "linear"
+    assert sum(op.get("precision") == "ternary" for op in graph["ops"]) == 34
+    assert os.path.exists(os.path.join(out, "model.labels"))
