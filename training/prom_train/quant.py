@@ -177,9 +177,3 @@ class RangeObserver(nn.Module):
         scale = max((hi - lo) / 255.0, 1e-6)
         zero_point = int(min(max(round(-128.0 - lo / scale), -128), 127))
         return scale, zero_point
-
-    def forward(self, x: Tensor) -> Tensor:
-        if self.observing:
-            self.observe(x)
-        scale, zero_point = self.qparams()
-        return fake_quant_affine(x, scale, zero_point)
