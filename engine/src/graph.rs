@@ -292,7 +292,7 @@ impl Graph {
                     blobs.conv(&ctx, &mut rec, 9 * c, c, 9 * 128 * 127)?;
                     ((y.height * y.width * c * 9) as u64, (9 * c + c) as u64)
                 }
-                OpKind::PointwiseTernary => {
+                OpKind::PointwiseTernary | OpKind::PointwiseInt8 => {
                     if rec.stride != 1 {
                         return Err(ctx("stride must be 1".into()));
                     }
@@ -301,34 +301,21 @@ impl Graph {
                     if k > MAX_POINTWISE_K {
                         return Err(ctx(format!("{k} input channels (at most {MAX_POINTWISE_K})")));
                     }
-                    blobs.conv(
-                        &ctx,
-                        &mut rec,
-                        n * crate::trits::row_bytes(k),
-                        n,
-                        128 * k as i64,
-                    )?;
-                    let codes = blobs.bytes(rec.weights);
-                    let max = crate::trits::CODES5;
-                    if let Some(pos) = codes.iter().position(|&c| usize::from(c) >= max) {
-                        return Err(ctx(format!(
-                            "ternary byte {} at {pos} (max {})",
-                            codes[pos],
-                            max - 1
-                        )));
+                    if rec.kind == OpKind::PointwiseInt8 {
+                        blobs.conv(&ctx, &mut rec, n * k, n, 128 * 127 * k as i64)?;
+                    } else {
+                        let row = crate::trits::row_bytes(k);
+                        blobs.conv(&ctx, &mut rec, n * row, n, 128 * k as i64)?;
+                        let codes = blobs.bytes(rec.weights);
+                        let max = crate::trits::CODES5;
+                        if let Some(pos) = codes.iter().position(|&c| usize::from(c) >= max) {
+                            return Err(ctx(format!(
+                                "ternary byte {} at {pos} (max {})",
+                                codes[pos],
+                                max - 1
+                            )));
+                        }
                     }
-                    ((x.height * x.width * k * n) as u64, (k * n + n) as u64)
-                }
-                OpKind::PointwiseInt8 => {
-                    if rec.stride != 1 {
-                        return Err(ctx("stride must be 1".into()));
-                    }
-                    expect_shape(&ctx, y, x.height, x.width, y.channels)?;
-                    let (k, n) = (x.channels, y.channels);
-                    if k > MAX_POINTWISE_K {
-                        return Err(ctx(format!("{k} input channels (at most {MAX_POINTWISE_K})")));
-                    }
-                    blobs.conv(&ctx, &mut rec, n * k, n, 128 * 127 * k as i64)?;
                     ((x.height * x.width * k * n) as u64, (k * n + n) as u64)
                 }
                 OpKind::Add => {

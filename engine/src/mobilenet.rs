@@ -157,6 +157,31 @@ impl Rng {
     }
 }
 
+/// True accumulators `sum_k w[n][k] (q[k] - z)` of a pointwise layer with weights `w`
+/// (`[n][k]`, ternary or int8) on a sample of about 256 pixels of every calibration image.
+fn sampled_pointwise_acc(x: &Act, w: &[i8], k: usize) -> Vec<Vec<i64>> {
+    let pixels = x.h * x.w;
+    let stride = (pixels / 256).max(1);
+    x.data
+        .iter()
+        .map(|img| {
+            let mut a = Vec::new();
+            for p in (0..pixels).step_by(stride) {
+                let row = &img[p * k..(p + 1) * k];
+                for wrow in w.chunks(k) {
+                    a.push(
+                        wrow.iter()
+                            .zip(row)
+                            .map(|(&w, &q)| i64::from(w) * (i64::from(q) - i64::from(x.zp)))
+                            .sum(),
+                    );
+                }
+            }
+            a
+        })
+        .collect()
+}
+
 /// Runs a calibration layer: (kernels, epilogue, image index, output).
 type RunLayer<'a> = dyn Fn(&Kernels, &Epilogue<'_>, usize, &mut [i8]) + 'a;
 
@@ -352,28 +377,7 @@ impl Builder {
         let sums: Vec<i64> =
             trits.chunks(k).map(|r| r.iter().map(|&v| i64::from(v)).sum()).collect();
         let pixels = x.h * x.w;
-        // Accumulator statistics on a sample of pixels.
-        let stride = (pixels / 256).max(1);
-        let acc: Vec<Vec<i64>> = x
-            .data
-            .iter()
-            .map(|img| {
-                let mut a = Vec::new();
-                for p in (0..pixels).step_by(stride) {
-                    let row = &img[p * k..(p + 1) * k];
-                    for ch in 0..n {
-                        let wrow = &trits[ch * k..(ch + 1) * k];
-                        a.push(
-                            wrow.iter()
-                                .zip(row)
-                                .map(|(&w, &q)| i64::from(w) * (i64::from(q) - i64::from(x.zp)))
-                                .sum(),
-                        );
-                    }
-                }
-                a
-            })
-            .collect();
+        let acc = sampled_pointwise_acc(x, &trits, k);
         let mut op = OpSpec::new(OpKind::PointwiseTernary, input);
         op.weights = stored;
         let shape = PointwiseShape { pixels, k, n };
@@ -400,26 +404,7 @@ impl Builder {
         let w = self.int8_weights(n * k, 40.0);
         let sums: Vec<i64> = w.chunks(k).map(|r| r.iter().map(|&v| i64::from(v)).sum()).collect();
         let pixels = x.h * x.w;
-        let stride = (pixels / 256).max(1);
-        let acc: Vec<Vec<i64>> = x
-            .data
-            .iter()
-            .map(|img| {
-                let mut a = Vec::new();
-                for p in (0..pixels).step_by(stride) {
-                    let row = &img[p * k..(p + 1) * k];
-                    for wrow in w.chunks(k) {
-                        a.push(
-                            wrow.iter()
-                                .zip(row)
-                                .map(|(&w, &q)| i64::from(w) * (i64::from(q) - i64::from(x.zp)))
-                                .sum(),
-                        );
-                    }
-                }
-                a
-            })
-            .collect();
+        let acc = sampled_pointwise_acc(x, &w, k);
         let mut op = OpSpec::new(OpKind::PointwiseInt8, input);
         op.weights = w.iter().map(|&v| v as u8).collect();
         let shape = PointwiseShape { pixels, k, n };

@@ -123,6 +123,17 @@ def requantize(acc, bias, mult, shift, zp: int, lo: int, hi: int) -> np.ndarray:
     return np.clip(y + zp, lo, hi)
 
 
+def conv_epilogue(acc: np.ndarray, op: OpRec, out: TensorRec) -> np.ndarray:
+    """A convolution's requantization with its per-channel blobs (bias, multipliers,
+    shifts)."""
+    b = op.blobs
+    shifts = np.frombuffer(b["shifts"], np.uint8)
+    multipliers = _i32(b["multipliers"])
+    return requantize(
+        acc, _i32(b["bias"]), multipliers, shifts, out.zero_point, op.out_min, op.out_max
+    )
+
+
 def _i32(b: bytes) -> np.ndarray:
     return np.frombuffer(b, dtype="<i4").astype(np.int64)
 
@@ -165,15 +176,7 @@ def run(model: PromModel, images: np.ndarray) -> np.ndarray:
                         acc += _matmul(tap.reshape(-1, 3), wt.T).reshape(acc.shape)
                     else:
                         acc += tap * w[ky * 3 + kx]
-            y = requantize(
-                acc,
-                bias,
-                _i32(b["multipliers"]),
-                np.frombuffer(b["shifts"], np.uint8),
-                yt.zero_point,
-                op.out_min,
-                op.out_max,
-            )
+            y = conv_epilogue(acc, op, yt)
         elif op.kind in (OP_PW_TERNARY, OP_PW_INT8):
             k, n = xt.channels, yt.channels
             if op.kind == OP_PW_TERNARY:
@@ -181,15 +184,7 @@ def run(model: PromModel, images: np.ndarray) -> np.ndarray:
             else:
                 w = np.frombuffer(b["weights"], np.int8).astype(np.int64).reshape(n, k)
             acc = _matmul(x.reshape(-1, k), w).reshape(batch, xt.height, xt.width, n)
-            y = requantize(
-                acc,
-                bias,
-                _i32(b["multipliers"]),
-                np.frombuffer(b["shifts"], np.uint8),
-                yt.zero_point,
-                op.out_min,
-                op.out_max,
-            )
+            y = conv_epilogue(acc, op, yt)
         elif op.kind == OP_ADD:
             bt = model.tensors[op.inputs[1]]
             other = acts[op.inputs[1]]
