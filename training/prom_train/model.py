@@ -158,7 +158,7 @@ class Stem(QConvBN):
 
     def float_forward(self, x: Tensor) -> Tensor:
         x = F.pad(x, (1, 1, 1, 1))
-        x = (x + self.offset().view(1, 3, 1, 1)) / self.std.view(1, 3, 1, 1)
+        x = x / self.std.view(1, 3, 1, 1) + self.offset().view(1, 3, 1, 1)
         c = self.conv
         y = self.bn(F.conv2d(x, c.weight, None, c.stride, 0))
         return torch.clamp(y, 0.0, 6.0)
