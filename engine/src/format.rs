@@ -118,15 +118,32 @@ fn to_usize(v: u64, what: &'static str) -> Result<usize, FormatError> {
     usize::try_from(v).map_err(|_| FormatError::OutOfRange { what, value: v })
 }
 
-/// Parses and checks the header and section table of `bytes`; returns the four sections.
-pub fn parse_container(bytes: &[u8]) -> Result<[Section; 4], FormatError> {
-    if bytes.len() < HEADER_SIZE {
+/// Bytes at the start of a file that hold the header and the section table: what
+/// [`parse_layout`] needs.
+pub const PREFIX_SIZE: usize = HEADER_SIZE + 4 * SECTION_ENTRY_SIZE;
+
+/// The layout a file's header and section table declare.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Layout {
+    /// File size from the header, equal to the end of the last section.
+    pub file_size: usize,
+    /// Meta, labels, graph and weights sections, in that order.
+    pub sections: [Section; 4],
+}
+
+/// Parses and checks the header and section table (the first [`PREFIX_SIZE`] bytes of a
+/// file; more are ignored) and the layout they declare: sections in bounds, not
+/// overlapping, each placed at the first 64-byte boundary after what precedes it, the last
+/// one ending the file. So a file is no larger than its sections plus alignment padding,
+/// and a reader can check the declared size before reading the rest.
+pub fn parse_layout(prefix: &[u8]) -> Result<Layout, FormatError> {
+    if prefix.len() < HEADER_SIZE {
         return Err(FormatError::Truncated { what: "header" });
     }
-    if bytes[..8] != MAGIC {
+    if prefix[..8] != MAGIC {
         return Err(FormatError::BadMagic);
     }
-    let h = Reader::new(bytes, "header");
+    let h = Reader::new(prefix, "header");
     let version = h.u32(8)?;
     if version != VERSION {
         return Err(FormatError::UnsupportedVersion { found: version, supported: VERSION });
@@ -147,16 +164,6 @@ pub fn parse_container(bytes: &[u8]) -> Result<[Section; 4], FormatError> {
         return Err(FormatError::Invalid(format!("unknown header flags {flags:#x}")));
     }
     let file_size = to_usize(h.u64(24)?, "file size")?;
-    if file_size != bytes.len() {
-        return Err(if file_size > bytes.len() {
-            FormatError::Truncated { what: "file (shorter than its header says)" }
-        } else {
-            FormatError::Invalid(format!(
-                "file is {} bytes but its header says {file_size}",
-                bytes.len()
-            ))
-        });
-    }
     let table_offset = to_usize(h.u64(32)?, "section table offset")?;
     if table_offset != HEADER_SIZE {
         return Err(FormatError::Invalid(format!(
@@ -165,19 +172,19 @@ pub fn parse_container(bytes: &[u8]) -> Result<[Section; 4], FormatError> {
     }
     let table_len = count * SECTION_ENTRY_SIZE;
     let table_end = HEADER_SIZE + table_len;
-    if bytes.len() < table_end {
+    if prefix.len() < table_end || file_size < table_end {
         return Err(FormatError::Truncated { what: "section table" });
     }
-    if bytes[40..60].iter().any(|&b| b != 0) {
+    if prefix[40..60].iter().any(|&b| b != 0) {
         return Err(FormatError::Invalid("reserved header bytes are not zero".into()));
     }
     let stored = h.u32(60)?;
-    let computed = header_crc(&bytes[..60], &bytes[HEADER_SIZE..table_end]);
+    let computed = header_crc(&prefix[..60], &prefix[HEADER_SIZE..table_end]);
     if stored != computed {
         return Err(FormatError::Checksum { what: "header and section table".into() });
     }
 
-    let t = Reader::new(&bytes[HEADER_SIZE..table_end], "section table");
+    let t = Reader::new(&prefix[HEADER_SIZE..table_end], "section table");
     let mut found: [Option<Section>; 4] = [None; 4];
     for i in 0..count {
         let at = i * SECTION_ENTRY_SIZE;
@@ -199,12 +206,12 @@ pub fn parse_container(bytes: &[u8]) -> Result<[Section; 4], FormatError> {
                 kind.name()
             )));
         }
-        if offset < table_end || end > bytes.len() {
+        if offset < table_end || end > file_size {
             return Err(FormatError::SectionOutOfBounds {
                 section: kind.name(),
                 offset,
                 len,
-                file_len: bytes.len(),
+                file_len: file_size,
             });
         }
         let slot = &mut found[SectionKind::ALL.iter().position(|k| *k == kind).unwrap_or(0)];
@@ -213,9 +220,8 @@ pub fn parse_container(bytes: &[u8]) -> Result<[Section; 4], FormatError> {
         }
         *slot = Some(Section { kind, offset, len, crc32 });
     }
-    let sections = [found[0], found[1], found[2], found[3]];
     let mut out = Vec::with_capacity(4);
-    for (s, kind) in sections.iter().zip(SectionKind::ALL) {
+    for (s, kind) in found.iter().zip(SectionKind::ALL) {
         out.push(
             s.ok_or_else(|| FormatError::Invalid(format!("missing {} section", kind.name())))?,
         );
@@ -228,9 +234,47 @@ pub fn parse_container(bytes: &[u8]) -> Result<[Section; 4], FormatError> {
             return Err(FormatError::Overlap { first: w[0].kind.name(), second: w[1].kind.name() });
         }
     }
+    // Sections follow each other with alignment padding only, and the last one ends the
+    // file: no room for megabytes of padding that would be read but never used.
+    let mut covered = table_end;
+    for s in &sorted {
+        if s.offset != covered.next_multiple_of(ALIGN) {
+            return Err(FormatError::Invalid(format!(
+                "{} bytes of padding before the {} section (at most 63, to align it)",
+                s.offset - covered,
+                s.kind.name()
+            )));
+        }
+        covered = s.offset + s.len;
+    }
+    if file_size != covered {
+        return Err(FormatError::Invalid(format!(
+            "the header says {file_size} bytes but the last section ends at {covered}"
+        )));
+    }
+    Ok(Layout { file_size, sections: [out[0], out[1], out[2], out[3]] })
+}
+
+/// Parses and checks the whole container in `bytes`: the layout ([`parse_layout`]), the
+/// file size, zero padding and the section checksums; returns the four sections.
+pub fn parse_container(bytes: &[u8]) -> Result<[Section; 4], FormatError> {
+    let layout = parse_layout(bytes)?;
+    if layout.file_size != bytes.len() {
+        return Err(if layout.file_size > bytes.len() {
+            FormatError::Truncated { what: "file (shorter than its header says)" }
+        } else {
+            FormatError::Invalid(format!(
+                "file is {} bytes but its header says {}",
+                bytes.len(),
+                layout.file_size
+            ))
+        });
+    }
     // Every byte outside the header, the table and the sections is zero padding (nothing
     // unchecked can hide in a file).
-    let mut covered = table_end;
+    let mut sorted = layout.sections;
+    sorted.sort_by_key(|s| s.offset);
+    let mut covered = PREFIX_SIZE;
     for s in &sorted {
         if bytes[covered..s.offset].iter().any(|&b| b != 0) {
             return Err(FormatError::Invalid(format!(
@@ -240,15 +284,12 @@ pub fn parse_container(bytes: &[u8]) -> Result<[Section; 4], FormatError> {
         }
         covered = s.offset + s.len;
     }
-    if bytes[covered..].iter().any(|&b| b != 0) {
-        return Err(FormatError::Invalid("non-zero bytes after the last section".into()));
-    }
-    for s in &out {
+    for s in &layout.sections {
         if crc32fast::hash(&bytes[s.offset..s.offset + s.len]) != s.crc32 {
             return Err(FormatError::Checksum { what: format!("{} section", s.kind.name()) });
         }
     }
-    Ok([out[0], out[1], out[2], out[3]])
+    Ok(layout.sections)
 }
 
 /// CRC-32 of the first 60 header bytes followed by the section table.

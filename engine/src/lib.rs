@@ -19,7 +19,7 @@ pub mod writer;
 
 pub use error::{FormatError, OpenError};
 pub use graph::{Blob, Graph, Op, OpKind, Tensor};
-pub use model::{Metadata, Model};
+pub use model::{Metadata, Model, DEFAULT_MAX_MODEL_BYTES, MAX_LABEL_BYTES, MAX_NOTES_BYTES};
 pub use writer::{ModelSpec, OpSpec};
 
 pub mod exec;

@@ -2,7 +2,7 @@
 //! metadata, labels and graph, and typed zero-copy views of its weights.
 
 use crate::error::{FormatError, OpenError};
-use crate::format::{parse_container, parse_graph, Section};
+use crate::format::{parse_container, parse_graph, parse_layout, Section, PREFIX_SIZE};
 use crate::graph::{Blob, Graph};
 use prom_kernels::AlignedBuf;
 use serde::{Deserialize, Serialize};
@@ -30,8 +30,10 @@ pub struct Metadata {
     pub notes: String,
 }
 
-/// Largest model [`Model::read`] accepts (MobileNetV2-1.4 is about 4 MB).
-pub const MAX_READ_BYTES: usize = 1 << 30;
+/// Default size limit of [`Model::open`] and [`Model::read`]: 64 MiB (MobileNetV2-1.4 at
+/// 224x224 is about 7 MB). Readers that take the limit from configuration use
+/// [`Model::open_limited`] and [`Model::read_limited`].
+pub const DEFAULT_MAX_MODEL_BYTES: u64 = 64 << 20;
 
 /// Where the model bytes live.
 enum Backing {
@@ -58,42 +60,51 @@ impl std::fmt::Debug for Model {
 }
 
 impl Model {
-    /// Memory-maps and validates a model file.
+    /// Memory-maps and validates a model file of at most [`DEFAULT_MAX_MODEL_BYTES`].
     pub fn open(path: impl AsRef<Path>) -> Result<Model, OpenError> {
+        Model::open_limited(path, DEFAULT_MAX_MODEL_BYTES)
+    }
+
+    /// Memory-maps and validates a model file of at most `max_bytes` bytes.
+    pub fn open_limited(path: impl AsRef<Path>, max_bytes: u64) -> Result<Model, OpenError> {
         let path = path.as_ref();
         let io = |source| OpenError::Io { path: path.display().to_string(), source };
-        let file = std::fs::File::open(path).map_err(io)?;
+        let (mut file, len) = open_regular(path, max_bytes).map_err(io)?;
+        check_prefix(&mut file, len).map_err(|source| format_error(path, source))?;
         // SAFETY: the map is read-only and private to this process. The model file is
         // replaced by writers through rename (never modified in place, see `write`), so the
         // mapped bytes do not change under us; every byte is validated before use.
         let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
-        Model::validate(Backing::Mapped(map))
-            .map_err(|source| OpenError::Format { path: path.display().to_string(), source })
+        Model::validate(Backing::Mapped(map)).map_err(|source| format_error(path, source))
     }
 
-    /// Reads a model file into aligned memory and validates it. Unlike [`Model::open`], the
-    /// model stays intact if the file is later overwritten in place or truncated (with a
-    /// map, touching a truncated page is SIGBUS); the daemon loads models this way.
+    /// Reads a model file of at most [`DEFAULT_MAX_MODEL_BYTES`] into aligned memory and
+    /// validates it. Unlike [`Model::open`], the model stays intact if the file is later
+    /// overwritten in place or truncated (with a map, touching a truncated page is SIGBUS);
+    /// the daemon loads models this way.
     pub fn read(path: impl AsRef<Path>) -> Result<Model, OpenError> {
+        Model::read_limited(path, DEFAULT_MAX_MODEL_BYTES)
+    }
+
+    /// [`Model::read`] with a size limit of `max_bytes`. Refuses, without blocking, what is
+    /// not a regular file (a FIFO would block `open` until a writer comes) and files over
+    /// the limit; reads the header and section table first and the rest only when the size
+    /// they declare is the file's.
+    pub fn read_limited(path: impl AsRef<Path>, max_bytes: u64) -> Result<Model, OpenError> {
         use std::io::Read;
         let path = path.as_ref();
         let io = |source| OpenError::Io { path: path.display().to_string(), source };
-        let mut file = std::fs::File::open(path).map_err(io)?;
-        let len = file.metadata().map_err(io)?.len();
-        let len = usize::try_from(len).ok().filter(|&l| l <= MAX_READ_BYTES).ok_or_else(|| {
-            io(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!("{len} bytes is larger than the {MAX_READ_BYTES}-byte limit"),
-            ))
-        })?;
+        let (mut file, len) = open_regular(path, max_bytes).map_err(io)?;
+        let prefix = check_prefix(&mut file, len).map_err(|source| format_error(path, source))?;
         let mut buf = AlignedBuf::zeroed(len);
-        file.read_exact(buf.as_u8_mut(len)).map_err(io)?;
+        let bytes = buf.as_u8_mut(len);
+        bytes[..prefix.len()].copy_from_slice(&prefix);
+        file.read_exact(&mut bytes[prefix.len()..]).map_err(io)?;
         // A file that grew while being read is not the file whose length was checked.
         if file.read(&mut [0u8; 1]).map_err(io)? != 0 {
             return Err(io(std::io::Error::other("the file changed while it was read")));
         }
-        Model::validate(Backing::Owned(buf))
-            .map_err(|source| OpenError::Format { path: path.display().to_string(), source })
+        Model::validate(Backing::Owned(buf)).map_err(|source| format_error(path, source))
     }
 
     /// Validates a model held in memory (copied into an aligned buffer).
@@ -189,6 +200,57 @@ impl Model {
     }
 }
 
+fn format_error(path: &Path, source: FormatError) -> OpenError {
+    OpenError::Format { path: path.display().to_string(), source }
+}
+
+/// Opens `path` for reading without blocking (O_NONBLOCK: a FIFO without a writer would
+/// block `open` forever) and checks, on the open file, that it is a regular file of at most
+/// `max_bytes` bytes. Returns the file and its length.
+fn open_regular(path: &Path, max_bytes: u64) -> std::io::Result<(std::fs::File, usize)> {
+    use std::io::{Error, ErrorKind};
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)?;
+    let meta = file.metadata()?;
+    if !meta.file_type().is_file() {
+        let what = if meta.is_dir() { "a directory" } else { "not a regular file" };
+        return Err(Error::new(ErrorKind::InvalidInput, format!("{what}: a model is a file")));
+    }
+    let len = meta.len();
+    if len > max_bytes {
+        return Err(Error::new(
+            ErrorKind::InvalidData,
+            format!("the file is {len} bytes, over the {max_bytes}-byte model size limit"),
+        ));
+    }
+    let len = usize::try_from(len).map_err(|_| Error::other("the file does not fit in memory"))?;
+    Ok((file, len))
+}
+
+/// Reads the header and section table at the start of `file` (`len` bytes) and checks the
+/// layout they declare against `len` before the rest is read. Returns the bytes read.
+fn check_prefix(file: &mut std::fs::File, len: usize) -> Result<Vec<u8>, FormatError> {
+    use std::io::Read;
+    let mut prefix = vec![0u8; PREFIX_SIZE.min(len)];
+    file.read_exact(&mut prefix)
+        .map_err(|_| FormatError::Truncated { what: "file (shorter than its size)" })?;
+    let layout = parse_layout(&prefix)?;
+    if layout.file_size != len {
+        return Err(if layout.file_size > len {
+            FormatError::Truncated { what: "file (shorter than its header says)" }
+        } else {
+            FormatError::Invalid(format!(
+                "file is {len} bytes but its header says {}",
+                layout.file_size
+            ))
+        });
+    }
+    Ok(prefix)
+}
+
 fn check_metadata(meta: &Metadata, labels: &[String], graph: &Graph) -> Result<(), FormatError> {
     let err = |m: String| FormatError::Metadata(m);
     if meta.architecture.trim().is_empty() {
@@ -222,5 +284,41 @@ fn check_metadata(meta: &Metadata, labels: &[String], graph: &Graph) -> Result<(
             graph.classes()
         )));
     }
+    for (i, label) in labels.iter().enumerate() {
+        check_text(&format!("label {i} (line {})", i + 1), label, MAX_LABEL_BYTES, "")
+            .map_err(FormatError::Invalid)?;
+        if label.trim().is_empty() {
+            return Err(FormatError::Invalid(format!("label {i} (line {}) is empty", i + 1)));
+        }
+    }
+    let fields = [
+        ("architecture", &meta.architecture, MAX_LABEL_BYTES, ""),
+        ("producer", &meta.producer, MAX_LABEL_BYTES, ""),
+        ("producer_version", &meta.producer_version, MAX_LABEL_BYTES, ""),
+        ("notes", &meta.notes, MAX_NOTES_BYTES, "\n\t"),
+    ];
+    for (name, text, max, allowed) in fields {
+        check_text(name, text, max, allowed).map_err(err)?;
+    }
     Ok(())
+}
+
+/// Longest class label, architecture or producer string, in bytes.
+pub const MAX_LABEL_BYTES: usize = 256;
+/// Longest metadata `notes`, in bytes.
+pub const MAX_NOTES_BYTES: usize = 64 << 10;
+
+/// Labels and metadata strings reach D-Bus messages, logs and terminals: at most `max`
+/// bytes and no control characters (NUL makes a D-Bus message invalid, and the bus then
+/// drops the daemon) other than those in `allowed`.
+fn check_text(what: &str, text: &str, max: usize, allowed: &str) -> Result<(), String> {
+    if text.len() > max {
+        return Err(format!("{what} is {} bytes long (at most {max})", text.len()));
+    }
+    match text.char_indices().find(|&(_, c)| c.is_control() && !allowed.contains(c)) {
+        Some((at, c)) => {
+            Err(format!("{what} contains the control character U+{:04X} at byte {at}", c as u32))
+        }
+        None => Ok(()),
+    }
 }
