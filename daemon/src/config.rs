@@ -40,6 +40,9 @@ pub fn example() -> &'static str {
 }
 
 const THREADS: RangeInclusive<i64> = 1..=1024;
+const MAX_MODEL_MIB: RangeInclusive<i64> = 1..=4096;
+/// Default `max_model_mib`: the engine's default limit.
+pub const DEFAULT_MAX_MODEL_MIB: u64 = prom_engine::DEFAULT_MAX_MODEL_BYTES >> 20;
 const FRAME_SIZE: RangeInclusive<i64> = 16..=8192;
 const MAX_FPS: f64 = 1000.0;
 const MAX_SCENE_SECONDS: f64 = 86_400.0;
@@ -160,6 +163,9 @@ pub struct Config {
     pub model: ModelChoice,
     /// Inference worker threads (the inference thread included), 1..=1024.
     pub threads: usize,
+    /// Largest model file accepted, in MiB (`max_model_mib`, 1..=4096, default 64): a
+    /// larger file is refused before it is read.
+    pub max_model_mib: u64,
     /// Kernel tier to force; `None` picks the best one the CPU supports.
     pub kernel_tier: Option<Tier>,
     /// The D-Bus bus to publish on.
@@ -679,6 +685,7 @@ impl Default for Config {
         Config {
             model: ModelChoice::Default,
             threads: default_threads(),
+            max_model_mib: DEFAULT_MAX_MODEL_MIB,
             kernel_tier: None,
             bus: Bus::System,
             log: LogLevel::Info,
@@ -694,6 +701,11 @@ fn default_threads() -> usize {
 }
 
 impl Config {
+    /// `max_model_mib` in bytes.
+    pub fn max_model_bytes(&self) -> u64 {
+        self.max_model_mib << 20
+    }
+
     /// Loads the configuration: from `path` (`--config`), which must exist, or from
     /// [`DEFAULT_PATH`], falling back to the built-in defaults when that file does not exist.
     pub fn load(path: Option<&Path>) -> Result<Config> {
@@ -801,6 +813,7 @@ impl Config {
             }
         }
         check_int("threads", wide(self.threads), THREADS)?;
+        check_int("max_model_mib", wide(self.max_model_mib as usize), MAX_MODEL_MIB)?;
         if let Bus::Address(address) = &self.bus {
             check_bus_address(address).map_err(|m| ConfigError::invalid("bus", m))?;
         }
@@ -1172,7 +1185,8 @@ fn describe(value: &Value) -> String {
     }
 }
 
-const TOP_KEYS: &[&str] = &["model", "threads", "kernel_tier", "bus", "log", "camera"];
+const TOP_KEYS: &[&str] =
+    &["model", "threads", "max_model_mib", "kernel_tier", "bus", "log", "camera"];
 const CAMERA_KEYS: &[&str] = &[
     "name",
     "source",
@@ -1200,6 +1214,9 @@ fn read_config(table: &Table) -> Result<Config> {
     }
     if let Some(threads) = top.int("threads")? {
         config.threads = check_int("threads", threads, THREADS)? as usize;
+    }
+    if let Some(mib) = top.int("max_model_mib")? {
+        config.max_model_mib = check_int("max_model_mib", mib, MAX_MODEL_MIB)? as u64;
     }
     if let Some(tier) = top.str("kernel_tier")? {
         config.kernel_tier =

@@ -75,6 +75,7 @@ type Result<T> = std::result::Result<T, String>;
 /// Everything reload needs, shared by SIGHUP (main thread) and ReloadModel (D-Bus thread).
 struct Reloader {
     kernels: Kernels,
+    max_model_bytes: u64,
     /// Serialises reloads and holds the origin reloads re-read.
     origin: Mutex<ModelOrigin>,
     current: Arc<Mutex<Arc<LoadedModel>>>,
@@ -89,13 +90,14 @@ impl Reloader {
         let mut origin = lock(&self.origin);
         let next = if path.is_empty() { origin.clone() } else { ModelOrigin::File(path.into()) };
         let started = Instant::now();
-        let result = LoadedModel::load(&next, self.kernels).and_then(|model| {
-            let model = Arc::new(model);
-            if let Some(p) = self.pipeline.get() {
-                p.swap_model(model.clone(), SWAP_TIMEOUT)?;
-            }
-            Ok(model)
-        });
+        let result =
+            LoadedModel::load(&next, self.kernels, self.max_model_bytes).and_then(|model| {
+                let model = Arc::new(model);
+                if let Some(p) = self.pipeline.get() {
+                    p.swap_model(model.clone(), SWAP_TIMEOUT)?;
+                }
+                Ok(model)
+            });
         match result {
             Ok(model) => {
                 tracing::info!(
@@ -185,7 +187,7 @@ pub fn run(args: Args) -> Result<()> {
     .map_err(|e| format!("kernel tier: {e}"))?;
     let origin = initial_origin(&config, args.embedded_model);
     let opened = Instant::now();
-    let model = Arc::new(LoadedModel::load(&origin, kernels)?);
+    let model = Arc::new(LoadedModel::load(&origin, kernels, config.max_model_bytes())?);
     let open_ms = opened.elapsed().as_secs_f64() * 1e3;
 
     if args.check_config {
@@ -237,6 +239,7 @@ pub fn run(args: Args) -> Result<()> {
     let current = Arc::new(Mutex::new(model.clone()));
     let reloader = Arc::new(Reloader {
         kernels,
+        max_model_bytes: config.max_model_bytes(),
         origin: Mutex::new(origin),
         current: current.clone(),
         pipeline: std::sync::OnceLock::new(),

@@ -93,14 +93,18 @@ impl std::fmt::Debug for LoadedModel {
 }
 
 impl LoadedModel {
-    /// Opens and validates the model at `origin` and prepares its weights for `kernels`.
-    /// Errors name the file and the problem.
-    pub fn load(origin: &ModelOrigin, kernels: Kernels) -> Result<LoadedModel, String> {
+    /// Opens and validates the model at `origin` (a file of at most `max_bytes`) and
+    /// prepares its weights for `kernels`. Errors name the file and the problem.
+    pub fn load(
+        origin: &ModelOrigin,
+        kernels: Kernels,
+        max_bytes: u64,
+    ) -> Result<LoadedModel, String> {
         let model = match origin {
             ModelOrigin::File(path) => {
                 // Read, not mapped: an administrator overwriting the served file in place
                 // (cp, not mv) must not crash the daemon with SIGBUS (see ARCHITECTURE.md).
-                Model::read(path).map_err(|e| e.to_string())?
+                Model::read_limited(path, max_bytes).map_err(|e| e.to_string())?
             }
             ModelOrigin::Embedded => {
                 Model::from_bytes(EMBEDDED_MODEL).map_err(|e| format!("embedded model: {e}"))?

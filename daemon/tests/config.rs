@@ -220,6 +220,7 @@ fn a_full_config() {
         r#"
 model = "/opt/models/mobilenet.prom"
 threads = 3
+max_model_mib = 12
 kernel_tier = "scalar"
 bus = "unix:path=/tmp/prom-test-bus"
 log = "debug"
@@ -263,6 +264,7 @@ source = "file:/srv/images"
     assert_eq!(config.model, ModelChoice::Path("/opt/models/mobilenet.prom".into()));
     assert!(config.model.is_explicit());
     assert_eq!(config.threads, 3);
+    assert_eq!((config.max_model_mib, config.max_model_bytes()), (12, 12 << 20));
     assert_eq!(config.kernel_tier, Some(Tier::Scalar));
     assert_eq!(config.bus, Bus::Address("unix:path=/tmp/prom-test-bus".into()));
     assert_eq!(config.log, LogLevel::Debug);
@@ -360,11 +362,13 @@ fn validation_errors_name_their_key() {
     let publish = |body: &str| format!("{CAM}[camera.publish]\n{body}\n");
     let cases: Vec<(String, &str)> = vec![
         // Top level.
-        ("colour = 1".into(), "colour: unknown key (expected one of: model, threads, kernel_tier, bus, log, camera)"),
+        ("colour = 1".into(), "colour: unknown key (expected one of: model, threads, max_model_mib, kernel_tier, bus, log, camera)"),
         ("model = \"\"".into(), "model: must not be empty"),
         ("model = 3".into(), "model: expected a string, found integer 3"),
         ("threads = 0".into(), "threads: 0 is out of range 1..=1024"),
         ("threads = 5000".into(), "threads: 5000 is out of range 1..=1024"),
+        ("max_model_mib = 0".into(), "max_model_mib: 0 is out of range 1..=4096"),
+        ("max_model_mib = 4097".into(), "max_model_mib: 4097 is out of range 1..=4096"),
         ("threads = \"4\"".into(), "threads: expected an integer, found string \"4\""),
         ("threads = 2.5".into(), "threads: expected an integer, found float 2.5"),
         ("kernel_tier = \"sse\"".into(), "kernel_tier: unknown kernel tier \"sse\" (expected scalar, avx2, avx512, neon)"),

@@ -662,3 +662,100 @@ fn several_cameras_at_once() {
         assert_eq!(camera_proxy(&conn, name).state().unwrap(), "running");
     }
 }
+
+/// Model files from the hardening audit: a NUL in a label (its signals would be invalid
+/// D-Bus and the bus would drop the daemon), zero padding to any size, a FIFO (open would
+/// block forever), a file over `max_model_mib`. Each is refused at start and on reload,
+/// quickly, and the daemon keeps serving on the bus.
+#[test]
+fn hostile_model_files_are_refused_at_start_and_on_reload() {
+    let bus = PrivateBus::start();
+    let good = small_model(&bus.dir, "good", 10, 7);
+    let image = picture(&bus.dir);
+    let bad_label = |name: &str, label: &str| {
+        let cfg =
+            SynthConfig { width: 0.35, resolution: 96, classes: 10, ..SynthConfig::default() };
+        let mut spec = synthesize(&cfg).unwrap();
+        spec.labels[4] = label.to_owned();
+        let path = bus.dir.join(format!("{name}.prom"));
+        spec.write(&path).unwrap();
+        path
+    };
+    let nul = bad_label("nul", "tab\0by");
+    let escape = bad_label("escape", "\u{1b}[31mred");
+    let padded = bus.dir.join("padded.prom");
+    {
+        let mut b = std::fs::read(&good).unwrap();
+        b.resize(b.len() + (3 << 20), 0);
+        let len = b.len() as u64;
+        b[24..32].copy_from_slice(&len.to_le_bytes());
+        let crc = {
+            let mut h = crc32fast::Hasher::new();
+            h.update(&b[..60]);
+            h.update(&b[64..64 + 4 * 32]);
+            h.finalize()
+        };
+        b[60..64].copy_from_slice(&crc.to_le_bytes());
+        std::fs::write(&padded, b).unwrap();
+    }
+    let fifo = bus.dir.join("fifo.prom");
+    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let cases: [(&Path, &str); 4] = [
+        (&nul, "label 4 (line 5) contains the control character U+0000"),
+        (&escape, "label 4 (line 5) contains the control character U+001B"),
+        (&padded, "the last section ends at"),
+        (&fifo, "not a regular file"),
+    ];
+
+    // At start: a clear error and exit status 1, at once.
+    for (model, want) in cases {
+        let t = Instant::now();
+        let out = Command::new(env!("CARGO_BIN_EXE_prom-daemon"))
+            .args(["--config", "/dev/null", "--bus-address", &bus.address, "--model"])
+            .arg(model)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{}: {err}", model.display());
+        assert!(err.contains(want), "{}: {err}", model.display());
+        assert!(t.elapsed() < Duration::from_secs(5), "{}: {:?}", model.display(), t.elapsed());
+    }
+
+    // On reload (ReloadModel), with a 2 MiB limit that the padded file also exceeds.
+    let config = format!("max_model_mib = 2\n{}", file_camera_config(&good, &image));
+    let mut daemon = Daemon::start(&bus, &config, &[], &[]);
+    let conn = bus.client();
+    let root = root_proxy(&conn);
+    results(&conn, "files", 2);
+    let checksum = root.model().unwrap()["checksum"].clone();
+    let limit = format!("over the {}-byte model size limit", 2 << 20);
+    for (model, want) in cases {
+        let want = if model == padded { limit.as_str() } else { want };
+        let t = Instant::now();
+        let (name, msg) = method_error(root.reload_model(model.to_str().unwrap()).unwrap_err());
+        assert_eq!(name, "io.prom.Classifier1.Error.ReloadFailed", "{msg}");
+        assert!(msg.contains(want), "{}: {msg}", model.display());
+        assert!(t.elapsed() < Duration::from_secs(5), "{}: {:?}", model.display(), t.elapsed());
+        assert_eq!(root.state().unwrap(), "running");
+        assert_eq!(root.model().unwrap()["checksum"], checksum);
+        results(&conn, "files", 2);
+    }
+
+    // The served file replaced by a FIFO, then SIGHUP: the reload fails at once, the daemon
+    // serves on, later reloads work, and SIGTERM still ends it promptly.
+    std::fs::remove_file(&good).unwrap();
+    assert!(Command::new("mkfifo").arg(&good).status().unwrap().success());
+    daemon.signal("HUP");
+    poll("log shows the failed SIGHUP reload", true, || {
+        daemon.log().contains("reload failed") && daemon.log().contains("not a regular file")
+    });
+    let (name, _) = method_error(root.reload_model("").unwrap_err());
+    assert_eq!(name, "io.prom.Classifier1.Error.ReloadFailed");
+    let other = small_model(&bus.dir, "other", 7, 8);
+    root.reload_model(other.to_str().unwrap()).unwrap();
+    assert_eq!(root.state().unwrap(), "running");
+    results(&conn, "files", 2);
+    let (status, took) = daemon.stop_with("TERM");
+    assert_eq!(status.code(), Some(0), "{}", daemon.log());
+    assert!(took < Duration::from_secs(1), "SIGTERM took {took:?}");
+}

@@ -59,7 +59,9 @@ fn model(dir: &std::path::Path) -> Arc<LoadedModel> {
         SynthConfig { width: 0.35, resolution: 96, classes: 10, seed: 3, ..SynthConfig::default() };
     let path = dir.join("m.prom");
     synthesize(&cfg).unwrap().write(&path).unwrap();
-    Arc::new(LoadedModel::load(&ModelOrigin::File(path), Kernels::detect().unwrap()).unwrap())
+    Arc::new(
+        LoadedModel::load(&ModelOrigin::File(path), Kernels::detect().unwrap(), 1 << 26).unwrap(),
+    )
 }
 
 fn frames_classified(p: &Pipeline) -> u64 {
