@@ -230,12 +230,20 @@ pub struct Classified {
 
 /// Subscribes to `Classified` on every camera (or only `camera`) and calls `each` per
 /// signal until it returns `false` or `timeout` passes without a signal.
+///
+/// Only signals sent by the current owner of io.prom.Classifier1 count: anyone on the bus
+/// can emit a `Classified` signal on a camera path. The owner is looked up at the start and
+/// followed through NameOwnerChanged (a restarted daemon has a new unique name).
 pub fn watch_signals(
     conn: &zbus::blocking::Connection,
     camera: Option<&str>,
     timeout: Option<Duration>,
     mut each: impl FnMut(Classified) -> Result<bool>,
 ) -> Result<()> {
+    let dbus = zbus::blocking::fdo::DBusProxy::new(conn)?;
+    // Subscribed before the owner is read, so no change between the two is missed.
+    let owner_changes = dbus.receive_name_owner_changed_with_args(&[(0, BUS_NAME)])?;
+    let owner = std::sync::Arc::new(std::sync::Mutex::new(current_owner(&dbus)));
     let mut rule = zbus::MatchRule::builder()
         .msg_type(zbus::message::Type::Signal)
         .interface(CAMERA_INTERFACE)?
@@ -246,6 +254,16 @@ pub fn watch_signals(
         rule = rule.path_namespace(crate::dbus::ROOT_PATH)?;
     }
     let iter = zbus::blocking::MessageIterator::for_match_rule(rule.build(), conn, Some(64))?;
+    {
+        let owner = owner.clone();
+        std::thread::Builder::new().name("watch-owner".into()).spawn(move || {
+            for change in owner_changes {
+                let Ok(args) = change.args() else { continue };
+                let new = args.new_owner().as_ref().map(|n| n.to_string());
+                *owner.lock().unwrap_or_else(|e| e.into_inner()) = new;
+            }
+        })?;
+    }
     let (tx, rx) = crossbeam_channel::bounded(64);
     std::thread::Builder::new().name("watch".into()).spawn(move || {
         for m in iter {
@@ -254,12 +272,30 @@ pub fn watch_signals(
             }
         }
     })?;
+    let deadline = |t: Duration| Instant::now() + t;
+    let mut until = timeout.map(deadline);
     loop {
-        let msg = match timeout {
-            Some(t) => rx.recv_timeout(t).map_err(|_| format!("no result within {t:?}"))?,
+        let msg = match until {
+            Some(u) => rx
+                .recv_deadline(u)
+                .map_err(|_| format!("no result within {:?}", timeout.unwrap_or_default()))?,
             None => rx.recv().map_err(|_| "the bus connection ended")?,
         }?;
         let header = msg.header();
+        let sender = header.sender().map(|s| s.to_string());
+        let from_owner = {
+            let mut owner = owner.lock().unwrap_or_else(|e| e.into_inner());
+            if owner.is_none() {
+                // The daemon may have come up after the lookup and before its
+                // NameOwnerChanged reached us: ask again.
+                *owner = current_owner(&dbus);
+            }
+            owner.is_some() && *owner == sender
+        };
+        if !from_owner {
+            tracing::debug!("ignoring a Classified signal from {sender:?}, not the daemon");
+            continue;
+        }
         let path = header.path().map(|p| p.as_str().to_owned()).unwrap_or_default();
         let (sequence, capture_timestamp_us, top_k): (u64, u64, Vec<Prediction>) =
             msg.body().deserialize()?;
@@ -272,7 +308,14 @@ pub fn watch_signals(
         if !each(c)? {
             return Ok(());
         }
+        until = timeout.map(deadline);
     }
+}
+
+/// The unique name owning io.prom.Classifier1, if any.
+fn current_owner(dbus: &zbus::blocking::fdo::DBusProxy<'_>) -> Option<String> {
+    let name = zbus::names::BusName::try_from(BUS_NAME).ok()?;
+    dbus.get_name_owner(name).ok().map(|o| o.to_string())
 }
 
 fn print_result(out: &mut impl Write, c: &Classified, json: bool, show: usize) -> Result<()> {

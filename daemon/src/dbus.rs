@@ -19,13 +19,14 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, select, Receiver, Sender, TrySendError};
+use zbus::message::Header;
 use zbus::zvariant::{OwnedObjectPath, OwnedValue, Value};
 
 /// The well-known bus name.
@@ -40,6 +41,9 @@ pub const CAMERA_INTERFACE: &str = "io.prom.Camera1";
 pub const CAMERA_PATH_PREFIX: &str = "/io/prom/Classifier1/camera/";
 /// Default upper bound of a `ClassifyImage` payload (8 MiB).
 pub const DEFAULT_MAX_IMAGE_BYTES: usize = 8 << 20;
+
+/// Incoming messages the connection buffers (zbus's default is 64).
+const MAX_QUEUED_MESSAGES: usize = 8;
 
 /// One classification result: (class id, label, score).
 pub type Prediction = (u32, String, f64);
@@ -159,6 +163,9 @@ pub struct ServiceOptions {
     pub signal_queue: usize,
     /// `ClassifyImage` requests that may wait for the classifier before `...Error.Busy`.
     pub classify_queue: usize,
+    /// Payload bytes that `ClassifyImage` requests may hold, waiting or being decoded,
+    /// before `...Error.Busy` (one request of any accepted size always fits).
+    pub classify_queue_bytes: usize,
     /// Initial `State`.
     pub state: String,
     /// Initial `Model`.
@@ -180,6 +187,7 @@ impl Default for ServiceOptions {
             stats_interval: Duration::from_millis(500),
             signal_queue: 64,
             classify_queue: 4,
+            classify_queue_bytes: 2 * DEFAULT_MAX_IMAGE_BYTES,
             state: "starting".into(),
             model: None,
             tier: String::new(),
@@ -482,6 +490,32 @@ impl Waker2 {
 struct ClassifyJob {
     bytes: Vec<u8>,
     slot: Arc<Slot<Result<Vec<Prediction>, ApiError>>>,
+    _held: HeldBytes,
+}
+
+/// Payload bytes held by a `ClassifyImage` request, counted in a shared total until the
+/// request is done (dropped).
+struct HeldBytes {
+    total: Arc<AtomicUsize>,
+    bytes: usize,
+}
+
+impl HeldBytes {
+    /// Counts `bytes` more, unless that would pass `budget` while something is held.
+    fn reserve(total: &Arc<AtomicUsize>, bytes: usize, budget: usize) -> Option<HeldBytes> {
+        total
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                (held == 0 || held + bytes <= budget).then_some(held + bytes)
+            })
+            .ok()
+            .map(|_| HeldBytes { total: total.clone(), bytes })
+    }
+}
+
+impl Drop for HeldBytes {
+    fn drop(&mut self) {
+        self.total.fetch_sub(self.bytes, Ordering::AcqRel);
+    }
 }
 
 struct ReloadJob {
@@ -495,6 +529,8 @@ struct RootIface {
     reload_tx: Option<Sender<ReloadJob>>,
     timer_tx: Sender<Expiry>,
     max_image_bytes: usize,
+    held_bytes: Arc<AtomicUsize>,
+    classify_queue_bytes: usize,
     classify_timeout: Duration,
     reload_timeout: Duration,
 }
@@ -543,8 +579,12 @@ impl RootIface {
         let Some(tx) = &self.classify_tx else {
             return Err(ApiError::NotSupported("no classifier in this daemon".into()));
         };
+        let held = HeldBytes::reserve(&self.held_bytes, image.len(), self.classify_queue_bytes)
+            .ok_or_else(|| {
+                ApiError::Busy("too many image bytes waiting to be classified".into())
+            })?;
         let slot = Slot::new();
-        match tx.try_send(ClassifyJob { bytes: image, slot: slot.clone() }) {
+        match tx.try_send(ClassifyJob { bytes: image, slot: slot.clone(), _held: held }) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
                 return Err(ApiError::Busy("too many ClassifyImage requests waiting".into()))
@@ -610,7 +650,9 @@ struct CameraIface {
 #[zbus::interface(name = "io.prom.Camera1")]
 impl CameraIface {
     /// Stops classifying this camera's frames until Resume.
-    async fn pause(&self) {
+    // The (unused) header parameter makes zbus check the call's signature, which it skips
+    // for methods without parameters: a call with arguments is refused, not obeyed.
+    async fn pause(&self, #[zbus(header)] _header: Header<'_>) -> zbus::fdo::Result<()> {
         self.cam.paused.store(true, Ordering::SeqCst);
         {
             let mut p = lock(&self.cam.props);
@@ -620,10 +662,13 @@ impl CameraIface {
         }
         let _ = self.cam.control_tx.try_send(CameraControl::Pause);
         self.wake.wake();
+        Ok(())
     }
 
     /// Undoes Pause.
-    async fn resume(&self) {
+    // The (unused) header parameter makes zbus check the call's signature, which it skips
+    // for methods without parameters: a call with arguments is refused, not obeyed.
+    async fn resume(&self, #[zbus(header)] _header: Header<'_>) -> zbus::fdo::Result<()> {
         self.cam.paused.store(false, Ordering::SeqCst);
         {
             let mut p = lock(&self.cam.props);
@@ -633,6 +678,7 @@ impl CameraIface {
         }
         let _ = self.cam.control_tx.try_send(CameraControl::Resume);
         self.wake.wake();
+        Ok(())
     }
 
     /// A classified frame: sequence number, capture time (µs, CLOCK_REALTIME) and the
@@ -983,6 +1029,8 @@ impl Service {
             reload_tx,
             timer_tx,
             max_image_bytes: opts.max_image_bytes,
+            held_bytes: Arc::new(AtomicUsize::new(0)),
+            classify_queue_bytes: opts.classify_queue_bytes,
             classify_timeout: opts.classify_timeout,
             reload_timeout: opts.reload_timeout,
         };
@@ -993,6 +1041,10 @@ impl Service {
         }
         .map_err(bus_err("bus address"))?;
         let conn = builder
+            // Incoming messages buffered before the handlers take them: ClassifyImage
+            // payloads are up to max_image_bytes each, so a flood must wait in the bus
+            // (which refuses senders once its per-connection limit is reached), not here.
+            .max_queued(MAX_QUEUED_MESSAGES)
             .serve_at(ROOT_PATH, root)
             .map_err(bus_err("registering the root object"))?
             .serve_at(ROOT_PATH, zbus::fdo::ObjectManager)
@@ -1133,8 +1185,12 @@ fn classify_worker(mut f: ClassifierFn, rx: Receiver<ClassifyJob>, stop: Receive
         if job.slot.is_done() {
             continue; // timed out while queued
         }
-        let result = match crate::imageio::decode(&job.bytes) {
-            Err(e) => Err(ApiError::InvalidImage(e.0)),
+        let decoded = crate::imageio::decode(&job.bytes);
+        // The payload is not needed past the decode; free it before classifying.
+        drop(job.bytes);
+        let result = match decoded {
+            Err(crate::imageio::ImageError::TooLarge(m)) => Err(ApiError::ImageTooLarge(m)),
+            Err(crate::imageio::ImageError::Invalid(m)) => Err(ApiError::InvalidImage(m)),
             Ok((width, height, rgb)) => {
                 let img = DecodedImage { width, height, rgb };
                 match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&img))) {

@@ -5,46 +5,180 @@ use std::path::Path;
 
 /// Decoding or reading an image failed.
 #[derive(Debug)]
-pub struct ImageError(pub String);
+pub enum ImageError {
+    /// Not an image this daemon decodes, or damaged.
+    Invalid(String),
+    /// A well-formed image that is too large to decode within the memory bounds.
+    TooLarge(String),
+}
+
+impl ImageError {
+    /// The message.
+    pub fn message(&self) -> &str {
+        match self {
+            ImageError::Invalid(m) | ImageError::TooLarge(m) => m,
+        }
+    }
+
+    fn map(self, f: impl FnOnce(String) -> String) -> ImageError {
+        match self {
+            ImageError::Invalid(m) => ImageError::Invalid(f(m)),
+            ImageError::TooLarge(m) => ImageError::TooLarge(f(m)),
+        }
+    }
+}
 
 impl std::fmt::Display for ImageError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.message())
     }
 }
 
 impl std::error::Error for ImageError {}
 
-/// Largest accepted image side (guards memory on hostile input).
+/// Largest accepted image side.
 pub const MAX_SIDE: u32 = 16384;
+/// Largest image area a header may declare. Real cameras stay below it (50 MP sensors
+/// are 8192x6144); a small file declaring more is a decompression bomb.
+pub const MAX_DECLARED_PIXELS: u64 = 64 << 20;
+/// Largest image decoded at full size. JPEGs above it are decoded with DCT-domain
+/// downscaling (1/2, 1/4 or 1/8) to at most this many pixels; PNG and PPM above it are
+/// refused. 8 MP of RGB8 is 24 MiB.
+pub const MAX_DECODED_PIXELS: u64 = 8 << 20;
+/// Largest buffer a decoder may allocate (the full-size decode of [`MAX_DECODED_PIXELS`] in
+/// RGBA with 16 bits per channel fits; it is checked before allocating).
+pub const MAX_DECODER_ALLOC: u64 = 64 << 20;
+/// Largest image file read from disk.
+pub const MAX_FILE_BYTES: u64 = 64 << 20;
 
-/// Decodes an encoded image (JPEG, PNG or PPM/PGM) to RGB8.
+/// Decodes an encoded image (JPEG, PNG or PPM/PGM) to RGB8, within fixed memory bounds: the
+/// dimensions in the header are checked before anything is allocated, large JPEGs are
+/// decoded downscaled, and the decoders' allocations are capped.
 pub fn decode(bytes: &[u8]) -> Result<(u32, u32, Vec<u8>), ImageError> {
+    use image::ImageFormat;
     let format = image::guess_format(bytes)
-        .map_err(|e| ImageError(format!("unrecognised image format: {e}")))?;
-    if !matches!(
-        format,
-        image::ImageFormat::Jpeg | image::ImageFormat::Png | image::ImageFormat::Pnm
-    ) {
-        return Err(ImageError(format!("unsupported image format {format:?} (JPEG, PNG, PPM)")));
+        .map_err(|e| ImageError::Invalid(format!("unrecognised image format: {e}")))?;
+    if !matches!(format, ImageFormat::Jpeg | ImageFormat::Png | ImageFormat::Pnm) {
+        return Err(ImageError::Invalid(format!(
+            "unsupported image format {format:?} (JPEG, PNG, PPM)"
+        )));
     }
-    let mut reader = image::ImageReader::with_format(std::io::Cursor::new(bytes), format);
-    let mut limits = image::Limits::default();
-    limits.max_image_width = Some(MAX_SIDE);
-    limits.max_image_height = Some(MAX_SIDE);
-    limits.max_alloc = Some(512 << 20);
-    reader.limits(limits);
-    let img = reader.decode().map_err(|e| ImageError(format!("cannot decode image: {e}")))?;
-    let rgb = img.to_rgb8();
+    let reader = || {
+        let mut reader = image::ImageReader::with_format(std::io::Cursor::new(bytes), format);
+        let mut limits = image::Limits::default();
+        limits.max_image_width = Some(MAX_SIDE);
+        limits.max_image_height = Some(MAX_SIDE);
+        limits.max_alloc = Some(MAX_DECODER_ALLOC);
+        reader.limits(limits);
+        reader
+    };
+    let invalid = |e: image::ImageError| match e {
+        image::ImageError::Limits(l) => {
+            ImageError::TooLarge(format!("image exceeds the decoder's memory bounds: {l}"))
+        }
+        e => ImageError::Invalid(format!("cannot decode image: {e}")),
+    };
+    // The header alone: nothing is allocated for the pixels yet.
+    let (w, h) = reader().into_dimensions().map_err(invalid)?;
+    let declared = u64::from(w) * u64::from(h);
+    if w == 0 || h == 0 {
+        return Err(ImageError::Invalid(format!("image is {w}x{h}")));
+    }
+    if declared > MAX_DECLARED_PIXELS {
+        return Err(ImageError::TooLarge(format!(
+            "image declares {w}x{h}, more than {} megapixels",
+            MAX_DECLARED_PIXELS >> 20
+        )));
+    }
+    if declared > MAX_DECODED_PIXELS {
+        if format == ImageFormat::Jpeg {
+            return decode_jpeg_downscaled(bytes, w, h);
+        }
+        return Err(ImageError::TooLarge(format!(
+            "image is {w}x{h}; {format:?} images above {} megapixels are not decoded",
+            MAX_DECODED_PIXELS >> 20
+        )));
+    }
+    let img = reader().decode().map_err(invalid)?;
+    let rgb = img.into_rgb8();
     let (w, h) = rgb.dimensions();
     Ok((w, h, rgb.into_raw()))
 }
 
-/// Reads and decodes an image file.
+/// Decodes a large JPEG with DCT-domain downscaling by the smallest of 1/2, 1/4, 1/8 that
+/// brings it to [`MAX_DECODED_PIXELS`] or fewer.
+fn decode_jpeg_downscaled(bytes: &[u8], w: u32, h: u32) -> Result<(u32, u32, Vec<u8>), ImageError> {
+    let factor = [2u32, 4, 8]
+        .into_iter()
+        .find(|f| u64::from(w.div_ceil(*f)) * u64::from(h.div_ceil(*f)) <= MAX_DECODED_PIXELS)
+        .ok_or_else(|| ImageError::TooLarge(format!("image is {w}x{h}, too large even at 1/8")))?;
+    let (sw, sh) = (w.div_ceil(factor), h.div_ceil(factor));
+    let bad = |e: String| ImageError::Invalid(format!("cannot decode image: {e}"));
+    // jpeg-decoder is fuzzed, but a hostile image must never take the daemon down.
+    let decoded = std::panic::catch_unwind(|| {
+        let mut dec = jpeg_decoder::Decoder::new(bytes);
+        dec.set_max_decoding_buffer_size(MAX_DECODER_ALLOC as usize);
+        dec.read_info().map_err(|e| e.to_string())?;
+        // Sides are at most MAX_SIDE (checked from the header), so they fit u16.
+        let (dw, dh) = dec.scale(sw as u16, sh as u16).map_err(|e| e.to_string())?;
+        let info = dec.info().ok_or("no frame header")?;
+        let pixels = dec.decode().map_err(|e| e.to_string())?;
+        Ok::<_, String>((u32::from(dw), u32::from(dh), info.pixel_format, pixels))
+    })
+    .unwrap_or_else(|_| Err("decoder panicked".into()));
+    let (dw, dh, format, pixels) = decoded.map_err(bad)?;
+    let n = dw as usize * dh as usize;
+    let rgb = match format {
+        jpeg_decoder::PixelFormat::RGB24 if pixels.len() >= n * 3 => pixels[..n * 3].to_vec(),
+        jpeg_decoder::PixelFormat::L8 if pixels.len() >= n => {
+            pixels[..n].iter().flat_map(|&v| [v, v, v]).collect()
+        }
+        jpeg_decoder::PixelFormat::CMYK32 if pixels.len() >= n * 4 => pixels[..n * 4]
+            .chunks_exact(4)
+            .flat_map(|p| {
+                // Adobe CMYK JPEGs store inverted values: the channel is already 255 - ink.
+                let k = u32::from(p[3]);
+                [0, 1, 2].map(|c| ((u32::from(p[c]) * k + 127) / 255) as u8)
+            })
+            .collect(),
+        other => {
+            return Err(bad(format!("{other:?} output of {} bytes for {dw}x{dh}", pixels.len())))
+        }
+    };
+    Ok((dw, dh, rgb))
+}
+
+/// Reads a file of at most `max_bytes` without blocking on what is not a regular file (a
+/// FIFO would block `open` until a writer comes).
+pub fn read_regular_file(path: &Path, max_bytes: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::{Error, ErrorKind, Read};
+    use std::os::unix::fs::OpenOptionsExt;
+    // O_NONBLOCK keeps open() from waiting for a FIFO writer; fstat then refuses the FIFO.
+    let nonblock = rustix::fs::OFlags::NONBLOCK.bits() as i32;
+    let file = std::fs::OpenOptions::new().read(true).custom_flags(nonblock).open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(Error::new(ErrorKind::InvalidInput, "not a regular file"));
+    }
+    if meta.len() > max_bytes {
+        return Err(Error::new(
+            ErrorKind::InvalidData,
+            format!("{} bytes, over the {max_bytes}-byte limit", meta.len()),
+        ));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(max_bytes + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max_bytes {
+        return Err(Error::new(ErrorKind::InvalidData, "the file grew while it was read"));
+    }
+    Ok(bytes)
+}
+
+/// Reads and decodes an image file (at most [`MAX_FILE_BYTES`]).
 pub fn load(path: &Path) -> Result<(u32, u32, Vec<u8>), ImageError> {
-    let bytes = std::fs::read(path)
-        .map_err(|e| ImageError(format!("cannot read {}: {e}", path.display())))?;
-    decode(&bytes).map_err(|e| ImageError(format!("{}: {e}", path.display())))
+    let bytes = read_regular_file(path, MAX_FILE_BYTES)
+        .map_err(|e| ImageError::Invalid(format!("cannot read {}: {e}", path.display())))?;
+    decode(&bytes).map_err(|e| e.map(|m| format!("{}: {m}", path.display())))
 }
 
 /// Centre-crops `src` (`w x h` RGB8) to the aspect ratio of `out_w x out_h` and resizes it

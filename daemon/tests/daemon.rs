@@ -759,3 +759,124 @@ fn hostile_model_files_are_refused_at_start_and_on_reload() {
     assert_eq!(status.code(), Some(0), "{}", daemon.log());
     assert!(took < Duration::from_secs(1), "SIGTERM took {took:?}");
 }
+
+/// Peak resident memory of process `pid` (VmHWM), in bytes.
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
+}
+
+/// Every decompression-bomb class over ClassifyImage and in a `file:` camera directory:
+/// answered ImageTooLarge (or InvalidImage), with the daemon's peak memory far below the
+/// unit's MemoryHigh (96 MiB); a 24 MP photo is classified, decoded downscaled.
+#[test]
+fn decompression_bombs_are_refused_within_bounded_memory() {
+    let bus = PrivateBus::start();
+    let model = small_model(&bus.dir, "a", 10, 7);
+    let images = bus.dir.join("images");
+    std::fs::create_dir(&images).unwrap();
+    std::fs::copy(picture(&bus.dir), images.join("good.ppm")).unwrap();
+    let all = common::bombs::all();
+    for (i, bomb) in all.iter().enumerate() {
+        let ext = match &bomb.name[..3] {
+            "jpe" => "jpg",
+            "png" => "png",
+            _ => "ppm",
+        };
+        std::fs::write(images.join(format!("bomb{i}.{ext}")), &bomb.bytes).unwrap();
+    }
+    let daemon = Daemon::start(&bus, &file_camera_config(&model, &images), &[], &[]);
+    let conn = bus.client();
+    results(&conn, "files", 3);
+    let root = root_proxy(&conn);
+    for bomb in &all {
+        let (name, msg) = method_error(root.classify_image(&bomb.bytes).unwrap_err());
+        assert!(
+            name == "io.prom.Classifier1.Error.ImageTooLarge"
+                || name == "io.prom.Classifier1.Error.InvalidImage",
+            "{}: {name}: {msg}",
+            bomb.name
+        );
+    }
+    let top = root.classify_image(&common::bombs::large_jpeg(6000, 4000)).unwrap();
+    assert_eq!(top.len(), 5);
+    let peak = peak_rss(daemon.pid());
+    assert!(peak < 64 << 20, "peak RSS {} MiB", peak >> 20);
+    let log = daemon.log();
+    assert_eq!(log.matches("skipping").count(), all.len(), "{log}");
+    eprintln!("decompression bombs: daemon peak RSS {:.1} MiB", peak as f64 / (1 << 20) as f64);
+}
+
+/// 200 concurrent ClassifyImage calls with 8 MiB images: each answered (a result, Busy, or
+/// the bus's LimitsExceeded),
+/// with the daemon's peak memory bounded.
+#[test]
+fn a_flood_of_large_images_stays_within_bounded_memory() {
+    let bus = PrivateBus::start();
+    let model = small_model(&bus.dir, "a", 10, 7);
+    let image = picture(&bus.dir);
+    // The environment the shipped unit gives the daemon (its allocator settings).
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../systemd/prom-daemon.service"
+    ))
+    .unwrap();
+    let env: Vec<(&str, &str)> = unit
+        .lines()
+        .filter_map(|l| l.strip_prefix("Environment="))
+        .map(|kv| kv.split_once('=').unwrap())
+        .collect();
+    assert!(!env.is_empty(), "the unit sets no environment");
+    let daemon = Daemon::start(&bus, &file_camera_config(&model, &image), &[], &env);
+    // A small image padded to the 8 MiB limit: the payload is what is being tested, not
+    // the decoder (the bombs test covers that).
+    let mut ppm = std::fs::read(&image).unwrap();
+    ppm.resize(8 << 20, 0);
+    let ppm = Arc::new(ppm);
+    let before = peak_rss(daemon.pid());
+    let (mut ok, mut busy) = (0, 0);
+    let threads: Vec<_> = (0..20)
+        .map(|_| {
+            let (conn, ppm) = (bus.client(), ppm.clone());
+            std::thread::spawn(move || {
+                let root = root_proxy(&conn);
+                (0..10)
+                    .map(|_| match root.classify_image(&ppm) {
+                        Ok(_) => true,
+                        Err(e) => {
+                            // Busy from the daemon, or the bus's own limit on the daemon's
+                            // incoming queue.
+                            let (name, msg) = method_error(e);
+                            assert!(
+                                name == "io.prom.Classifier1.Error.Busy"
+                                    || name == "org.freedesktop.DBus.Error.LimitsExceeded",
+                                "{name}: {msg}"
+                            );
+                            false
+                        }
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    for t in threads {
+        for answered in t.join().unwrap() {
+            if answered {
+                ok += 1
+            } else {
+                busy += 1
+            }
+        }
+    }
+    assert_eq!(ok + busy, 200);
+    assert!(ok > 0, "no request was served");
+    let peak = peak_rss(daemon.pid());
+    eprintln!(
+        "flood: {ok} classified, {busy} busy; daemon peak RSS {:.1} MiB (before {:.1} MiB)",
+        peak as f64 / (1 << 20) as f64,
+        before as f64 / (1 << 20) as f64
+    );
+    // The unit's MemoryHigh is 96 MiB.
+    assert!(peak < 80 << 20, "peak RSS {} MiB", peak >> 20);
+}

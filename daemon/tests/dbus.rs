@@ -347,6 +347,32 @@ fn pause_and_resume_reach_the_camera_handle() {
     assert!(!cam.is_paused());
     assert_eq!(controls.recv_timeout(WAIT).unwrap(), CameraControl::Resume);
     assert_eq!(proxy.state().unwrap(), "waiting");
+
+    // Arguments to these argument-less methods are refused, and change nothing.
+    let path = prom_daemon::dbus::camera_path("cam0");
+    let path = path.as_str();
+    for method in ["Pause", "Resume"] {
+        let bad: [&dyn Fn() -> zbus::Result<zbus::Message>; 3] = [
+            &|| client.call_method(Some(BUS_NAME), path, Some("io.prom.Camera1"), method, &(1u32,)),
+            &|| client.call_method(Some(BUS_NAME), path, Some("io.prom.Camera1"), method, &("x",)),
+            &|| {
+                client.call_method(
+                    Some(BUS_NAME),
+                    path,
+                    Some("io.prom.Camera1"),
+                    method,
+                    &(true, 2u8),
+                )
+            },
+        ];
+        for call in bad {
+            let (name, msg) = method_error(call().unwrap_err());
+            assert_eq!(name, "org.freedesktop.zbus.Error", "{method}: {msg}");
+            assert!(msg.starts_with("Signature mismatch"), "{method}: {msg}");
+            assert!(!cam.is_paused());
+        }
+    }
+    assert!(controls.try_recv().is_err(), "a refused call reached the camera");
 }
 
 #[test]
@@ -461,4 +487,65 @@ fn interface_tokens(xml: &str, iface: &str) -> Vec<String> {
         rest = &after[end + 1..];
     }
     out
+}
+
+/// Any local user can emit `Classified` on a camera path; `promctl watch` (watch_signals)
+/// must show only what the owner of io.prom.Classifier1 sends, also after the service is
+/// replaced by a new one (a new unique name) and when a forger holds the camera path first.
+#[test]
+fn watch_ignores_classified_signals_not_sent_by_the_daemon() {
+    use prom_daemon::client::watch_signals;
+    let bus = PrivateBus::start();
+    let forger = bus.client();
+    let forge = |camera: &str, seq: u64| {
+        let top = vec![(666u32, "forged".to_owned(), 0.99f64)];
+        let path = prom_daemon::dbus::camera_path(camera);
+        forger
+            .emit_signal(
+                None::<&str>,
+                path.as_str(),
+                "io.prom.Camera1",
+                "Classified",
+                &(seq, 1u64, top),
+            )
+            .unwrap();
+    };
+    // Forged signals before any daemon exists, and around the real ones.
+    let watcher = bus.client();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let collect = {
+        let seen = seen.clone();
+        std::thread::spawn(move || {
+            watch_signals(&watcher, None, Some(Duration::from_secs(3)), |c| {
+                seen.lock().unwrap().push((c.camera, c.sequence, c.top_k[0].1.clone()));
+                Ok(true)
+            })
+            .map_err(|e| e.to_string())
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    forge("cam0", 100);
+    for round in 0..2u64 {
+        let svc = bus.service(ServiceOptions::default());
+        let cam = svc.add_camera("cam0").unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        for seq in 0..3u64 {
+            forge("cam0", 200 + seq);
+            assert!(cam.publish(round * 10 + seq, 5, &[(1, "real".into(), 0.5)]));
+            forge("cam1", 300 + seq);
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        drop(cam);
+        drop(svc); // the next round's service has another unique name
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    forge("cam0", 400);
+    let r = collect.join().unwrap();
+    assert!(r.unwrap_err().contains("no result within"));
+    let seen = seen.lock().unwrap().clone();
+    let want: Vec<_> = [0u64, 1, 2, 10, 11, 12]
+        .iter()
+        .map(|&s| ("cam0".to_owned(), s, "real".to_owned()))
+        .collect();
+    assert_eq!(seen, want);
 }

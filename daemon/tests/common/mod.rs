@@ -1,6 +1,8 @@
 //! Shared by the D-Bus test files: a private dbus-daemon and proxy helpers.
 #![allow(dead_code)] // each test file uses a different part
 
+pub mod bombs;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
