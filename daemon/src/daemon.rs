@@ -290,6 +290,10 @@ pub fn run(args: Args) -> Result<()> {
     notifier.send(&format!("READY=1\nSTATUS={}", status_line(&pipeline, "starting")));
 
     let exit = main_loop(&notifier, &pipeline, &reloader, &service);
+    let (exit, lost) = match exit {
+        Ok(signal) => (signal, None),
+        Err(reason) => ("the D-Bus connection was lost", Some(reason)),
+    };
 
     notifier.send("STOPPING=1\nSTATUS=stopping");
     service.set_state("stopping");
@@ -316,7 +320,11 @@ pub fn run(args: Args) -> Result<()> {
     }
     drop(service);
     tracing::info!("stopped ({exit})");
-    Ok(())
+    match lost {
+        // Non-zero, so that systemd (Restart=on-failure) starts the daemon on the new bus.
+        Some(reason) => Err(format!("lost the D-Bus connection ({reason}); exiting")),
+        None => Ok(()),
+    }
 }
 
 fn status_line(pipeline: &Pipeline, state: &str) -> String {
@@ -330,13 +338,14 @@ fn status_line(pipeline: &Pipeline, state: &str) -> String {
     s
 }
 
-/// Signals, watchdog pings and STATUS until SIGTERM or SIGINT; returns the signal's name.
+/// Signals, watchdog pings and STATUS until SIGTERM or SIGINT (returns the signal's name)
+/// or until the bus connection is lost (returns why, and pings the watchdog no more).
 fn main_loop(
     notifier: &Notifier,
     pipeline: &Arc<Pipeline>,
     reloader: &Reloader,
     service: &Service,
-) -> &'static str {
+) -> std::result::Result<&'static str, String> {
     let (sig_tx, sig_rx) = bounded::<i32>(8);
     match signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP]) {
         Ok(mut signals) => {
@@ -375,11 +384,14 @@ fn main_loop(
                     };
                     notifier.send(&format!("READY=1\nSTATUS={status}"));
                 }
-                Ok(SIGTERM) => return "SIGTERM",
-                Ok(_) => return "SIGINT",
-                Err(_) => return "signal thread ended",
+                Ok(SIGTERM) => return Ok("SIGTERM"),
+                Ok(_) => return Ok("SIGINT"),
+                Err(_) => return Ok("signal thread ended"),
             },
             default(tick) => {}
+        }
+        if let Some(reason) = service.bus_lost() {
+            return Err(reason);
         }
         let healthy = pipeline.health().since_beat() < healthy_within;
         if healthy && watchdog.is_some() {

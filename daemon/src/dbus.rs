@@ -971,7 +971,11 @@ pub struct Service {
     signal_queue: usize,
     stop_tx: Option<Sender<()>>,
     publisher: Option<JoinHandle<()>>,
+    bus_lost: Arc<Mutex<Option<String>>>,
 }
+
+/// How often the service checks that its bus connection still works.
+const BUS_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 impl Service {
     /// Connects to `bus`, registers the root object (with ObjectManager) and requests
@@ -1060,6 +1064,11 @@ impl Service {
             Err(e) => return Err(ServiceError::Bus(format!("requesting {BUS_NAME}"), Box::new(e))),
         }
 
+        let bus_lost = Arc::new(Mutex::new(None));
+        {
+            let (conn, lost, stop) = (conn.clone(), bus_lost.clone(), stop_rx.clone());
+            spawn("dbus-watch", Box::new(move || watch_bus(&conn, &lost, &stop)))?;
+        }
         let cameras: Arc<Mutex<Vec<Arc<CameraShared>>>> = Arc::default();
         let publisher = {
             let conn = conn.clone();
@@ -1076,6 +1085,7 @@ impl Service {
         };
         Ok(Service {
             conn,
+            bus_lost,
             handle: ServiceHandle { shared, wake },
             cameras,
             signals_tx,
@@ -1083,6 +1093,13 @@ impl Service {
             stop_tx: Some(stop_tx),
             publisher: Some(publisher),
         })
+    }
+
+    /// Why the bus connection was lost (the bus daemon restarted or dropped us), or `None`
+    /// while it works. A lost connection does not come back: the caller exits so that its
+    /// supervisor starts it again on the new bus.
+    pub fn bus_lost(&self) -> Option<String> {
+        lock(&self.bus_lost).clone()
     }
 
     /// Registers camera `name` at `/io/prom/Classifier1/camera/<element>` (see
@@ -1173,6 +1190,30 @@ impl Drop for Service {
             let _ = p.join();
         }
         let _ = self.conn.release_name(BUS_NAME);
+    }
+}
+
+/// Pings the bus daemon every [`BUS_CHECK_INTERVAL`] until `stop`; records the first
+/// failure in `lost`. (zbus does not report a closed connection to a server by itself: the
+/// object server simply stops receiving calls.)
+fn watch_bus(conn: &zbus::blocking::Connection, lost: &Mutex<Option<String>>, stop: &Receiver<()>) {
+    loop {
+        select! {
+            recv(stop) -> _ => return,
+            default(BUS_CHECK_INTERVAL) => {}
+        }
+        let ping = conn.call_method(
+            Some("org.freedesktop.DBus"),
+            "/org/freedesktop/DBus",
+            Some("org.freedesktop.DBus.Peer"),
+            "Ping",
+            &(),
+        );
+        if let Err(e) = ping {
+            tracing::error!("lost the D-Bus connection: {e}");
+            *lock(lost) = Some(e.to_string());
+            return;
+        }
     }
 }
 

@@ -880,3 +880,45 @@ fn a_flood_of_large_images_stays_within_bounded_memory() {
     // The unit's MemoryHigh is 96 MiB.
     assert!(peak < 80 << 20, "peak RSS {} MiB", peak >> 20);
 }
+
+/// The bus daemon restarted under the running service (every connection lost): the daemon
+/// notices within seconds, stops pinging the watchdog, and exits non-zero so that systemd
+/// (Restart=on-failure) starts it again, on the new bus, where it serves as before.
+#[test]
+fn a_lost_bus_connection_ends_the_daemon_so_systemd_restarts_it() {
+    let mut bus = PrivateBus::start();
+    let model = small_model(&bus.dir, "a", 10, 7);
+    let image = picture(&bus.dir);
+    let (sock, rx) = notify_socket(&bus.dir);
+    let sock = sock.to_str().unwrap().to_owned();
+    let config = file_camera_config(&model, &image);
+    let env = [("NOTIFY_SOCKET", sock.as_str()), ("WATCHDOG_USEC", "400000")];
+    let mut daemon = Daemon::start(&bus, &config, &[], &env);
+    expect_message(&rx, "READY=1");
+    results(&bus.client(), "files", 2);
+
+    bus.restart();
+    let lost_at = Instant::now();
+    let child = daemon.child.as_mut().unwrap();
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(lost_at.elapsed() < WAIT, "still running; log:\n{}", daemon.log());
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    daemon.child = None;
+    let took = lost_at.elapsed();
+    assert_eq!(status.code(), Some(1), "{status}; log:\n{}", daemon.log());
+    assert!(took < Duration::from_secs(5), "noticed after {took:?}");
+    assert!(daemon.log().contains("lost the D-Bus connection"), "{}", daemon.log());
+    // No watchdog ping after the exit, and the last messages say it is stopping.
+    let rest: Vec<String> = rx.try_iter().collect();
+    let stopping = rest.iter().position(|m| m.starts_with("STOPPING=1"));
+    let stopping = stopping.unwrap_or_else(|| panic!("no STOPPING=1 in {rest:?}"));
+    assert!(!rest[stopping..].iter().any(|m| m.starts_with("WATCHDOG=1")), "{rest:?}");
+
+    // What systemd would do next: start it again; it serves on the new bus.
+    let _again = Daemon::start(&bus, &config, &[], &[]);
+    assert_eq!(results(&bus.client(), "files", 2).len(), 2);
+}

@@ -20,6 +20,38 @@ pub struct PrivateBus {
     pub address: String,
 }
 
+/// Starts dbus-daemon with the configuration in `dir/bus.conf`; returns it and its address.
+fn spawn_bus(dir: &std::path::Path) -> (Child, String) {
+    let config_path = dir.join("bus.conf");
+    let mut child = match Command::new("dbus-daemon")
+        .arg(format!("--config-file={}", config_path.display()))
+        .arg("--nofork")
+        .arg("--print-address=1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(dir.join("dbus-daemon.log")).unwrap())
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(dir);
+            panic!(
+                "these tests need `dbus-daemon` on PATH \
+                 (Debian/Ubuntu: apt install dbus-daemon): cannot run it: {e}"
+            )
+        }
+    };
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let address = line.trim().to_owned();
+    assert!(
+        !address.is_empty(),
+        "dbus-daemon printed no address; its log: {}",
+        std::fs::read_to_string(dir.join("dbus-daemon.log")).unwrap_or_default()
+    );
+    (child, address)
+}
+
 impl PrivateBus {
     /// A session-type bus where everything is allowed.
     pub fn start() -> PrivateBus {
@@ -54,35 +86,21 @@ impl PrivateBus {
             N.fetch_add(1, Ordering::SeqCst)
         ));
         std::fs::create_dir_all(&dir).unwrap();
-        let config_path = dir.join("bus.conf");
-        std::fs::write(&config_path, config(&dir)).unwrap();
-        let mut child = match Command::new("dbus-daemon")
-            .arg(format!("--config-file={}", config_path.display()))
-            .arg("--nofork")
-            .arg("--print-address=1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(dir.join("dbus-daemon.log")).unwrap())
-            .spawn()
-        {
-            Ok(c) => c,
-            Err(e) => {
-                let _ = std::fs::remove_dir_all(&dir);
-                panic!(
-                    "these tests need `dbus-daemon` on PATH \
-                     (Debian/Ubuntu: apt install dbus-daemon): cannot run it: {e}"
-                )
-            }
-        };
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        let address = line.trim().to_owned();
-        assert!(
-            !address.is_empty(),
-            "dbus-daemon printed no address; its log: {}",
-            std::fs::read_to_string(dir.join("dbus-daemon.log")).unwrap_or_default()
-        );
+        std::fs::write(dir.join("bus.conf"), config(&dir)).unwrap();
+        let (child, address) = spawn_bus(&dir);
         PrivateBus { child, dir, address }
+    }
+
+    /// Kills the bus daemon (every connection is lost) and starts a new one on the same
+    /// socket, as a restart of the system bus does.
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(self.dir.join("bus"));
+        let (child, address) = spawn_bus(&self.dir);
+        assert_eq!(address.split(',').next(), self.address.split(',').next());
+        self.child = child;
+        self.address = address;
     }
 
     pub fn client(&self) -> Connection {
