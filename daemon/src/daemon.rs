@@ -55,6 +55,11 @@ pub struct Args {
     /// after N frames.
     #[arg(long, value_name = "N", hide = true)]
     pub debug_stall_after_frames: Option<u64>,
+
+    /// Debugging aid for shutdown during reloads: every reload waits N ms before reading
+    /// the model (as slow storage would).
+    #[arg(long, value_name = "MS", hide = true)]
+    pub debug_reload_delay_ms: Option<u64>,
 }
 
 /// Runs the daemon with the process arguments.
@@ -76,6 +81,7 @@ type Result<T> = std::result::Result<T, String>;
 struct Reloader {
     kernels: Kernels,
     max_model_bytes: u64,
+    delay: Duration,
     /// Serialises reloads and holds the origin reloads re-read.
     origin: Mutex<ModelOrigin>,
     current: Arc<Mutex<Arc<LoadedModel>>>,
@@ -90,6 +96,7 @@ impl Reloader {
         let mut origin = lock(&self.origin);
         let next = if path.is_empty() { origin.clone() } else { ModelOrigin::File(path.into()) };
         let started = Instant::now();
+        std::thread::sleep(self.delay);
         let result =
             LoadedModel::load(&next, self.kernels, self.max_model_bytes).and_then(|model| {
                 let model = Arc::new(model);
@@ -240,6 +247,7 @@ pub fn run(args: Args) -> Result<()> {
     let reloader = Arc::new(Reloader {
         kernels,
         max_model_bytes: config.max_model_bytes(),
+        delay: Duration::from_millis(args.debug_reload_delay_ms.unwrap_or(0)),
         origin: Mutex::new(origin),
         current: current.clone(),
         pipeline: std::sync::OnceLock::new(),
@@ -290,6 +298,9 @@ pub fn run(args: Args) -> Result<()> {
     notifier.send(&format!("READY=1\nSTATUS={}", status_line(&pipeline, "starting")));
 
     let exit = main_loop(&notifier, &pipeline, &reloader, &service);
+    if reloader.origin.try_lock().is_err() {
+        tracing::info!("stopping during a reload; the reload is abandoned");
+    }
     let (exit, lost) = match exit {
         Ok(signal) => (signal, None),
         Err(reason) => ("the D-Bus connection was lost", Some(reason)),
@@ -343,7 +354,7 @@ fn status_line(pipeline: &Pipeline, state: &str) -> String {
 fn main_loop(
     notifier: &Notifier,
     pipeline: &Arc<Pipeline>,
-    reloader: &Reloader,
+    reloader: &Arc<Reloader>,
     service: &Service,
 ) -> std::result::Result<&'static str, String> {
     let (sig_tx, sig_rx) = bounded::<i32>(8);
@@ -369,24 +380,47 @@ fn main_loop(
     });
     let mut last_status = Instant::now();
     let mut stalled = false;
+    let mut reload_done: Option<crossbeam_channel::Receiver<Result<()>>> = None;
+    let never = crossbeam_channel::never();
     loop {
         select! {
             recv(sig_rx) -> s => match s {
+                Ok(SIGHUP) if reload_done.is_some() => {
+                    tracing::warn!("SIGHUP: a reload is already in progress");
+                }
                 Ok(SIGHUP) => {
+                    // On its own thread: signals (SIGTERM above all) are handled meanwhile.
                     tracing::info!("SIGHUP: reloading the model");
                     notifier.send("RELOADING=1\nSTATUS=reloading the model");
                     service.set_state("reloading");
-                    let outcome = reloader.reload("");
-                    service.set_state("running");
-                    let status = match outcome {
-                        Ok(()) => status_line(pipeline, "running"),
-                        Err(e) => format!("reload failed, previous model serving: {e}"),
-                    };
-                    notifier.send(&format!("READY=1\nSTATUS={status}"));
+                    let (tx, rx) = bounded(1);
+                    let r = reloader.clone();
+                    let spawned = std::thread::Builder::new()
+                        .name("sighup-reload".into())
+                        .spawn(move || drop(tx.send(r.reload(""))));
+                    match spawned {
+                        Ok(_) => reload_done = Some(rx),
+                        Err(e) => {
+                            tracing::error!("cannot start the reload thread: {e}");
+                            service.set_state("running");
+                            notifier.send("READY=1\nSTATUS=reload failed: no thread");
+                        }
+                    }
                 }
                 Ok(SIGTERM) => return Ok("SIGTERM"),
                 Ok(_) => return Ok("SIGINT"),
                 Err(_) => return Ok("signal thread ended"),
+            },
+            recv(reload_done.as_ref().unwrap_or(&never)) -> outcome => {
+                reload_done = None;
+                service.set_state("running");
+                let status = match outcome {
+                    Ok(Ok(())) => status_line(pipeline, "running"),
+                    Ok(Err(e)) => format!("reload failed, previous model serving: {e}"),
+                    Err(_) => "reload failed, previous model serving: the reload thread ended"
+                        .to_owned(),
+                };
+                notifier.send(&format!("READY=1\nSTATUS={status}"));
             },
             default(tick) => {}
         }

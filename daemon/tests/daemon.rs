@@ -922,3 +922,50 @@ fn a_lost_bus_connection_ends_the_daemon_so_systemd_restarts_it() {
     let _again = Daemon::start(&bus, &config, &[], &[]);
     assert_eq!(results(&bus.client(), "files", 2).len(), 2);
 }
+
+/// SIGTERM wins in every state: during a SIGHUP reload, during a ReloadModel call, while a
+/// large ClassifyImage is being decoded (the FIFO-without-writer state is covered by
+/// fifo_source_disappears_and_comes_back). Reloads are slowed down to 4 s each
+/// (--debug-reload-delay-ms), as slow storage would.
+#[test]
+fn sigterm_wins_during_reloads_and_decoding() {
+    let photo = std::sync::Arc::new(common::bombs::large_jpeg(6000, 4000));
+    for state in ["SIGHUP reload", "ReloadModel", "decoding"] {
+        let bus = PrivateBus::start();
+        let model = small_model(&bus.dir, "a", 10, 7);
+        let image = picture(&bus.dir);
+        let args = ["--debug-reload-delay-ms", "4000"];
+        let (sock, rx) = notify_socket(&bus.dir);
+        let sock = sock.to_str().unwrap().to_owned();
+        let env = [("NOTIFY_SOCKET", sock.as_str())];
+        let mut daemon = Daemon::start(&bus, &file_camera_config(&model, &image), &args, &env);
+        expect_message(&rx, "READY=1");
+        let conn = bus.client();
+        let call = {
+            let (conn, photo, path) = (conn.clone(), photo.clone(), model.clone());
+            std::thread::spawn(move || {
+                let root = root_proxy(&conn);
+                match state {
+                    "ReloadModel" => drop(root.reload_model(path.to_str().unwrap())),
+                    "decoding" => drop(root.classify_image(&photo)),
+                    _ => {}
+                }
+            })
+        };
+        match state {
+            "SIGHUP reload" => {
+                daemon.signal("HUP");
+                expect_message(&rx, "RELOADING=1");
+            }
+            "ReloadModel" => {
+                poll("State", "reloading".to_owned(), || root_proxy(&conn).state().unwrap())
+            }
+            _ => std::thread::sleep(Duration::from_millis(100)),
+        }
+        let (status, took) = daemon.stop_with("TERM");
+        assert_eq!(status.code(), Some(0), "{state}: {status}; log:\n{}", daemon.log());
+        assert!(took < Duration::from_secs(1), "{state}: SIGTERM took {took:?}");
+        drop(bus); // ends the pending call, if any
+        call.join().unwrap();
+    }
+}
