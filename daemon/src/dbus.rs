@@ -617,7 +617,7 @@ impl RootIface {
         SlotFuture(slot).await
     }
 
-    /// Service state: starting, ready, reloading, error, stopping.
+    /// Service state: starting, running, reloading, stalled, stopping.
     #[zbus(property)]
     async fn state(&self) -> String {
         lock(&self.shared.props).state.clone()
