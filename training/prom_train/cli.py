@@ -357,7 +357,7 @@ def train(args, phase: str) -> str:
             opt.step()
             sched.step()
             seen += len(labels)
-            loss_sum += float(loss) * len(labels)
+            loss_sum += loss.item() * len(labels)
             correct += int((logits.argmax(1) == labels).sum())
             bar.update(
                 seen * d.world,
