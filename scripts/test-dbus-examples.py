@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
-"""Runs the shell and Python examples of docs/DBUS.md against a live prom-daemon.
+"""Runs the shell, Python and Rust examples of docs/DBUS.md against a live prom-daemon.
 
 A private dbus-daemon and the release prom-daemon (the trained Fashion-MNIST model, one
 file camera named cam0) are started in a temporary directory; each example runs as written
 but for the bus (`--system` / `bus="SYSTEM"` / `BusType.SYSTEM` become the private bus's
 address) and the file names (cat.jpg, the model path). While the signal-watching examples
 run, another connection emits forged `Classified` signals on the camera's path: the
-examples must print the daemon's results and none of the forged ones.
+examples must print the daemon's results and none of the forged ones. The Rust blocks
+must be the bodies of daemon/examples/*.rs (built here), which then run: embed_service
+serves on the bus in the daemon's place and watch_camera watches it.
 
 Usage: test-dbus-examples.py [--daemon PATH]; needs busctl, gdbus, dbus-daemon and the
 Python packages jeepney and dbus-fast (scripts/test-training.sh's venv has them).
@@ -116,14 +118,19 @@ class Bus:
             check=True, capture_output=True, timeout=10,
         )  # fmt: skip
 
+    def stop_daemon(self) -> None:
+        if self.daemon.poll() is None:
+            self.daemon.terminate()
+        if self.daemon.wait(timeout=10) != 0:
+            raise SystemExit(
+                f"prom-daemon exited {self.daemon.returncode}:\n{self.daemon_log()}"
+            )
+
     def stop(self) -> None:
-        self.daemon.terminate()
-        code = self.daemon.wait(timeout=10)
+        self.stop_daemon()
         self.bus.terminate()
         self.bus.wait(timeout=10)
         self.log.close()
-        if code != 0:
-            raise SystemExit(f"prom-daemon exited {code}:\n{self.daemon_log()}")
 
 
 def adapt(text: str, bus: Bus) -> str:
@@ -142,10 +149,14 @@ def adapt(text: str, bus: Bus) -> str:
     return text.replace("cat.jpg", str(IMAGE))
 
 
-def run_watching(cmd: list[str], bus: Bus, seconds: float, shell: bool = False) -> str:
+def run_watching(cmd: list[str], bus: Bus, seconds: float) -> str:
     """Runs a command that never ends for `seconds`, forging signals meanwhile; its output."""
+    return run_watching_env(cmd, bus, seconds, None)
+
+
+def run_watching_env(cmd: list[str], bus: Bus, seconds: float, env: dict | None) -> str:
     p = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, shell=shell
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
     )
     end = time.time() + seconds
     time.sleep(min(1.5, seconds / 2))
@@ -225,6 +236,65 @@ def run_python_block(heading: str, code: str, bus: Bus, python: str) -> None:
         )
 
 
+def example_bodies() -> dict[str, str]:
+    """The docs/DBUS.md part of each Rust example program (between its markers, dedented)."""
+    out = {}
+    for path in sorted((REPO / "daemon" / "examples").glob("*.rs")):
+        m = re.search(
+            r"// docs/DBUS.md begin\n(.*?)\n[ ]*// docs/DBUS.md end",
+            path.read_text(),
+            re.DOTALL,
+        )
+        if m:
+            lines = m.group(1).splitlines()
+            indent = min(len(x) - len(x.lstrip()) for x in lines if x.strip())
+            out[path.stem] = "\n".join(x[indent:] for x in lines) + "\n"
+    return out
+
+
+def run_rust_examples(blocks: list[str], bus: Bus) -> None:
+    """Each Rust block of the page is the body of an example program; both programs run:
+    embed_service serves on the bus (the daemon stopped), watch_camera watches it."""
+    bodies = example_bodies()
+    for code in blocks:
+        name = next((n for n, body in bodies.items() if body == code), None)
+        check(name is not None, "Rust block is an example program's body", code)
+    subprocess.run(
+        ["cargo", "build", "--release", "-q", "-p", "prom-daemon", "--examples"],
+        check=True,
+        cwd=REPO,
+    )
+    exe = REPO / "target" / "release" / "examples"
+    env = dict(os.environ, DBUS_SYSTEM_BUS_ADDRESS=bus.address)
+    bus.stop_daemon()
+    service = subprocess.Popen([str(exe / "embed_service"), "8"], env=env)
+    try:
+        deadline = time.time() + 10
+        while bus.busctl("status", "io.prom.Classifier1").returncode != 0:
+            check(time.time() < deadline, "embed_service is on the bus", "")
+            time.sleep(0.1)
+        image = bus.root / "red.ppm"
+        image.write_bytes(b"P6\n2 1\n255\n" + bytes([200, 10, 10, 250, 0, 0]))
+        p = bus.busctl("call", "io.prom.Classifier1", "/io/prom/Classifier1",
+                       "io.prom.Classifier1", "ClassifyImage", "ay", str(image.stat().st_size),
+                       *map(str, image.read_bytes()))  # fmt: skip
+        check(
+            p.returncode == 0 and '"red (2x1)"' in p.stdout,
+            "embed_service classifies",
+            p.stdout + p.stderr,
+        )
+        out = run_watching_env([str(exe / "watch_camera")], bus, 3.0, env)
+        lines = out.splitlines()
+        check(lines[:1] == ["running"], "watch_camera prints the state", out)
+        check(
+            sum(1 for x in lines if "red" in x) >= 2, "watch_camera prints results", out
+        )
+        check(FORGED_LABEL not in out, "watch_camera ignores forged signals", out)
+    finally:
+        service.terminate()
+        service.wait(timeout=10)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument(
@@ -237,7 +307,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="prom-dbus-examples-") as tmp:
         bus = Bus(Path(tmp), Path(args.daemon))
         try:
-            counts = {"sh": 0, "python": 0}
+            counts = {"sh": 0, "python": 0, "rust": 0}
+            rust = [code for _, lang, code in blocks if lang == "rust"]
             for heading, lang, code in blocks:
                 if heading == "Examples" or heading.startswith("`promctl`"):
                     continue
@@ -246,11 +317,10 @@ def main() -> None:
                 elif lang == "python":
                     run_python_block(heading, code, bus, sys.executable)
                     counts["python"] += 1
-            check(
-                counts["sh"] >= 14 and counts["python"] == 2,
-                f"ran {counts}",
-                str(counts),
-            )
+            run_rust_examples(rust, bus)
+            counts["rust"] = len(rust)
+            ok = counts["sh"] >= 14 and counts["python"] == 2 and counts["rust"] == 2
+            check(ok, f"ran {counts}", str(counts))
         finally:
             bus.stop()
 
