@@ -99,7 +99,12 @@ pub fn decode(bytes: &[u8]) -> Result<(u32, u32, Vec<u8>), ImageError> {
             MAX_DECODED_PIXELS >> 20
         )));
     }
-    let img = reader().decode().map_err(invalid)?;
+    // Fuzzing found a JPEG on which the image crate's decoder (zune-jpeg 0.5.15, AVX2 IDCT)
+    // panics; a hostile image must be an error, never a dead worker thread.
+    let decoded = std::panic::catch_unwind(|| reader().decode());
+    let img = decoded
+        .map_err(|_| ImageError::Invalid("cannot decode image: the decoder panicked".into()))?
+        .map_err(invalid)?;
     let rgb = img.into_rgb8();
     let (w, h) = rgb.dimensions();
     Ok((w, h, rgb.into_raw()))

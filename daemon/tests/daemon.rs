@@ -799,6 +799,12 @@ fn decompression_bombs_are_refused_within_bounded_memory() {
             bomb.name
         );
     }
+    // A JPEG that panics the image crate's decoder (found by fuzzing): an error, and the
+    // classify worker lives on (the photo below is still answered).
+    let panics = include_bytes!("data/fuzz-zune-jpeg-idct-panic.jpg");
+    if let Err(e) = root.classify_image(panics) {
+        assert_eq!(method_error(e).0, "io.prom.Classifier1.Error.InvalidImage");
+    }
     let top = root.classify_image(&common::bombs::large_jpeg(6000, 4000)).unwrap();
     assert_eq!(top.len(), 5);
     let peak = peak_rss(daemon.pid());

@@ -115,3 +115,20 @@ fn image_fifos_are_refused_without_blocking() {
     assert!(r.unwrap_err().contains("not a regular file"));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Found by the decode_image fuzz target (2026-12-03): a 1.5 KB JPEG on which zune-jpeg
+/// 0.5.15's AVX2 IDCT panics (`Option::unwrap()` on `None`). Decoding it is an error, and
+/// decoding goes on working afterwards.
+#[test]
+fn a_jpeg_that_panics_the_decoder_is_an_error() {
+    let bytes = include_bytes!("data/fuzz-zune-jpeg-idct-panic.jpg");
+    for _ in 0..3 {
+        match decode(bytes) {
+            Err(ImageError::Invalid(m)) => assert!(m.contains("decoder panicked"), "{m}"),
+            Err(e) => panic!("unexpected error {e:?}"),
+            // A decoder version that no longer panics may decode it; that is fine too.
+            Ok((w, h, rgb)) => assert_eq!(rgb.len(), (w * h * 3) as usize),
+        }
+    }
+    assert_eq!(decode(&bombs::large_jpeg(64, 48)).unwrap().0, 64);
+}
