@@ -4,7 +4,7 @@
 
 use crate::graph::{Op, OpKind, Tensor};
 use crate::model::Model;
-use crate::pool::{SpinBarrier, WorkerPool};
+use crate::pool::{Stages, WorkerPool};
 use crate::trits;
 use prom_kernels::{
     AddParams, AlignedBuf, DepthwiseShape, Epilogue, Int8PointwiseWeights, Kernels, PointwiseShape,
@@ -192,8 +192,8 @@ pub struct State {
     input: AlignedBuf,
     scratch: Vec<Scratch>,
     pool: WorkerPool,
-    /// Where the workers of a multi-threaded inference meet between layers.
-    barrier: SpinBarrier,
+    /// The layers of an inference as stages of chunks the workers claim.
+    stages: Stages,
 }
 
 impl std::fmt::Debug for State {
@@ -206,8 +206,8 @@ impl std::fmt::Debug for State {
 #[derive(Clone, Copy)]
 struct SharedMut(*mut u8);
 // SAFETY: used only to hand the arena base to the workers of one layer, which write
-// disjoint ranges (each worker its own rows/pixels) between the barriers that separate
-// layers; see `Frame::run_layer_part`.
+// disjoint ranges (each chunk its own rows/pixels, each chunk claimed once) while no layer
+// starts before the previous one is done; see `Frame::run_layer_chunk` and `Stages`.
 unsafe impl Send for SharedMut {}
 // SAFETY: as above.
 unsafe impl Sync for SharedMut {}
@@ -232,7 +232,10 @@ impl State {
             input: AlignedBuf::zeroed(input_len),
             scratch,
             pool: WorkerPool::new(threads),
-            barrier: SpinBarrier::new(threads),
+            stages: Stages::new(
+                threads,
+                plan.layers.iter().map(|l| chunks_per_owner(l.op.record.kind, l.output, threads)),
+            ),
             plan,
         }
     }
@@ -277,39 +280,46 @@ impl State {
             arena: SharedMut(self.arena.as_mut_ptr()),
             input: self.input.as_u8(n_in),
             scratch: SharedMut(self.scratch.as_mut_ptr().cast()),
-            threads: self.pool.threads(),
         };
-        let layers = self.plan.layers.len();
-        // Worker 0 alone writes the times, each slot after the layer's barrier.
+        // Worker 0 alone writes the times, each slot once the layer is done.
         let times = SharedTimes(times.map(|t| t.as_mut_ptr()));
-        // A run that panicked may have left arrivals or the poison behind.
-        self.barrier.reset();
-        let barrier = &self.barrier;
-        // One job per inference: every worker walks all layers, meeting the others at a
-        // barrier after each, so a layer costs one cache-line round trip of synchronisation
-        // instead of a job hand-off (whose closure the worker would fetch from the caller's
-        // core) plus a completion count.
+        // A run that panicked may have left claims or the poison behind.
+        self.stages.reset();
+        let stages = &self.stages;
+        let t0 = Instant::now();
+        // One job per inference: every participant walks all layers, taking its own chunks
+        // of each, then what the others left, then waiting for the layer's last chunks.
         let job = |worker: usize| {
             let layers_of_worker = || {
-                for i in 0..layers {
-                    let t0 = (worker == 0 && times.get().is_some()).then(Instant::now);
-                    frame.run_layer_part(i, worker);
-                    barrier.wait();
-                    if let (Some(t0), Some(slots)) = (t0, times.get()) {
-                        // SAFETY: `times` has one slot per layer (asserted by `run_timed`)
-                        // and only worker 0 writes it, while the caller of `run_inner` waits.
-                        unsafe { *slots.add(i) = t0.elapsed() };
-                    }
-                }
+                stages.run(
+                    worker,
+                    |i, chunk| frame.run_layer_chunk(i, chunk, stages.chunks(i), worker),
+                    |i| {
+                        if let (0, Some(slots)) = (worker, times.get()) {
+                            // SAFETY: `times` has one slot per layer (asserted by `run_timed`)
+                            // and only worker 0 writes it, while the caller of `run_inner`
+                            // waits; the slot holds the time since the start for now.
+                            unsafe { *slots.add(i) = t0.elapsed() };
+                        }
+                    },
+                );
             };
-            // A worker that panics will not reach the next barrier: poison it so the others
-            // stop waiting (and panic in turn); the pool passes the panic on to the caller.
+            // A participant that panics will not finish its chunk: poison the stages so the
+            // others stop waiting (and panic in turn); the pool passes the panic on.
             if let Err(payload) = catch_unwind(AssertUnwindSafe(layers_of_worker)) {
-                barrier.poison();
+                stages.poison();
                 resume_unwind(payload);
             }
         };
         self.pool.run(&job);
+        if let Some(slots) = times.get() {
+            // Times since the start into per-layer times.
+            // SAFETY: the slots are `run_timed`'s exclusive borrow, no worker writes them now.
+            let slots = unsafe { std::slice::from_raw_parts_mut(slots, self.plan.layers.len()) };
+            for i in (1..slots.len()).rev() {
+                slots[i] = slots[i].saturating_sub(slots[i - 1]);
+            }
+        }
         let last = self.plan.layers.last().expect("plans have layers");
         let n = last.output.channels;
         let start = last.out.start;
@@ -327,7 +337,6 @@ struct Frame<'a> {
     arena: SharedMut,
     input: &'a [u8],
     scratch: SharedMut,
-    threads: usize,
 }
 
 /// Worker 0's per-layer time slots of a timed run.
@@ -347,8 +356,8 @@ impl SharedTimes {
 }
 
 impl Frame<'_> {
-    /// Worker `worker`'s part of layer `i`.
-    fn run_layer_part(self, i: usize, worker: usize) {
+    /// Chunk `chunk` of `chunks` of layer `i`, run by worker `worker` (whose scratch it uses).
+    fn run_layer_chunk(self, i: usize, chunk: usize, chunks: usize, worker: usize) {
         let plan = self.plan;
         let layer = &plan.layers[i];
         let model = &*plan.model;
@@ -357,7 +366,6 @@ impl Frame<'_> {
         let arena = self.arena;
         let input_u8 = self.input;
         let scratch = self.scratch;
-        let threads = self.threads;
         let epi_storage;
         let epi = match r.kind {
             OpKind::Stem | OpKind::Depthwise | OpKind::PointwiseTernary | OpKind::PointwiseInt8 => {
@@ -374,8 +382,9 @@ impl Frame<'_> {
             _ => None,
         };
         {
-            // SAFETY: every worker reads the layer's input ranges and writes only its own
-            // part of the output range (split below by rows or pixels); the input and output
+            // SAFETY: every worker reads the layer's input ranges and writes only the part of
+            // the output range of the chunk it claimed (split below by rows or pixels; each
+            // chunk is claimed once, and the layer's input was complete before); the input and output
             // ranges of a layer never overlap (they are live at the same time, so the arena
             // allocator gave them disjoint ranges); each worker uses its own scratch.
             let (x, x1, y, scratch) = unsafe {
@@ -392,8 +401,8 @@ impl Frame<'_> {
                 (x, x1, y, &mut *scratch.get().cast::<Scratch>().add(worker))
             };
             let out = layer.output;
-            // This worker's output units (rows, elements or classifier rows) and bytes.
-            let (part, bytes) = worker_part(r.kind, out, threads, worker);
+            // This chunk's output units (rows, elements or classifier rows) and bytes.
+            let (part, bytes) = chunk_part(r.kind, out, chunks, chunk);
             let y = as_i8(&mut y[bytes]);
             match r.kind {
                 OpKind::Stem => {
@@ -469,7 +478,7 @@ impl Frame<'_> {
                     kernels.add(&x[part.clone()], &x1[part], &params, y);
                 }
                 OpKind::AvgPool => {
-                    if worker == 0 {
+                    if chunk == 0 {
                         let params = PoolParams {
                             input_zero_point: layer.input.zero_point,
                             multiplier: r.multiplier_a,
@@ -517,7 +526,7 @@ fn arena_layout(graph: &crate::graph::Graph, last_use: &[usize]) -> Vec<Range<us
     let logits = tensors.len() - 1;
     let bytes_of = |t: usize| tensors[t].len() * if t == logits { 4 } else { 1 };
     // Byte offset at which worker 1 of 2 starts writing tensor t (its producer's split).
-    let split_at = |t: usize| worker_part(graph.ops[t - 1].record.kind, tensors[t], 2, 1).1.start;
+    let split_at = |t: usize| owner_bytes(graph.ops[t - 1].record.kind, tensors[t], 2, 1).start;
     // Slot of every tensor, and each slot's extent below and above its centre.
     let mut slot_of = vec![usize::MAX; tensors.len()];
     let mut slots: Vec<(usize, usize, Option<usize>)> = Vec::new(); // (below, above, occupant)
@@ -554,27 +563,65 @@ fn arena_layout(graph: &crate::graph::Graph, last_use: &[usize]) -> Vec<Range<us
         .collect()
 }
 
-/// Worker `w` of `threads`'s share of a layer's output `out`: the units it computes and the
-/// bytes of the output they occupy. Convolutions (stem, depthwise and pointwise alike) split
-/// by output rows, so a worker mostly reads what it wrote in the previous layer; the add by
-/// element ranges; the classifier by output rows four at a time (the SIMD kernels' row
-/// block); the pool runs on worker 0 alone. The engine and the arena layout both use it.
-fn worker_part(
-    kind: OpKind,
-    out: Tensor,
-    threads: usize,
-    w: usize,
-) -> (Range<usize>, Range<usize>) {
-    let (units, unit_bytes) = match kind {
+/// Most chunks per worker a layer is cut into: spare chunks are what a running worker takes
+/// over from one that is descheduled (or still waking up); more of them cost kernel calls.
+const MAX_CHUNKS_PER_OWNER: usize = 4;
+
+/// Fewest output pixels (convolutions) or bytes (adds) per chunk: below that a kernel call's
+/// fixed work (loading weights, building tables) outweighs what finer chunks buy.
+const MIN_CHUNK_PIXELS: usize = 64;
+const MIN_CHUNK_BYTES: usize = 4096;
+
+/// How a layer's output `out` is cut: units of `quantum` elements of `unit_bytes` each.
+/// Convolutions (stem, depthwise and pointwise alike) split by output rows, so a worker
+/// mostly reads what it wrote in the previous layer; the add by element ranges; the
+/// classifier by output rows four at a time (the SIMD kernels' row block); the pool is one
+/// piece.
+fn layer_units(kind: OpKind, out: Tensor) -> (usize, usize, usize) {
+    match kind {
         OpKind::Stem | OpKind::Depthwise | OpKind::PointwiseTernary | OpKind::PointwiseInt8 => {
-            (split(out.height, threads, w, 1), out.width * out.channels)
+            (out.height, 1, out.width * out.channels)
         }
-        OpKind::Add => (split(out.len(), threads, w, 64), 1),
-        OpKind::Linear => (split(out.channels, threads, w, 4), 4),
-        OpKind::AvgPool => (if w == 0 { 0..out.len() } else { out.len()..out.len() }, 1),
+        OpKind::Add => (out.len(), 64, 1),
+        OpKind::Linear => (out.channels, 4, 4),
+        OpKind::AvgPool => (out.len(), out.len().max(1), 1),
+    }
+}
+
+/// Chunks per worker for a layer run by `owners` workers (1 with one worker: no split).
+fn chunks_per_owner(kind: OpKind, out: Tensor, owners: usize) -> usize {
+    if owners <= 1 {
+        return 1;
+    }
+    let (len, quantum, _) = layer_units(kind, out);
+    let units_per_owner = len.div_ceil(quantum) / owners;
+    let by_size = match kind {
+        OpKind::Stem | OpKind::Depthwise | OpKind::PointwiseTernary | OpKind::PointwiseInt8 => {
+            out.height * out.width / (owners * MIN_CHUNK_PIXELS)
+        }
+        OpKind::Add => out.len() / (owners * MIN_CHUNK_BYTES),
+        OpKind::Linear | OpKind::AvgPool => 1,
     };
+    by_size.min(units_per_owner).clamp(1, MAX_CHUNKS_PER_OWNER)
+}
+
+/// Chunk `c` of `chunks` of a layer's output `out`: the units it computes and the bytes of
+/// the output they occupy (the pool's output is all in chunk 0). The engine and the arena
+/// layout both use it.
+fn chunk_part(kind: OpKind, out: Tensor, chunks: usize, c: usize) -> (Range<usize>, Range<usize>) {
+    let (len, quantum, unit_bytes) = layer_units(kind, out);
+    let units = split(len, chunks, c, quantum);
     let bytes = units.start * unit_bytes..units.end * unit_bytes;
     (units, bytes)
+}
+
+/// The output bytes worker `w` of `owners` writes when every worker runs: its own chunks,
+/// which are contiguous.
+fn owner_bytes(kind: OpKind, out: Tensor, owners: usize, w: usize) -> Range<usize> {
+    let per = chunks_per_owner(kind, out, owners);
+    let first = chunk_part(kind, out, owners * per, w * per).1;
+    let last = chunk_part(kind, out, owners * per, (w + 1) * per - 1).1;
+    first.start..last.end
 }
 
 fn as_i8(bytes: &mut [u8]) -> &mut [i8] {
@@ -686,7 +733,7 @@ mod tests {
                 // another (two threads; the pool's single-worker output is left out).
                 let written = |i: usize, w: usize| {
                     let t = &layers[i];
-                    let bytes = worker_part(t.op.record.kind, t.output, 2, w).1;
+                    let bytes = owner_bytes(t.op.record.kind, t.output, 2, w);
                     t.out.start + bytes.start..t.out.start + bytes.end
                 };
                 for i in 0..layers.len() {
