@@ -299,6 +299,7 @@ impl<T> Future for SlotFuture<T> {
     }
 }
 
+use crate::dbus_readonly::ReadOnlyProperties;
 use crate::lock;
 
 type Expiry = (Instant, Box<dyn FnOnce() + Send>);
@@ -1049,7 +1050,7 @@ impl Service {
             // payloads are up to max_image_bytes each, so a flood must wait in the bus
             // (which refuses senders once its per-connection limit is reached), not here.
             .max_queued(MAX_QUEUED_MESSAGES)
-            .serve_at(ROOT_PATH, root)
+            .serve_at(ROOT_PATH, ReadOnlyProperties::new(root))
             .map_err(bus_err("registering the root object"))?
             .serve_at(ROOT_PATH, zbus::fdo::ObjectManager)
             .map_err(bus_err("registering the ObjectManager"))?
@@ -1143,7 +1144,7 @@ impl Service {
         let added = self
             .conn
             .object_server()
-            .at(path.as_str(), iface)
+            .at(path.as_str(), ReadOnlyProperties::new(iface))
             .map_err(|e| ServiceError::Bus(format!("registering {path}"), Box::new(e)))?;
         if !added {
             return Err(ServiceError::BadCamera(format!("{name:?}: {path} already registered")));

@@ -9,6 +9,7 @@ pub mod demo_images {
     include!(concat!(env!("OUT_DIR"), "/demo_images.rs"));
 }
 pub mod dbus;
+mod dbus_readonly;
 pub mod imageio;
 pub mod logging;
 pub mod notify;

@@ -375,6 +375,80 @@ fn pause_and_resume_reach_the_camera_handle() {
     assert!(controls.try_recv().is_err(), "a refused call reached the camera");
 }
 
+/// `Set` on any property of either interface answers PropertyReadOnly (zbus alone answers
+/// UnknownProperty), changes nothing, and a property that does not exist is still unknown.
+#[test]
+fn setting_a_read_only_property_answers_property_read_only() {
+    let bus = PrivateBus::start();
+    let svc = bus.service(ServiceOptions::default());
+    svc.set_state("running");
+    let cam = svc.add_camera("cam0").unwrap();
+    cam.set_state("running");
+    let client = bus.client();
+    let camera = prom_daemon::dbus::camera_path("cam0");
+    let introspect = |path: &str| -> String {
+        let reply = client
+            .call_method(
+                Some(BUS_NAME),
+                path,
+                Some("org.freedesktop.DBus.Introspectable"),
+                "Introspect",
+                &(),
+            )
+            .unwrap();
+        reply.body().deserialize::<String>().unwrap()
+    };
+    let set = |path: &str, iface: &str, prop: &str, value: zbus::zvariant::Value<'_>| {
+        client
+            .call_method(
+                Some(BUS_NAME),
+                path,
+                Some("org.freedesktop.DBus.Properties"),
+                "Set",
+                &(iface, prop, value),
+            )
+            .map(|_| ())
+    };
+    let get = |path: &str, iface: &str, prop: &str| -> String {
+        let reply = client
+            .call_method(
+                Some(BUS_NAME),
+                path,
+                Some("org.freedesktop.DBus.Properties"),
+                "Get",
+                &(iface, prop),
+            )
+            .unwrap();
+        format!("{:?}", reply.body().deserialize::<zbus::zvariant::OwnedValue>().unwrap())
+    };
+    let mut checked = 0;
+    for (path, iface) in [(ROOT_PATH, "io.prom.Classifier1"), (camera.as_str(), "io.prom.Camera1")]
+    {
+        let xml = introspect(path);
+        let section = xml.split(&format!("<interface name=\"{iface}\">")).nth(1).unwrap();
+        let section = section.split("</interface>").next().unwrap();
+        let props: Vec<&str> = section
+            .split("<property name=\"")
+            .skip(1)
+            .map(|rest| rest.split('"').next().unwrap())
+            .collect();
+        assert!(props.len() >= 4, "{iface}: {props:?}");
+        for prop in props {
+            let before = get(path, iface, prop);
+            for value in [zbus::zvariant::Value::from("x"), zbus::zvariant::Value::from(7u32)] {
+                let (name, msg) = method_error(set(path, iface, prop, value).unwrap_err());
+                assert_eq!(name, "org.freedesktop.DBus.Error.PropertyReadOnly", "{prop}: {msg}");
+                assert!(msg.contains(prop), "{msg}");
+            }
+            assert_eq!(get(path, iface, prop), before, "{iface}.{prop} changed");
+            checked += 1;
+        }
+        let (name, _) = method_error(set(path, iface, "NoSuchProperty", "x".into()).unwrap_err());
+        assert_eq!(name, "org.freedesktop.DBus.Error.UnknownProperty");
+    }
+    assert!(checked >= 10, "{checked} properties");
+}
+
 #[test]
 fn object_manager_lists_cameras_and_announces_new_ones() {
     let bus = PrivateBus::start();
