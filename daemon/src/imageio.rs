@@ -153,35 +153,9 @@ fn decode_jpeg_downscaled(bytes: &[u8], w: u32, h: u32) -> Result<(u32, u32, Vec
     Ok((dw, dh, rgb))
 }
 
-/// Reads a file of at most `max_bytes` without blocking on what is not a regular file (a
-/// FIFO would block `open` until a writer comes).
-pub fn read_regular_file(path: &Path, max_bytes: u64) -> std::io::Result<Vec<u8>> {
-    use std::io::{Error, ErrorKind, Read};
-    use std::os::unix::fs::OpenOptionsExt;
-    // O_NONBLOCK keeps open() from waiting for a FIFO writer; fstat then refuses the FIFO.
-    let nonblock = rustix::fs::OFlags::NONBLOCK.bits() as i32;
-    let file = std::fs::OpenOptions::new().read(true).custom_flags(nonblock).open(path)?;
-    let meta = file.metadata()?;
-    if !meta.is_file() {
-        return Err(Error::new(ErrorKind::InvalidInput, "not a regular file"));
-    }
-    if meta.len() > max_bytes {
-        return Err(Error::new(
-            ErrorKind::InvalidData,
-            format!("{} bytes, over the {max_bytes}-byte limit", meta.len()),
-        ));
-    }
-    let mut bytes = Vec::with_capacity(meta.len() as usize);
-    file.take(max_bytes + 1).read_to_end(&mut bytes)?;
-    if bytes.len() as u64 > max_bytes {
-        return Err(Error::new(ErrorKind::InvalidData, "the file grew while it was read"));
-    }
-    Ok(bytes)
-}
-
 /// Reads and decodes an image file (at most [`MAX_FILE_BYTES`]).
 pub fn load(path: &Path) -> Result<(u32, u32, Vec<u8>), ImageError> {
-    let bytes = read_regular_file(path, MAX_FILE_BYTES)
+    let bytes = prom_engine::files::read_regular(path, MAX_FILE_BYTES, "image")
         .map_err(|e| ImageError::Invalid(format!("cannot read {}: {e}", path.display())))?;
     decode(&bytes).map_err(|e| e.map(|m| format!("{}: {m}", path.display())))
 }

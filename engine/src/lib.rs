@@ -10,6 +10,7 @@ compile_error!(
 );
 
 pub mod error;
+pub mod files;
 pub mod format;
 pub mod graph;
 pub mod model;

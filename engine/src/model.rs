@@ -69,7 +69,7 @@ impl Model {
     pub fn open_limited(path: impl AsRef<Path>, max_bytes: u64) -> Result<Model, OpenError> {
         let path = path.as_ref();
         let io = |source| OpenError::Io { path: path.display().to_string(), source };
-        let (mut file, len) = open_regular(path, max_bytes).map_err(io)?;
+        let (mut file, len) = crate::files::open_regular(path, max_bytes, "model").map_err(io)?;
         check_prefix(&mut file, len).map_err(|source| format_error(path, source))?;
         // SAFETY: the map is read-only and private to this process. The model file is
         // replaced by writers through rename (never modified in place, see `write`), so the
@@ -94,7 +94,7 @@ impl Model {
         use std::io::Read;
         let path = path.as_ref();
         let io = |source| OpenError::Io { path: path.display().to_string(), source };
-        let (mut file, len) = open_regular(path, max_bytes).map_err(io)?;
+        let (mut file, len) = crate::files::open_regular(path, max_bytes, "model").map_err(io)?;
         let prefix = check_prefix(&mut file, len).map_err(|source| format_error(path, source))?;
         let mut buf = AlignedBuf::zeroed(len);
         let bytes = buf.as_u8_mut(len);
@@ -202,32 +202,6 @@ impl Model {
 
 fn format_error(path: &Path, source: FormatError) -> OpenError {
     OpenError::Format { path: path.display().to_string(), source }
-}
-
-/// Opens `path` for reading without blocking (O_NONBLOCK: a FIFO without a writer would
-/// block `open` forever) and checks, on the open file, that it is a regular file of at most
-/// `max_bytes` bytes. Returns the file and its length.
-fn open_regular(path: &Path, max_bytes: u64) -> std::io::Result<(std::fs::File, usize)> {
-    use std::io::{Error, ErrorKind};
-    use std::os::unix::fs::OpenOptionsExt;
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
-        .open(path)?;
-    let meta = file.metadata()?;
-    if !meta.file_type().is_file() {
-        let what = if meta.is_dir() { "a directory" } else { "not a regular file" };
-        return Err(Error::new(ErrorKind::InvalidInput, format!("{what}: a model is a file")));
-    }
-    let len = meta.len();
-    if len > max_bytes {
-        return Err(Error::new(
-            ErrorKind::InvalidData,
-            format!("the file is {len} bytes, over the {max_bytes}-byte model size limit"),
-        ));
-    }
-    let len = usize::try_from(len).map_err(|_| Error::other("the file does not fit in memory"))?;
-    Ok((file, len))
 }
 
 /// Reads the header and section table at the start of `file` (`len` bytes) and checks the
