@@ -504,6 +504,47 @@ mod tests {
         assert_eq!(after.into_inner().unwrap(), vec![0, 1, 2, 3]);
     }
 
+    /// A worker that joined the job but does not run (here: blocked until the caller is
+    /// through, as a descheduled thread would be) holds nothing up: the caller does every
+    /// chunk of every stage, then the worker finds nothing left. With a fixed split and a
+    /// barrier per stage, this deadlocks (and the test fails by timeout).
+    #[test]
+    fn a_stalled_worker_holds_up_no_stage() {
+        within_a_minute(|| {
+            let pool = WorkerPool::new(2);
+            let per_owner = [2, 1, 3];
+            let stages = Stages::new(2, per_owner);
+            let joined = AtomicBool::new(false);
+            let caller_through = AtomicBool::new(false);
+            let by_worker = AtomicUsize::new(0);
+            let runs: Vec<AtomicUsize> = (0..12).map(|_| AtomicUsize::new(0)).collect();
+            let base = |s: usize| per_owner[..s].iter().sum::<usize>() * 2;
+            pool.run(&|w| {
+                if w == 0 {
+                    assert!(eventually(|| joined.load(Ordering::SeqCst)), "the worker joined");
+                } else {
+                    joined.store(true, Ordering::SeqCst);
+                    assert!(eventually(|| caller_through.load(Ordering::SeqCst)));
+                }
+                stages.run(
+                    w,
+                    |s, c| {
+                        runs[base(s) + c].fetch_add(1, Ordering::SeqCst);
+                        if w != 0 {
+                            by_worker.fetch_add(1, Ordering::SeqCst);
+                        }
+                    },
+                    |_| {},
+                );
+                if w == 0 {
+                    caller_through.store(true, Ordering::SeqCst);
+                }
+            });
+            assert!(runs.iter().all(|r| r.load(Ordering::SeqCst) == 1));
+            assert_eq!(by_worker.load(Ordering::SeqCst), 0);
+        });
+    }
+
     /// With a pool, every chunk runs once, and no chunk of a stage starts before every chunk
     /// of the stage before it is done; then a poisoned job releases its waiters.
     #[test]
