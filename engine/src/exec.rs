@@ -250,10 +250,12 @@ impl State {
         self.pool.threads()
     }
 
-    /// Runs `job(worker, workers)` once on every worker of this state's pool (the caller
-    /// being worker 0) and returns when all are done: lets the caller spread work that
-    /// belongs with an inference (such as preparing its input) over the same threads.
-    /// Allocates nothing.
+    /// Runs `job(worker, workers)` on the caller (worker 0) and on each of this state's
+    /// workers that joins in time, and returns when every call has returned: lets the caller
+    /// spread work that belongs with an inference (such as preparing its input) over the
+    /// same threads. Workers that are not running do not join, so `job` must claim its work
+    /// from shared counters and the caller's call alone must be able to finish it (see
+    /// `WorkerPool::run`). Allocates nothing.
     pub fn parallel(&self, job: &(dyn Fn(usize, usize) + Sync)) {
         let workers = self.pool.threads();
         self.pool.run(&|worker| job(worker, workers));
