@@ -29,10 +29,17 @@ use std::time::{Duration, Instant};
 /// fewer frames than one at 1000 fps on two cores (docs/BENCHMARKS.md).
 const JOB_SPIN: Duration = Duration::from_micros(10);
 
-/// How long a participant spins for another's work (the rest of a layer, the end of a job)
-/// before it blocks. Long enough for the usual skew between two running cores; a thread that
-/// takes longer was most likely descheduled, and blocking frees this core for it.
+/// How long a participant spins for another's work (the end of a job, or the rest of a
+/// layer when its own chunks took less) before it blocks: about the usual skew between two
+/// running cores. A thread that takes longer was most likely descheduled, and blocking frees
+/// this core for it.
 pub(crate) const WORK_SPIN: Duration = Duration::from_micros(30);
+
+/// Longest spin for the rest of a layer: a participant spins up to twice as long as one of
+/// its own chunks of the layer took (a running peer finishes a chunk of the same size in
+/// about that time; blocking earlier, a peer's large chunk cost a wake-up per layer), but
+/// at least [`WORK_SPIN`] and at most this.
+const MAX_STAGE_SPIN: Duration = Duration::from_millis(1);
 
 /// Spin-then-block waiting on a condition that other threads change.
 ///
@@ -343,6 +350,8 @@ impl Stages {
         for s in 0..self.owner_base.len() - 1 {
             let (first, end) = (self.owner_base[s], self.owner_base[s + 1]);
             let stage_end = owners * end;
+            let started = Instant::now();
+            let mut ran = 0u32;
             for k in 0..owners {
                 let owner = (me + k) % owners;
                 let next = &self.next[owner].0;
@@ -356,6 +365,7 @@ impl Stages {
                     ) {
                         Ok(_) => {
                             work(s, owner * (end - first) + claimed - first);
+                            ran += 1;
                             // SeqCst: publishes the chunk's writes and pairs with the gate.
                             self.done.0.fetch_add(1, Ordering::SeqCst);
                             self.gate.notify();
@@ -369,7 +379,11 @@ impl Stages {
                 self.done.0.load(Ordering::SeqCst) >= stage_end
                     || self.poisoned.load(Ordering::SeqCst)
             };
-            self.gate.wait_until(WORK_SPIN, finished);
+            let spin = match ran {
+                0 => WORK_SPIN,
+                n => (started.elapsed() * 2 / n).clamp(WORK_SPIN, MAX_STAGE_SPIN),
+            };
+            self.gate.wait_until(spin, finished);
             if self.done.0.load(Ordering::SeqCst) < stage_end {
                 panic!("another worker of this job panicked");
             }
