@@ -161,8 +161,9 @@ type Result<T, E = ConfigError> = std::result::Result<T, E>;
 pub struct Config {
     /// The model to serve.
     pub model: ModelChoice,
-    /// Inference worker threads (the inference thread included), 1..=1024.
-    pub threads: usize,
+    /// Inference worker threads (the inference thread included): a fixed count, or chosen
+    /// from each model's size (the default).
+    pub threads: Threads,
     /// Largest model file accepted, in MiB (`max_model_mib`, 1..=4096, default 64): a
     /// larger file is refused before it is read.
     pub max_model_mib: u64,
@@ -664,9 +665,10 @@ pub struct CliOverrides {
     /// Frames per second for --source (default 10 for file: and testpattern, otherwise 30).
     #[arg(long, value_name = "FPS", requires = "source")]
     pub fps: Option<f64>,
-    /// Inference worker threads, instead of the config's `threads`.
-    #[arg(long, value_name = "N")]
-    pub threads: Option<usize>,
+    /// Inference worker threads, instead of the config's `threads`: a count, or `auto`
+    /// (chosen from the model's size).
+    #[arg(long, value_name = "N|auto")]
+    pub threads: Option<Threads>,
     /// Publish on the session bus instead of the system bus.
     #[arg(long, conflicts_with = "bus_address")]
     pub session: bool,
@@ -684,7 +686,7 @@ impl Default for Config {
     fn default() -> Config {
         Config {
             model: ModelChoice::Default,
-            threads: default_threads(),
+            threads: Threads::Auto,
             max_model_mib: DEFAULT_MAX_MODEL_MIB,
             kernel_tier: None,
             bus: Bus::System,
@@ -695,9 +697,63 @@ impl Default for Config {
     }
 }
 
-fn default_threads() -> usize {
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    cpus.clamp(*THREADS.start() as usize, *THREADS.end() as usize)
+/// Multiply-accumulates per inference that make a second thread worth its cost. Splitting a
+/// layer costs a hand-over between cores per layer (a few microseconds); on the 6 M and
+/// 25.7 M MAC models two threads were slower than one even on idle cores, from about 56 M on
+/// they were as fast or faster (docs/BENCHMARKS.md, issue 12 item 7).
+pub const AUTO_MACS_PER_THREAD: u64 = 30_000_000;
+
+/// How many inference threads to run (the inference thread included).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Threads {
+    /// Chosen for each model when it is loaded or reloaded: one thread per
+    /// [`AUTO_MACS_PER_THREAD`] of work per inference, at least one, at most one per CPU.
+    #[default]
+    Auto,
+    /// Exactly this many, 1..=1024, whatever the model.
+    Fixed(usize),
+}
+
+impl Threads {
+    /// The thread count for a model of `macs` multiply-accumulates on `cpus` CPUs.
+    pub fn for_model(self, macs: u64, cpus: usize) -> usize {
+        match self {
+            Threads::Fixed(n) => n.max(1),
+            Threads::Auto => {
+                let wanted = usize::try_from(macs / AUTO_MACS_PER_THREAD).unwrap_or(usize::MAX);
+                wanted.clamp(1, cpus.clamp(1, *THREADS.end() as usize))
+            }
+        }
+    }
+
+    /// [`Threads::for_model`] on this machine's CPUs (those this process may run on).
+    pub fn for_model_here(self, macs: u64) -> usize {
+        self.for_model(macs, std::thread::available_parallelism().map_or(1, |n| n.get()))
+    }
+}
+
+impl fmt::Display for Threads {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Threads::Auto => f.write_str("auto"),
+            Threads::Fixed(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+impl FromStr for Threads {
+    type Err = String;
+
+    /// `auto` or a count (its range is checked with the rest of the configuration).
+    fn from_str(text: &str) -> std::result::Result<Threads, String> {
+        match text {
+            "auto" => Ok(Threads::Auto),
+            _ => text
+                .parse()
+                .map(Threads::Fixed)
+                .map_err(|_| format!("expected a thread count or \"auto\", found {text:?}")),
+        }
+    }
 }
 
 impl Config {
@@ -749,7 +805,7 @@ impl Config {
             next.model = ModelChoice::Path(model.clone());
         }
         if let Some(threads) = o.threads {
-            next.threads = check_int("--threads", wide(threads), THREADS)? as usize;
+            next.threads = check_threads("--threads", threads)?;
         }
         if o.session && o.bus_address.is_some() {
             return Err(ConfigError::invalid("--session", "cannot be combined with --bus-address"));
@@ -812,7 +868,7 @@ impl Config {
                 return Err(ConfigError::invalid("model", "must not be empty"));
             }
         }
-        check_int("threads", wide(self.threads), THREADS)?;
+        check_threads("threads", self.threads)?;
         check_int("max_model_mib", wide(self.max_model_mib as usize), MAX_MODEL_MIB)?;
         if let Bus::Address(address) = &self.bus {
             check_bus_address(address).map_err(|m| ConfigError::invalid("bus", m))?;
@@ -1043,6 +1099,13 @@ fn validate_camera(camera: &Camera, key: &dyn Fn(&str) -> String) -> Result<()> 
     Ok(())
 }
 
+fn check_threads(key: &str, threads: Threads) -> Result<Threads> {
+    match threads {
+        Threads::Auto => Ok(Threads::Auto),
+        Threads::Fixed(n) => Ok(Threads::Fixed(check_int(key, wide(n), THREADS)? as usize)),
+    }
+}
+
 fn wide(value: usize) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
@@ -1212,8 +1275,15 @@ fn read_config(table: &Table) -> Result<Config> {
         }
         config.model = ModelChoice::Path(model.into());
     }
-    if let Some(threads) = top.int("threads")? {
-        config.threads = check_int("threads", threads, THREADS)? as usize;
+    match table.get("threads") {
+        None => {}
+        Some(Value::String(s)) if s == "auto" => config.threads = Threads::Auto,
+        Some(Value::Integer(n)) => {
+            config.threads = Threads::Fixed(check_int("threads", *n, THREADS)? as usize)
+        }
+        Some(other) => {
+            return Err(top.wrong_type("threads", "an integer or \"auto\"", other));
+        }
     }
     if let Some(mib) = top.int("max_model_mib")? {
         config.max_model_mib = check_int("max_model_mib", mib, MAX_MODEL_MIB)? as u64;

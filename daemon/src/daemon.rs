@@ -115,6 +115,9 @@ impl Reloader {
                 );
                 if let Some(s) = self.service.get() {
                     s.set_model_info(Some(model.info.clone()));
+                    if let Some(p) = self.pipeline.get() {
+                        s.set_threads(p.threads() as u32);
+                    }
                 }
                 *lock(&self.current) = model;
                 *origin = next;
@@ -219,7 +222,8 @@ pub fn run(args: Args) -> Result<()> {
             model.info.name, model.info.checksum
         );
         println!(
-            "threads: {}, tier: {}, bus: {}",
+            "threads: {} ({}), tier: {}, bus: {}",
+            config.threads.for_model_here(model.plan.macs()),
             config.threads,
             kernels.tier().name(),
             config.bus
@@ -273,7 +277,7 @@ pub fn run(args: Args) -> Result<()> {
             state: "starting".into(),
             model: Some(model.info.clone()),
             tier: kernels.tier().name().into(),
-            threads: config.threads as u32,
+            threads: config.threads.for_model_here(model.plan.macs()) as u32,
             ..ServiceOptions::default()
         };
         Service::start(bus_choice(&config.bus), opts)
@@ -304,7 +308,7 @@ pub fn run(args: Args) -> Result<()> {
         config.bus,
         crate::dbus::BUS_NAME,
         config.cameras.len(),
-        config.threads,
+        pipeline.threads(),
         kernels.tier().name()
     );
     notifier.send(&format!("READY=1\nSTATUS={}", status_line(&pipeline, "starting")));
@@ -391,6 +395,7 @@ fn main_loop(
         (w / 4).clamp(Duration::from_millis(20), Duration::from_secs(1))
     });
     let mut last_status = Instant::now();
+    let mut threads_shown = pipeline.threads();
     let mut stalled = false;
     let mut reload_done: Option<crossbeam_channel::Receiver<Result<()>>> = None;
     let never = crossbeam_channel::never();
@@ -438,6 +443,11 @@ fn main_loop(
         }
         if let Some(reason) = service.bus_lost() {
             return Err(reason);
+        }
+        // `threads = "auto"` may switch between one thread and several while serving.
+        if pipeline.threads() != threads_shown {
+            threads_shown = pipeline.threads();
+            service.set_threads(threads_shown as u32);
         }
         let healthy = pipeline.health().since_beat() < healthy_within;
         if healthy && watchdog.is_some() {

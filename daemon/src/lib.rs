@@ -10,6 +10,7 @@ pub mod demo_images {
 }
 pub mod dbus;
 mod dbus_readonly;
+pub mod engines;
 pub mod imageio;
 pub mod logging;
 pub mod notify;

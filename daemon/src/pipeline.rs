@@ -14,7 +14,7 @@
 //! happens on the caller's thread before the swap.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
@@ -23,8 +23,9 @@ use crossbeam_channel::{bounded, Receiver, Select, Sender, TrySendError};
 use prom_engine::{softmax, Model, Plan, PointwiseMode, State};
 use prom_kernels::Kernels;
 
-use crate::config::{Camera, Source};
+use crate::config::{Camera, Source, Threads};
 use crate::dbus::{CameraHandle, CameraStats, ModelInfo, Scores};
+use crate::engines::Engines;
 use crate::lock;
 use crate::preprocess::{Crop as PreCrop, Frame, PixelFormat, Preprocessor};
 use crate::publish::Policy;
@@ -172,8 +173,9 @@ pub type ThreadHook = Arc<dyn Fn(ThreadRole) + Send + Sync>;
 /// Settings of a pipeline.
 #[derive(Clone, Default)]
 pub struct PipelineOptions {
-    /// Worker threads of the engine (the inference thread included); 0 means 1.
-    pub threads: usize,
+    /// Worker threads of the engine (the inference thread included), fixed or chosen per
+    /// model ([`Threads::Auto`], the default).
+    pub threads: Threads,
     /// Sleep to the configured fps for test pattern and file sources (the daemon does; a
     /// benchmark may not).
     pub unpaced: bool,
@@ -247,7 +249,7 @@ struct FrameMsg {
 
 struct Swap {
     model: Arc<LoadedModel>,
-    state: Box<State>,
+    engines: Box<Engines>,
     done: Sender<()>,
 }
 
@@ -259,7 +261,9 @@ pub struct Pipeline {
     swap_tx: Sender<Swap>,
     health: Arc<Health>,
     cameras: Vec<Arc<CameraShared>>,
-    threads: usize,
+    threads: Threads,
+    /// The thread count serving now (the inference thread keeps it current).
+    threads_now: Arc<AtomicUsize>,
 }
 
 impl Pipeline {
@@ -272,7 +276,8 @@ impl Pipeline {
         opts: PipelineOptions,
     ) -> std::io::Result<Pipeline> {
         assert_eq!(cameras.len(), handles.len(), "one handle per camera");
-        let threads = opts.threads.max(1);
+        let engines = Box::new(Engines::new(model.plan.clone(), opts.threads));
+        let threads_now = Arc::new(AtomicUsize::new(engines.threads()));
         let stop = Arc::new(AtomicBool::new(false));
         let health = Arc::new(Health::new());
         health.beat();
@@ -315,11 +320,11 @@ impl Pipeline {
             inputs.push(CameraRuntime::new(camera, handle, cam.clone(), slot_rx, free_tx));
             shared.push(cam);
         }
-        let state = Box::new(State::new(model.plan.clone(), threads));
         let worker = InferenceWorker {
             cameras: inputs,
             model: model.clone(),
-            state,
+            engines,
+            threads_now: threads_now.clone(),
             swap_rx,
             stop: stop.clone(),
             health: health.clone(),
@@ -338,7 +343,8 @@ impl Pipeline {
             swap_tx,
             health,
             cameras: shared,
-            threads,
+            threads: opts.threads,
+            threads_now,
         })
     }
 
@@ -347,9 +353,10 @@ impl Pipeline {
         &self.health
     }
 
-    /// Engine worker threads.
+    /// Engine worker threads serving now (with [`Threads::Auto`], chosen for the model
+    /// served, and between one and several by measuring both: see [`Engines`]).
     pub fn threads(&self) -> usize {
-        self.threads
+        self.threads_now.load(Ordering::Relaxed)
     }
 
     /// Per-camera statistics.
@@ -359,12 +366,13 @@ impl Pipeline {
 
     /// Serves `model` from the next frame on. The engine state (arena, worker threads) is
     /// built here, on the caller's thread; the inference thread only exchanges it between
-    /// two frames. Waits up to `timeout` for the exchange.
+    /// two frames. Waits up to `timeout` for the exchange. With [`Threads::Auto`] the thread
+    /// count is chosen anew for `model`.
     pub fn swap_model(&self, model: Arc<LoadedModel>, timeout: Duration) -> Result<(), String> {
-        let state = Box::new(State::new(model.plan.clone(), self.threads));
+        let engines = Box::new(Engines::new(model.plan.clone(), self.threads));
         let (done, done_rx) = bounded(1);
         self.swap_tx
-            .send_timeout(Swap { model, state, done }, timeout)
+            .send_timeout(Swap { model, engines, done }, timeout)
             .map_err(|_| "the inference thread did not take the new model".to_owned())?;
         done_rx
             .recv_timeout(timeout)
@@ -696,7 +704,8 @@ pub fn prepare_split(
 struct InferenceWorker {
     cameras: Vec<CameraRuntime>,
     model: Arc<LoadedModel>,
-    state: Box<State>,
+    engines: Box<Engines>,
+    threads_now: Arc<AtomicUsize>,
     swap_rx: Receiver<Swap>,
     stop: Arc<AtomicBool>,
     health: Arc<Health>,
@@ -763,8 +772,9 @@ impl InferenceWorker {
     }
 
     fn install(&mut self, swap: Swap, input: &mut Vec<u8>, probs: &mut Vec<f32>) {
-        let Swap { model, state, done } = swap;
-        self.state = state; // the previous state (and its workers) is dropped here
+        let Swap { model, engines, done } = swap;
+        self.engines = engines; // the previous states (and their workers) are dropped here
+        self.threads_now.store(self.engines.threads(), Ordering::Relaxed);
         self.model = model;
         input.resize(self.model.input_width * self.model.input_height * 3, 0);
         probs.resize(self.model.classes(), 0.0);
@@ -782,7 +792,7 @@ impl InferenceWorker {
         let c = &mut self.cameras[index];
         let FrameMsg { buf, meta } = msg;
         let key = (meta.format, meta.width, meta.height, iw, ih);
-        let workers = self.state.threads().min(MAX_PREP_SPLIT);
+        let workers = self.engines.state().threads().min(MAX_PREP_SPLIT);
         if c.pres.len() != workers || c.pre_key != key {
             let crop = match c.camera.crop {
                 None => PreCrop::Centre,
@@ -813,7 +823,7 @@ impl InferenceWorker {
         }
         let frame = meta.frame(&buf);
         let converted = if workers > 1 && meta.format != PixelFormat::Mjpeg {
-            prepare_split(&self.state, &c.pres, &frame, input, iw * 3)
+            prepare_split(self.engines.state(), &c.pres, &frame, input, iw * 3)
         } else {
             lock(&c.pres[0]).run(&frame, input)
         };
@@ -824,7 +834,7 @@ impl InferenceWorker {
             return;
         }
         let t1 = Instant::now();
-        let logits = self.state.run(input);
+        let logits = self.engines.state().run(input);
         softmax(logits, self.model.logit_scale, probs);
         let t2 = Instant::now();
         let c = &mut self.cameras[index];
@@ -849,5 +859,7 @@ impl InferenceWorker {
         c.stages.inference_s += (t2 - t1).as_secs_f64();
         c.stages.publish_s += (t3 - t2).as_secs_f64();
         c.refresh_stats(t3, false);
+        self.engines.record(t3 - t0, t3);
+        self.threads_now.store(self.engines.threads(), Ordering::Relaxed);
     }
 }

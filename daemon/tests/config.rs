@@ -7,7 +7,8 @@ use std::time::Duration;
 use clap::{CommandFactory, Parser};
 use prom_daemon::config::{
     example, Bus, Camera, CliOverrides, Config, ConfigError, Crop, LogLevel, ModelChoice,
-    PixelFormat, PublishMode, Retry, Smoothing, Source, DEFAULT_CAMERA_NAME, DEFAULT_MODEL_PATH,
+    PixelFormat, PublishMode, Retry, Smoothing, Source, Threads, AUTO_MACS_PER_THREAD,
+    DEFAULT_CAMERA_NAME, DEFAULT_MODEL_PATH,
 };
 use prom_kernels::Tier;
 
@@ -30,8 +31,47 @@ fn scratch(test: &str) -> PathBuf {
     dir
 }
 
-fn cpus() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get()).min(1024)
+#[test]
+fn threads_auto_gives_each_thread_enough_work_and_no_more_threads_than_cpus() {
+    let per = AUTO_MACS_PER_THREAD;
+    // The embedded Fashion-MNIST model (6.1 M MACs) and a 25.7 M one: one thread.
+    assert_eq!(Threads::Auto.for_model(6_100_000, 2), 1);
+    assert_eq!(Threads::Auto.for_model(25_700_000, 16), 1);
+    assert_eq!(Threads::Auto.for_model(0, 8), 1);
+    assert_eq!(Threads::Auto.for_model(2 * per - 1, 8), 1);
+    assert_eq!(Threads::Auto.for_model(2 * per, 8), 2);
+    // MobileNetV2-1.0-224 (300.8 M): one thread per CPU up to ten.
+    assert_eq!(Threads::Auto.for_model(300_800_000, 2), 2);
+    assert_eq!(Threads::Auto.for_model(300_800_000, 4), 4);
+    assert_eq!(Threads::Auto.for_model(300_800_000, 64), 10);
+    assert_eq!(Threads::Auto.for_model(u64::MAX, 0), 1);
+    assert_eq!(Threads::Auto.for_model(u64::MAX, 5000), 1024);
+    // A fixed count is kept whatever the model and the CPUs.
+    assert_eq!(Threads::Fixed(3).for_model(1, 1), 3);
+    assert_eq!(Threads::Fixed(1).for_model(u64::MAX, 64), 1);
+}
+
+#[test]
+fn threads_is_a_count_or_auto() {
+    assert_eq!(parse("threads = \"auto\"\n").threads, Threads::Auto);
+    assert_eq!(parse("threads = 7\n").threads, Threads::Fixed(7));
+    assert_eq!("auto".parse::<Threads>(), Ok(Threads::Auto));
+    assert_eq!("12".parse::<Threads>(), Ok(Threads::Fixed(12)));
+    assert_eq!(
+        "many".parse::<Threads>(),
+        Err("expected a thread count or \"auto\", found \"many\"".to_owned())
+    );
+    assert_eq!(Threads::Auto.to_string(), "auto");
+    assert_eq!(Threads::Fixed(4).to_string(), "4");
+    assert_eq!(
+        error("threads = \"Auto\""),
+        "threads: expected an integer or \"auto\", found string \"Auto\""
+    );
+    let mut config = parse("threads = 3\n");
+    let args = DaemonArgs::try_parse_from(["prom-daemon", "--threads", "auto"]).unwrap();
+    config.apply(&args.overrides).unwrap();
+    assert_eq!(config.threads, Threads::Auto);
+    assert!(DaemonArgs::try_parse_from(["prom-daemon", "--threads", "two"]).is_err());
 }
 
 #[test]
@@ -40,8 +80,7 @@ fn defaults() {
     assert_eq!(config.model, ModelChoice::Default);
     assert!(!config.model.is_explicit());
     assert_eq!(config.model.path(), Path::new(DEFAULT_MODEL_PATH));
-    assert_eq!(config.threads, cpus());
-    assert!(config.threads >= 1);
+    assert_eq!(config.threads, Threads::Auto);
     assert_eq!(config.kernel_tier, None);
     assert_eq!(config.bus, Bus::System);
     assert_eq!(config.log, LogLevel::Info);
@@ -95,14 +134,14 @@ fn existing_default_path_is_read() {
     let default_path = dir.join("prom-daemon.toml");
     std::fs::write(&default_path, "threads = 3\n").unwrap();
     let config = Config::load_with_default(None, &default_path).unwrap();
-    assert_eq!(config.threads, 3);
+    assert_eq!(config.threads, Threads::Fixed(3));
     assert_eq!(config.file.as_deref(), Some(default_path.as_path()));
 
     // An explicit path wins over the default one.
     let explicit = dir.join("other.toml");
     std::fs::write(&explicit, "threads = 2\n").unwrap();
     let config = Config::load_with_default(Some(&explicit), &default_path).unwrap();
-    assert_eq!(config.threads, 2);
+    assert_eq!(config.threads, Threads::Fixed(2));
     assert_eq!(config.file.as_deref(), Some(explicit.as_path()));
 }
 
@@ -154,7 +193,7 @@ fn the_example_parses_and_validates() {
     let config = parse(example());
     config.validate().unwrap();
     assert_eq!(config.model, ModelChoice::Default);
-    assert_eq!(config.threads, cpus());
+    assert_eq!(config.threads, Threads::Auto);
     assert_eq!(config.bus, Bus::System);
     assert_eq!(config.log, LogLevel::Info);
     assert_eq!(config.cameras.len(), 1);
@@ -263,7 +302,7 @@ source = "file:/srv/images"
     );
     assert_eq!(config.model, ModelChoice::Path("/opt/models/mobilenet.prom".into()));
     assert!(config.model.is_explicit());
-    assert_eq!(config.threads, 3);
+    assert_eq!(config.threads, Threads::Fixed(3));
     assert_eq!((config.max_model_mib, config.max_model_bytes()), (12, 12 << 20));
     assert_eq!(config.kernel_tier, Some(Tier::Scalar));
     assert_eq!(config.bus, Bus::Address("unix:path=/tmp/prom-test-bus".into()));
@@ -369,8 +408,8 @@ fn validation_errors_name_their_key() {
         ("threads = 5000".into(), "threads: 5000 is out of range 1..=1024"),
         ("max_model_mib = 0".into(), "max_model_mib: 0 is out of range 1..=4096"),
         ("max_model_mib = 4097".into(), "max_model_mib: 4097 is out of range 1..=4096"),
-        ("threads = \"4\"".into(), "threads: expected an integer, found string \"4\""),
-        ("threads = 2.5".into(), "threads: expected an integer, found float 2.5"),
+        ("threads = \"4\"".into(), "threads: expected an integer or \"auto\", found string \"4\""),
+        ("threads = 2.5".into(), "threads: expected an integer or \"auto\", found float 2.5"),
         ("kernel_tier = \"sse\"".into(), "kernel_tier: unknown kernel tier \"sse\" (expected scalar, avx2, avx512, neon)"),
         ("bus = \"sytem\"".into(), "bus: \"sytem\" is not \"system\", \"session\" or a D-Bus address"),
         ("bus = true".into(), "bus: expected a string, found boolean true"),
@@ -496,13 +535,13 @@ fn overrides_replace_what_they_name() {
         width: Some(1280),
         height: Some(720),
         fps: Some(15.0),
-        threads: Some(2),
+        threads: Some(Threads::Fixed(2)),
         session: true,
         bus_address: None,
     };
     config.apply(&overrides).unwrap();
     assert_eq!(config.model, ModelChoice::Path("/tmp/m.prom".into()));
-    assert_eq!(config.threads, 2);
+    assert_eq!(config.threads, Threads::Fixed(2));
     assert_eq!(config.bus, Bus::Session);
     assert_eq!(config.log, LogLevel::Info, "untouched");
     assert_eq!(config.cameras.len(), 1);
@@ -549,7 +588,7 @@ fn overrides_replace_what_they_name() {
 fn override_errors_name_the_flag_and_change_nothing() {
     let cases: Vec<(CliOverrides, &str)> = vec![
         (
-            CliOverrides { threads: Some(0), ..Default::default() },
+            CliOverrides { threads: Some(Threads::Fixed(0)), ..Default::default() },
             "--threads: 0 is out of range 1..=1024",
         ),
         (
@@ -680,7 +719,7 @@ fn overrides_parse_from_the_command_line() {
     assert_eq!(config.cameras[0].source, Source::Stdin);
     assert_eq!(config.cameras[0].format, Some(PixelFormat::Yuv420));
     assert_eq!((config.cameras[0].width, config.cameras[0].height), (1280, 720));
-    assert_eq!(config.threads, 2);
+    assert_eq!(config.threads, Threads::Fixed(2));
     assert_eq!(config.bus, Bus::Address("unix:path=/tmp/bus".into()));
 
     let args = DaemonArgs::try_parse_from(["prom-daemon", "--session"]).unwrap();

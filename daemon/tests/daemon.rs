@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use prom_daemon::client::{watch_signals, Classified};
+use prom_daemon::config::AUTO_MACS_PER_THREAD;
 use prom_daemon::dbus::Prediction;
 use prom_daemon::preprocess::{Crop, Preprocessor};
 use prom_daemon::sources::{FileSource, FrameSource};
@@ -160,8 +161,13 @@ fn file_camera_config(model: &Path, image: &Path) -> String {
 }
 
 fn file_camera_config_threads(model: &Path, image: &Path, threads: u32) -> String {
+    file_camera_config_with(model, image, &format!("threads = {threads}\n"))
+}
+
+/// A file camera config with `extra` top-level lines.
+fn file_camera_config_with(model: &Path, image: &Path, extra: &str) -> String {
     format!(
-        "model = \"{}\"\nthreads = {threads}\n\n[[camera]]\nname = \"files\"\nsource = \"file:{}\"\nfps = 25\n\n[camera.publish]\ntop_k = 3\n",
+        "model = \"{}\"\n{extra}\n[[camera]]\nname = \"files\"\nsource = \"file:{}\"\nfps = 25\n\n[camera.publish]\ntop_k = 3\n",
         model.display(),
         image.display()
     )
@@ -281,6 +287,59 @@ fn reload_success_and_failure() {
     assert_eq!(root.state().unwrap(), "running");
     let after = results(&conn, "files", 2);
     assert!(after.iter().all(|r| r.top_k == want_b));
+}
+
+#[test]
+fn the_default_thread_count_follows_the_model_and_is_rechosen_on_reload() {
+    let bus = PrivateBus::start();
+    let small = small_model(&bus.dir, "small", 10, 7);
+    let cfg =
+        SynthConfig { width: 1.0, resolution: 128, classes: 10, seed: 9, ..Default::default() };
+    let large = bus.dir.join("large.prom");
+    synthesize(&cfg).unwrap().write(&large).unwrap();
+    let macs = |path: &Path| {
+        let model = Arc::new(Model::open(path).unwrap());
+        Plan::new(model, Kernels::detect().unwrap(), PointwiseMode::Ternary).macs()
+    };
+    let (small_macs, large_macs) = (macs(&small), macs(&large));
+    assert!(small_macs < AUTO_MACS_PER_THREAD, "{small_macs}");
+    assert!(large_macs >= 3 * AUTO_MACS_PER_THREAD, "{large_macs}");
+    let cpus = std::thread::available_parallelism().unwrap().get();
+    let image = picture(&bus.dir);
+    let (want_small, want_large) = (expected(&small, &image, 3), expected(&large, &image, 3));
+
+    // No `threads` key: one thread for the small model.
+    let _daemon = Daemon::start(&bus, &file_camera_config_with(&small, &image, ""), &[], &[]);
+    let conn = bus.client();
+    wait_for_result(&conn, "files", &want_small, 3);
+    let root = root_proxy(&conn);
+    assert_eq!(root.threads().unwrap(), 1);
+
+    // Reloaded with a model of three threads' work: one thread or up to three (one per
+    // CPU), whichever serves its frames faster here (engines.rs tests the choice).
+    root.reload_model(large.to_str().unwrap()).unwrap();
+    wait_for_result(&conn, "files", &want_large, 3);
+    let threads = root.threads().unwrap() as usize;
+    assert!(threads == 1 || threads == cpus.min(3), "{threads}");
+
+    // And back.
+    root.reload_model(small.to_str().unwrap()).unwrap();
+    assert_eq!(root.threads().unwrap(), 1);
+    wait_for_result(&conn, "files", &want_small, 3);
+
+    // A configured count is kept whatever the model.
+    drop(_daemon);
+    let fixed = file_camera_config_with(&large, &image, "threads = 1\n");
+    let _daemon = Daemon::start(&bus, &fixed, &[], &[]);
+    wait_for_result(&conn, "files", &want_large, 3);
+    assert_eq!(root.threads().unwrap(), 1);
+    root.reload_model(small.to_str().unwrap()).unwrap();
+    assert_eq!(root.threads().unwrap(), 1);
+    let fixed = file_camera_config_with(&small, &image, "threads = 2\n");
+    drop(_daemon);
+    let _daemon = Daemon::start(&bus, &fixed, &[], &[]);
+    wait_for_result(&conn, "files", &want_small, 3);
+    assert_eq!(root.threads().unwrap(), 2);
 }
 
 #[test]

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use prom_daemon::config::{Camera, Source};
+use prom_daemon::config::{Camera, Source, Threads};
 use prom_daemon::dbus::ServiceOptions;
 use prom_daemon::pipeline::{LoadedModel, ModelOrigin, Pipeline, PipelineOptions, ThreadRole};
 use prom_daemon::preprocess::PixelFormat;
@@ -86,7 +86,7 @@ fn no_allocation_per_frame_on_the_hot_path() {
     camera.scene_seconds = 0.01; // scenes change often: results differ frame to frame
     let handle = service.add_camera("cam0").unwrap();
     let opts = PipelineOptions {
-        threads: 2,
+        threads: Threads::Fixed(2),
         unpaced: true,
         thread_hook: Some(Arc::new(|role| {
             assert!(matches!(role, ThreadRole::Capture | ThreadRole::Inference));

@@ -171,6 +171,11 @@ impl Plan {
             })
             .sum()
     }
+    /// Multiply-accumulates of one inference, all layers.
+    pub fn macs(&self) -> u64 {
+        self.layers.iter().map(|l| l.op.macs).sum()
+    }
+
     /// Per-layer descriptions.
     pub fn layers(&self) -> Vec<LayerInfo> {
         self.layers
