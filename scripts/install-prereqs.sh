@@ -12,7 +12,9 @@
 #   - libclang-dev: libclang (and clang's headers) for bindgen, which the `v4l` crate's
 #     v4l2-sys-mit dependency runs at build time to generate the V4L2 bindings;
 #   - rustup targets aarch64-unknown-linux-gnu, armv7-unknown-linux-gnueabihf and the
-#     clippy and rustfmt components.
+#     clippy and rustfmt components;
+#   - cargo-deb (cargo install --locked, into ~/.cargo/bin): builds the Debian packages
+#     (scripts/package.sh).
 # apt-get runs directly as root, through sudo otherwise. Rust itself (rustup + cargo) must
 # already be installed (https://rustup.rs); this script does not download installers.
 # With --demo, only what building and running `promctl demo` needs (README's run command):
@@ -103,5 +105,10 @@ else
       [ "$t" != aarch64-unknown-linux-gnu ] || exit 1
     fi
   done
+fi
+# The Debian packages (scripts/package.sh, docs/PACKAGING.md).
+if ! command -v cargo-deb >/dev/null; then
+  log "cargo install --locked cargo-deb"
+  cargo install --locked cargo-deb
 fi
 log "ready"

@@ -21,13 +21,19 @@
 #       `tier-check: neon ran` (proof that the NEON tier, not scalar, was tested);
 #   10. the same with QEMU_CPU=cortex-a76 (Raspberry Pi 5);
 #   11. armv7-unknown-linux-gnueabihf kernel tests under qemu-arm (scalar tier), or a
-#       SKIPPED line when arm-linux-gnueabihf-gcc is not available.
+#       SKIPPED line when arm-linux-gnueabihf-gcc is not available;
+#   12. scripts/test-packaging.sh: the amd64 and arm64 .debs and the signed apt repository
+#       (scripts/package.sh, lintian clean), the installed unit (systemd-analyze verify and
+#       security), `apt-get install` into a clean Debian 12 chroot (mmdebstrap tarball
+#       cached in ~/.cache/prom-packaging) with the daemon run there as user prom on a
+#       system bus with the installed policy, upgrade, purge; arm64 binaries under qemu.
 # A failing step does not stop the later ones (set PROM_TEST_FAIL_FAST=1 to stop at the first
 # failure); the exit status is non-zero if any step failed. A failing prerequisite step
 # stops everything.
 #
 # Environment:
-#   PROM_TEST_SKIP_CROSS=1   skip steps 9-11 (the emulated runs) for a quick local check;
+#   PROM_TEST_SKIP_CROSS=1   skip steps 9-12 (the emulated runs and the packages) for a
+#                            quick local check;
 #                            the default is to run everything.
 #   PROM_TEST_FAIL_FAST=1    stop at the first failing step.
 #   CARGO_TERM_COLOR         default: always on a terminal or GitHub Actions, never otherwise.
@@ -156,6 +162,7 @@ if [ "${PROM_TEST_SKIP_CROSS:-0}" = 1 ]; then
   skip "aarch64 tests under qemu, cortex-a72" "PROM_TEST_SKIP_CROSS=1"
   skip "aarch64 tests under qemu, cortex-a76" "PROM_TEST_SKIP_CROSS=1"
   skip "armv7 tests under qemu-arm" "PROM_TEST_SKIP_CROSS=1"
+  skip "Debian packages (build, lintian, apt install in a clean Debian 12)" "PROM_TEST_SKIP_CROSS=1"
 else
   step "aarch64 tests under qemu, cortex-a72" aarch64_tests cortex-a72
   step "aarch64 tests under qemu, cortex-a76" aarch64_tests cortex-a76
@@ -168,6 +175,8 @@ else
   else
     step "armv7 tests under qemu-arm (scalar tier)" armv7_tests
   fi
+  step "Debian packages (build, lintian, apt install in a clean Debian 12)" \
+    scripts/test-packaging.sh
 fi
 
 print_summary

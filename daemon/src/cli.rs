@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 /// Control and inspect PROM models and the prom-daemon service.
 #[derive(Parser, Debug)]
-#[command(name = "promctl", version, about, long_about = None)]
+#[command(name = "promctl", version, long_about = None)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -29,7 +29,7 @@ use toml::{Table, Value};
 pub const DEFAULT_PATH: &str = "/etc/prom/prom-daemon.toml";
 
 /// The model used when none is configured (see [`ModelChoice::Default`]).
-pub const DEFAULT_MODEL_PATH: &str = "/usr/share/prom-daemon/models/default.prom";
+pub const DEFAULT_MODEL_PATH: &str = "/usr/share/prom/models/fashion-mnist-prom.prom";
 
 /// Name of the built-in default camera and of the camera created by `--source`.
 pub const DEFAULT_CAMERA_NAME: &str = "cam0";

@@ -1,0 +1,256 @@
+#!/usr/bin/env bash
+# scripts/test-packaging.sh: the Debian packages installed for real (issue 13, item 4 and 5).
+#
+#   1. scripts/package.sh: both .debs (lintian clean) and the signed apt repository;
+#   2. the installed unit, from the amd64 .deb: `systemd-analyze verify` and the
+#      `systemd-analyze security` exposure (must be <= 0.5);
+#   3. a clean Debian 12 system (mmdebstrap, its tarball cached in
+#      ~/.cache/prom-packaging/), the repository added as a signed-by apt source and
+#      `apt-get install prom-daemon` through apt; then, inside it: the files, the user and
+#      the conffile; the installed daemon started as user prom with the installed config on
+#      a system bus that uses the installed policy; `promctl status` and ClassifyImage from
+#      root and from an unprivileged user, ReloadModel and Pause refused to that user and
+#      allowed to root; an upgrade to a newer version keeps a modified conffile; `apt-get
+#      purge` leaves no file behind;
+#   4. the arm64 .deb: the same file list as amd64, its binaries run under qemu-aarch64
+#      (`promctl benchmark` on the packaged model, `prom-daemon --check-config`).
+#
+# Needs root (chroot, mounts in a private mount namespace). Environment:
+#   PROM_PACKAGING_CACHE   where the chroot tarball is kept (default ~/.cache/prom-packaging)
+#   PROM_PACKAGES_BUILT=1  skip step 1 (use the packages in target/debian as they are)
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+root_dir=$PWD
+log() { echo "test-packaging: $*"; }
+die() { log "FAILED: $*"; exit 1; }
+[ "$(id -u)" -eq 0 ] || die "needs root (chroot and mounts)"
+
+cache=${PROM_PACKAGING_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/prom-packaging}
+mkdir -p "$cache"
+
+# ---- 1. packages --------------------------------------------------------------------------
+if [ "${PROM_PACKAGES_BUILT:-0}" != 1 ]; then
+  scripts/package.sh
+fi
+newest() { ls -1 target/debian/prom-daemon_*_"$1".deb 2>/dev/null | sort -V | tail -n1; }
+deb_amd64=$(newest amd64)
+deb_arm64=$(newest arm64)
+[ -n "$deb_amd64" ] || die "no amd64 package in target/debian"
+[ -n "$deb_arm64" ] || die "no arm64 package in target/debian"
+[ -f target/apt-repo/dists/bookworm/InRelease ] || die "no signed repository in target/apt-repo"
+log "packages: $(du -h "$deb_amd64" | cut -f1) $deb_amd64, $(du -h "$deb_arm64" | cut -f1) $deb_arm64"
+
+work=$(mktemp -d /tmp/prom-packaging.XXXXXX)
+cleanup() { rm -rf "$work"; }
+trap cleanup EXIT
+
+# ---- 2. the installed unit ----------------------------------------------------------------
+dpkg-deb -x "$deb_amd64" "$work/amd64"
+unit=$(find "$work/amd64" -name prom-daemon.service -path '*systemd/system*' | head -n1)
+[ -n "$unit" ] || die "the package has no prom-daemon.service"
+log "systemd-analyze verify ${unit#"$work/amd64"}"
+# verify resolves ExecStart and the unit's dependencies on this host: point it at the
+# packaged binary through a copy of the unit whose ExecStart names the extracted file.
+sed "s|^ExecStart=/usr/bin/prom-daemon|ExecStart=$work/amd64/usr/bin/prom-daemon|" "$unit" \
+  >"$work/prom-daemon.service"
+verify_out=$(systemd-analyze verify "$work/prom-daemon.service" 2>&1) || die "verify: $verify_out"
+[ -z "$verify_out" ] || die "systemd-analyze verify is not clean: $verify_out"
+exposure=$(systemd-analyze security --offline=true "$unit" 2>&1 \
+  | sed -n 's/.*Overall exposure level for .*: \([0-9.]*\).*/\1/p')
+[ -n "$exposure" ] || die "no exposure level from systemd-analyze security"
+log "systemd-analyze security exposure of the installed unit: $exposure"
+python3 -c "import sys; sys.exit(0 if float('$exposure') <= 0.5 else 1)" \
+  || die "exposure $exposure > 0.5"
+
+# ---- 3. a clean Debian 12 system ----------------------------------------------------------
+tarball=$cache/bookworm-amd64.tar
+if [ ! -s "$tarball" ]; then
+  command -v mmdebstrap >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q mmdebstrap
+  log "mmdebstrap: a minimal Debian 12 (apt, dbus, adduser) into $tarball (cached)"
+  mmdebstrap --variant=apt --format=tar --include=dbus,adduser,ca-certificates,gnupg bookworm \
+    "$cache/partial.tar" http://deb.debian.org/debian
+  mv "$cache/partial.tar" "$tarball"
+fi
+sys=$work/system
+mkdir "$sys"
+tar -C "$sys" -xf "$tarball"
+# Only our repository: the test must not depend on (or wait for) a Debian mirror; every
+# dependency of the package is in the base system.
+rm -f "$sys"/etc/apt/sources.list "$sys"/etc/apt/sources.list.d/*
+mkdir -p "$sys/srv/prom-apt"
+cp -a target/apt-repo/. "$sys/srv/prom-apt/"
+install -m 0644 target/apt-repo/prom-archive-keyring.gpg "$sys/usr/share/keyrings/prom-archive-keyring.gpg"
+cat >"$sys/etc/apt/sources.list.d/prom.sources" <<'EOF'
+Types: deb
+URIs: file:/srv/prom-apt
+Suites: bookworm
+Components: main
+Signed-By: /usr/share/keyrings/prom-archive-keyring.gpg
+EOF
+install -m 0644 models/demo/fashion-mnist/t10k-00000_9.png "$sys/root/boot.png"
+
+# The upgrade: the same package as a newer version (revision +test2), as a user would get
+# it from a later release; dpkg runs the maintainer scripts as for any upgrade.
+repack=$work/repack
+dpkg-deb -R "$deb_amd64" "$repack"
+old_version=$(sed -n 's/^Version: //p' "$repack/DEBIAN/control")
+sed -i "s/^Version: .*/Version: $old_version+test2/" "$repack/DEBIAN/control"
+dpkg-deb -b -Zxz "$repack" "$sys/root/prom-daemon_upgrade_amd64.deb" >/dev/null
+
+cat >"$sys/root/in-system.sh" <<'EOS'
+#!/bin/bash
+# Runs inside the clean system. Each check prints what it checked.
+set -euo pipefail
+export DEBIAN_FRONTEND=noninteractive LC_ALL=C.UTF-8
+fail() { echo "in-system: FAILED: $*"; exit 1; }
+ok() { echo "in-system: ok: $*"; }
+
+# Every file before the install, to compare with what purge leaves.
+snapshot() {
+  find / -xdev \( -path /proc -o -path /sys -o -path /dev -o -path /run -o -path /tmp \
+    -o -path /var/lib/apt -o -path /var/cache -o -path /var/log -o -path /var/lib/dpkg \
+    -o -path /root \) -prune -o -print | sort
+}
+snapshot >/root/before.txt
+
+apt-get update -q -o APT::Update::Error-Mode=any >/dev/null || fail "apt-get update (signed repository)"
+ok "apt-get update: the repository's Release signature verifies with the signed-by keyring"
+apt-get install -y -q prom-daemon >/root/install.log 2>&1 || { cat /root/install.log; fail "apt-get install"; }
+grep -E '^(Setting up|Unpacking) prom-daemon' /root/install.log
+version=$(dpkg-query -W -f '${Version}' prom-daemon)
+ok "apt-get install prom-daemon: $version"
+
+for f in /usr/bin/prom-daemon /usr/bin/promctl /etc/prom/prom-daemon.toml \
+  /usr/share/prom/models/fashion-mnist-prom.prom \
+  /usr/share/dbus-1/system.d/io.prom.Classifier1.conf \
+  /usr/share/dbus-1/interfaces/io.prom.Classifier1.xml \
+  /usr/lib/sysusers.d/prom-daemon.conf \
+  /usr/share/man/man8/prom-daemon.8.gz /usr/share/man/man1/promctl.1.gz \
+  /usr/share/man/man5/prom-daemon.toml.5.gz \
+  /usr/share/bash-completion/completions/promctl \
+  /usr/share/zsh/vendor-completions/_promctl \
+  /usr/share/fish/vendor_completions.d/promctl.fish \
+  /usr/share/doc/prom-daemon/copyright; do
+  [ -e "$f" ] || fail "missing $f"
+done
+unit=$(dpkg -L prom-daemon | grep '/systemd/system/prom-daemon.service$') || fail "no unit"
+ok "files in place (binaries, models, config, bus policy and XML, unit $unit, sysusers, man pages, completions, copyright)"
+grep -qx /etc/prom/prom-daemon.toml /var/lib/dpkg/info/prom-daemon.conffiles \
+  || fail "/etc/prom/prom-daemon.toml is not a conffile"
+ok "conffile: /etc/prom/prom-daemon.toml"
+getent passwd prom >/dev/null || fail "no user prom"
+id -nG prom | tr ' ' '\n' | grep -qx video || fail "prom is not in group video"
+ok "user: $(id prom)"
+[ -d /etc/systemd/system/multi-user.target.wants ] && ls -l /etc/systemd/system/multi-user.target.wants/ | grep -q prom-daemon \
+  && ok "unit enabled (deb-systemd-helper)" || echo "in-system: note: unit not enabled (no deb-systemd-helper here)"
+
+prom-daemon --check-config | tee /root/check.txt
+grep -q "/usr/share/prom/models/fashion-mnist-prom.prom" /root/check.txt \
+  || fail "the default model is not the shipped PROM model"
+ok "prom-daemon --check-config: the installed config and model"
+
+# A system bus as the system has it (the distribution's system.conf), which reads the
+# installed policy from /usr/share/dbus-1/system.d.
+mkdir -p /run/dbus
+dbus-daemon --system --fork --print-pid >/run/dbus/test.pid
+for _ in $(seq 50); do [ -S /run/dbus/system_bus_socket ] && break; sleep 0.1; done
+adduser --quiet --disabled-password --gecos "" alice
+
+runuser -u prom -- prom-daemon >/root/daemon.log 2>&1 &
+daemon=$!
+up=""
+for _ in $(seq 100); do
+  if promctl status >/dev/null 2>&1; then up=1; break; fi
+  sleep 0.1
+done
+[ -n "$up" ] || { cat /root/daemon.log; fail "the daemon did not come up on the system bus"; }
+# (no procps in a minimal system: the process table from /proc)
+pid=$(grep -lx prom-daemon /proc/[0-9]*/comm | head -n1 | cut -d/ -f3)
+[ -n "$pid" ] || fail "no prom-daemon process"
+[ "$(awk '/^Uid:/ {print $2}' "/proc/$pid/status")" = "$(id -u prom)" ] \
+  || fail "the daemon does not run as prom"
+promctl status | tee /root/status.txt
+grep -q "running" /root/status.txt || fail "status is not running"
+runuser -u alice -- promctl status >/dev/null || fail "promctl status as alice"
+ok "prom-daemon runs as prom on the system bus (installed policy); promctl status from root and alice"
+
+classify() { # USER: ClassifyImage with the boot image (class 9, Ankle boot)
+  local bytes
+  bytes=$(od -An -v -tu1 /root/boot.png | tr -s ' \n' ',' | sed 's/^,//; s/,$//')
+  runuser -u "$1" -- dbus-send --system --print-reply --dest=io.prom.Classifier1 \
+    /io/prom/Classifier1 io.prom.Classifier1.ClassifyImage "array:byte:$bytes"
+}
+classify root | tee /root/classify-root.txt | head -n 8
+grep -q '"Ankle boot"' /root/classify-root.txt || fail "ClassifyImage as root"
+classify alice >/root/classify-alice.txt || fail "ClassifyImage as alice"
+grep -q '"Ankle boot"' /root/classify-alice.txt || fail "ClassifyImage as alice"
+ok "ClassifyImage from root and alice: Ankle boot"
+
+if runuser -u alice -- promctl reload >/root/reload-alice.txt 2>&1; then fail "alice may reload"; fi
+grep -q "AccessDenied" /root/reload-alice.txt || { cat /root/reload-alice.txt; fail "alice's reload: not AccessDenied"; }
+if runuser -u alice -- promctl pause cam0 >/root/pause-alice.txt 2>&1; then fail "alice may pause"; fi
+grep -q "AccessDenied" /root/pause-alice.txt || { cat /root/pause-alice.txt; fail "alice's pause: not AccessDenied"; }
+ok "ReloadModel and Pause refused to alice: $(head -n1 /root/reload-alice.txt)"
+promctl reload || fail "root's reload"
+promctl pause cam0 || fail "root's pause"
+promctl resume cam0 || fail "root's resume"
+ok "ReloadModel, Pause and Resume allowed to root"
+kill "$daemon"; wait "$daemon" || true
+
+# The upgrade keeps a modified conffile (dpkg does: the packaged file did not change).
+sed -i 's/^#threads = "auto"$/threads = 1/' /etc/prom/prom-daemon.toml
+grep -qx 'threads = 1' /etc/prom/prom-daemon.toml || fail "could not modify the conffile"
+apt-get install -y -q /root/prom-daemon_upgrade_amd64.deb >/root/upgrade.log 2>&1 \
+  || { cat /root/upgrade.log; fail "upgrade"; }
+new=$(dpkg-query -W -f '${Version}' prom-daemon)
+[ "$new" = "$version+test2" ] || fail "version after the upgrade: $new"
+grep -qx 'threads = 1' /etc/prom/prom-daemon.toml || fail "the upgrade replaced the modified conffile"
+prom-daemon --check-config >/root/check2.txt
+grep -q '^threads: 1 (1)' /root/check2.txt || fail "the modified config is not used"
+ok "upgrade $version -> $new kept the modified conffile"
+
+kill "$(cat /run/dbus/test.pid)" 2>/dev/null || true
+apt-get purge -y -q prom-daemon >/root/purge.log 2>&1 || { cat /root/purge.log; fail "purge"; }
+dpkg-query -W prom-daemon 2>/dev/null | grep -q . && [ "$(dpkg-query -W -f '${db:Status-Status}' prom-daemon)" != not-installed ] \
+  && fail "still installed after purge"
+snapshot >/root/after.txt
+# adduser added alice (the test's own user) and her home.
+left=$(comm -13 /root/before.txt /root/after.txt | grep -v -e '^/home/alice' -e '^/etc/\(passwd\|group\|shadow\|gshadow\|subuid\|subgid\)-\?$' || true)
+[ -z "$left" ] || fail "purge left: $left"
+[ ! -e /etc/prom ] || fail "purge left /etc/prom"
+ok "apt-get purge: nothing of the package left (users prom and alice stay in /etc/passwd, as Debian policy keeps system users)"
+echo "in-system: PASSED"
+EOS
+chmod +x "$sys/root/in-system.sh"
+
+log "installing into a clean Debian 12 system through apt (chroot in a private mount namespace)"
+unshare --mount --fork -- bash -euc '
+  sys=$1
+  mount --make-rprivate /
+  mount -t proc proc "$sys/proc"
+  mount --bind /dev "$sys/dev"
+  mount -t tmpfs tmpfs "$sys/run"
+  mount -t tmpfs tmpfs "$sys/tmp"
+  cp /etc/resolv.conf "$sys/etc/resolv.conf" 2>/dev/null || true
+  chroot "$sys" /root/in-system.sh
+' _ "$sys" || die "the install test in the clean system failed"
+
+# ---- 4. arm64 -----------------------------------------------------------------------------
+list() { dpkg-deb -c "$1" | awk '{print $6}' | sed 's|^\./|/|' | sort; }
+diff <(list "$deb_amd64") <(list "$deb_arm64") >"$work/lists.diff" \
+  || { cat "$work/lists.diff"; die "amd64 and arm64 packages hold different files"; }
+[ "$(dpkg-deb -f "$deb_arm64" Architecture)" = arm64 ] || die "arm64 package: wrong Architecture"
+dpkg-deb -x "$deb_arm64" "$work/arm64"
+python3 -c 'import sys; h = open(sys.argv[1], "rb").read(20); sys.exit(h[:4] != b"\x7fELF" or int.from_bytes(h[18:20], "little") != 183)' \
+  "$work/arm64/usr/bin/prom-daemon" || die "arm64 package: prom-daemon is not an aarch64 ELF binary"
+qemu() { QEMU_LD_PREFIX=/usr/aarch64-linux-gnu QEMU_CPU=cortex-a76 qemu-aarch64 "$@"; }
+qemu "$work/arm64/usr/bin/promctl" benchmark \
+  --model "$work/arm64/usr/share/prom/models/fashion-mnist-prom.prom" --iterations 20 --warmup 2 \
+  | tee "$work/bench.txt" | head -n 5
+grep -q neon "$work/bench.txt" || die "arm64 promctl benchmark did not run the NEON tier"
+qemu "$work/arm64/usr/bin/prom-daemon" --check-config \
+  --config "$work/arm64/etc/prom/prom-daemon.toml" \
+  --model "$work/arm64/usr/share/prom/models/fashion-mnist-prom.prom" | tee "$work/check-arm64.txt"
+grep -q "fashion-mnist" "$work/check-arm64.txt" || die "arm64 prom-daemon --check-config"
+log "arm64: same files as amd64; promctl benchmark (NEON) and prom-daemon --check-config run under qemu-aarch64"
+log "PASSED"
