@@ -3,7 +3,8 @@
 #
 #   1. scripts/package.sh: both .debs (lintian clean) and the signed apt repository;
 #   2. the installed unit, from the amd64 .deb: `systemd-analyze verify` and the
-#      `systemd-analyze security` exposure (must be <= 0.5);
+#      `systemd-analyze security` exposure (must be <= 0.5); the packaged daemon's logs
+#      reach a (standalone) systemd-journald;
 #   3. a clean Debian 12 system (mmdebstrap, its tarball cached in
 #      ~/.cache/prom-packaging/), the repository added as a signed-by apt source and
 #      `apt-get install prom-daemon` through apt; then, inside it: the files, the user and
@@ -61,6 +62,38 @@ exposure=$(systemd-analyze security --offline=true "$unit" 2>&1 \
 log "systemd-analyze security exposure of the installed unit: $exposure"
 python3 -c "import sys; sys.exit(0 if float('$exposure') <= 0.5 else 1)" \
   || die "exposure $exposure > 0.5"
+
+# ---- 2b. logs reach the journal ------------------------------------------------------------
+# No systemd here, but journald runs on its own: in a private mount namespace (its sockets
+# and runtime journal on tmpfs), with the packaged daemon's stderr named by JOURNAL_STREAM
+# as systemd does for a service, the daemon must log to the journal, not to stderr.
+log "journal: the packaged daemon under a standalone systemd-journald"
+cat >"$work/journal.sh" <<'EOJ'
+set -euo pipefail
+bin=$1 out=$2
+mount --make-rprivate /
+for d in /run/systemd/journal /run/log /var/log/journal; do mkdir -p "$d"; mount -t tmpfs tmpfs "$d"; done
+/lib/systemd/systemd-journald >"$out/journald.log" 2>&1 &
+journald=$!
+for _ in $(seq 50); do [ -S /run/systemd/journal/socket ] && break; sleep 0.1; done
+dbus-daemon --session --address="unix:path=$out/bus" --nofork --nopidfile >/dev/null 2>&1 &
+bus=$!
+for _ in $(seq 50); do [ -S "$out/bus" ] && break; sleep 0.1; done
+exec 3>"$out/stderr.txt"
+JOURNAL_STREAM=$(stat -L -c '%d:%i' /proc/self/fd/3) "$bin" --bus-address "unix:path=$out/bus" \
+  --embedded-model --source testpattern 2>&3 &
+daemon=$!
+sleep 2
+kill -TERM "$daemon"; wait "$daemon" || true
+journalctl --no-pager -o short-iso _PID="$daemon" >"$out/journal.txt"
+kill "$bus" "$journald"; wait || true
+EOJ
+mkdir "$work/journal"
+unshare --mount --fork -- bash "$work/journal.sh" "$work/amd64/usr/bin/prom-daemon" "$work/journal"
+grep -E "serving on the|stopping|exit" "$work/journal/journal.txt" || true
+grep -q "serving on the" "$work/journal/journal.txt" || { cat "$work/journal/journal.txt"; die "the daemon's log did not reach the journal"; }
+[ ! -s "$work/journal/stderr.txt" ] || { cat "$work/journal/stderr.txt"; die "with JOURNAL_STREAM the daemon still wrote to stderr"; }
+log "journal: the daemon's log lines are in the journal (journalctl _PID=...), none on stderr"
 
 # ---- 3. a clean Debian 12 system ----------------------------------------------------------
 tarball=$cache/bookworm-amd64.tar
@@ -180,7 +213,8 @@ classify() { # USER: ClassifyImage with the boot image (class 9, Ankle boot)
   runuser -u "$1" -- dbus-send --system --print-reply --dest=io.prom.Classifier1 \
     /io/prom/Classifier1 io.prom.Classifier1.ClassifyImage "array:byte:$bytes"
 }
-classify root | tee /root/classify-root.txt | head -n 8
+classify root >/root/classify-root.txt
+head -n 8 /root/classify-root.txt
 grep -q '"Ankle boot"' /root/classify-root.txt || fail "ClassifyImage as root"
 classify alice >/root/classify-alice.txt || fail "ClassifyImage as alice"
 grep -q '"Ankle boot"' /root/classify-alice.txt || fail "ClassifyImage as alice"
@@ -246,7 +280,8 @@ python3 -c 'import sys; h = open(sys.argv[1], "rb").read(20); sys.exit(h[:4] != 
 qemu() { QEMU_LD_PREFIX=/usr/aarch64-linux-gnu QEMU_CPU=cortex-a76 qemu-aarch64 "$@"; }
 qemu "$work/arm64/usr/bin/promctl" benchmark \
   --model "$work/arm64/usr/share/prom/models/fashion-mnist-prom.prom" --iterations 20 --warmup 2 \
-  | tee "$work/bench.txt" | head -n 5
+ >"$work/bench.txt"
+head -n 5 "$work/bench.txt"
 grep -q neon "$work/bench.txt" || die "arm64 promctl benchmark did not run the NEON tier"
 qemu "$work/arm64/usr/bin/prom-daemon" --check-config \
   --config "$work/arm64/etc/prom/prom-daemon.toml" \
