@@ -5,8 +5,9 @@
 #   2. the installed unit, from the amd64 .deb: `systemd-analyze verify` and the
 #      `systemd-analyze security` exposure (must be <= 0.5); the packaged daemon's logs
 #      reach a (standalone) systemd-journald;
-#   3. a clean Debian 12 system (mmdebstrap, its tarball cached in
-#      ~/.cache/prom-packaging/), the repository added as a signed-by apt source and
+#   3. twice, a clean Debian 12 system without and with the systemd package (not running;
+#      the user comes from adduser, then from systemd-sysusers) (mmdebstrap, tarballs cached
+#      in ~/.cache/prom-packaging/), the repository added as a signed-by apt source and
 #      `apt-get install prom-daemon` through apt; then, inside it: the files, the user and
 #      the conffile; the installed daemon started as user prom with the installed config on
 #      a system bus that uses the installed policy; `promctl status` and ClassifyImage from
@@ -96,41 +97,15 @@ grep -q "serving on the" "$work/journal/journal.txt" || { cat "$work/journal/jou
 log "journal: the daemon's log lines are in the journal (journalctl _PID=...), none on stderr"
 
 # ---- 3. a clean Debian 12 system ----------------------------------------------------------
-tarball=$cache/bookworm-amd64.tar
-if [ ! -s "$tarball" ]; then
-  command -v mmdebstrap >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q mmdebstrap
-  log "mmdebstrap: a minimal Debian 12 (apt, dbus, adduser) into $tarball (cached)"
-  mmdebstrap --variant=apt --format=tar --include=dbus,adduser,ca-certificates,gnupg bookworm \
-    "$cache/partial.tar" http://deb.debian.org/debian
-  mv "$cache/partial.tar" "$tarball"
-fi
-sys=$work/system
-mkdir "$sys"
-tar -C "$sys" -xf "$tarball"
-# Only our repository: the test must not depend on (or wait for) a Debian mirror; every
-# dependency of the package is in the base system.
-rm -f "$sys"/etc/apt/sources.list "$sys"/etc/apt/sources.list.d/*
-mkdir -p "$sys/srv/prom-apt"
-cp -a target/apt-repo/. "$sys/srv/prom-apt/"
-install -m 0644 target/apt-repo/prom-archive-keyring.gpg "$sys/usr/share/keyrings/prom-archive-keyring.gpg"
-cat >"$sys/etc/apt/sources.list.d/prom.sources" <<'EOF'
-Types: deb
-URIs: file:/srv/prom-apt
-Suites: bookworm
-Components: main
-Signed-By: /usr/share/keyrings/prom-archive-keyring.gpg
-EOF
-install -m 0644 models/demo/fashion-mnist/t10k-00000_9.png "$sys/root/boot.png"
-
 # The upgrade: the same package as a newer version (revision +test2), as a user would get
 # it from a later release; dpkg runs the maintainer scripts as for any upgrade.
 repack=$work/repack
 dpkg-deb -R "$deb_amd64" "$repack"
 old_version=$(sed -n 's/^Version: //p' "$repack/DEBIAN/control")
 sed -i "s/^Version: .*/Version: $old_version+test2/" "$repack/DEBIAN/control"
-dpkg-deb -b -Zxz "$repack" "$sys/root/prom-daemon_upgrade_amd64.deb" >/dev/null
+dpkg-deb -b -Zxz "$repack" "$work/prom-daemon_upgrade_amd64.deb" >/dev/null
 
-cat >"$sys/root/in-system.sh" <<'EOS'
+cat >"$work/in-system.sh" <<'EOS'
 #!/bin/bash
 # Runs inside the clean system. Each check prints what it checked.
 set -euo pipefail
@@ -173,7 +148,8 @@ grep -qx /etc/prom/prom-daemon.toml /var/lib/dpkg/info/prom-daemon.conffiles \
 ok "conffile: /etc/prom/prom-daemon.toml"
 getent passwd prom >/dev/null || fail "no user prom"
 id -nG prom | tr ' ' '\n' | grep -qx video || fail "prom is not in group video"
-ok "user: $(id prom)"
+if command -v systemd-sysusers >/dev/null; then how="systemd-sysusers"; else how="adduser (no systemd-sysusers)"; fi
+ok "user: $(id prom), created by $how"
 [ -d /etc/systemd/system/multi-user.target.wants ] && ls -l /etc/systemd/system/multi-user.target.wants/ | grep -q prom-daemon \
   && ok "unit enabled (deb-systemd-helper)" || echo "in-system: note: unit not enabled (no deb-systemd-helper here)"
 
@@ -255,19 +231,53 @@ left=$(comm -13 /root/before.txt /root/after.txt | grep -v -e '^/home/alice' -e 
 ok "apt-get purge: nothing of the package left (users prom and alice stay in /etc/passwd, as Debian policy keeps system users)"
 echo "in-system: PASSED"
 EOS
-chmod +x "$sys/root/in-system.sh"
+chmod +x "$work/in-system.sh"
 
-log "installing into a clean Debian 12 system through apt (chroot in a private mount namespace)"
-unshare --mount --fork -- bash -euc '
-  sys=$1
-  mount --make-rprivate /
-  mount -t proc proc "$sys/proc"
-  mount --bind /dev "$sys/dev"
-  mount -t tmpfs tmpfs "$sys/run"
-  mount -t tmpfs tmpfs "$sys/tmp"
-  cp /etc/resolv.conf "$sys/etc/resolv.conf" 2>/dev/null || true
-  chroot "$sys" /root/in-system.sh
-' _ "$sys" || die "the install test in the clean system failed"
+# system_test NAME PACKAGES: the install test in a fresh system with PACKAGES (comma list).
+system_test() {
+  local name=$1 include=$2 tarball sys
+  tarball=$cache/bookworm-amd64$name.tar
+  if [ ! -s "$tarball" ]; then
+    command -v mmdebstrap >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q mmdebstrap
+    log "mmdebstrap: a minimal Debian 12 (apt, $include) into $tarball (cached)"
+    mmdebstrap --variant=apt --format=tar --include="$include" bookworm \
+      "$cache/partial.tar" http://deb.debian.org/debian
+    mv "$cache/partial.tar" "$tarball"
+  fi
+  sys=$work/system$name
+  mkdir "$sys"
+  tar -C "$sys" -xf "$tarball"
+  # Only our repository: the test must not depend on (or wait for) a Debian mirror; every
+  # dependency of the package is in the base system.
+  rm -f "$sys"/etc/apt/sources.list "$sys"/etc/apt/sources.list.d/*
+  mkdir -p "$sys/srv/prom-apt"
+  cp -a target/apt-repo/. "$sys/srv/prom-apt/"
+  install -m 0644 target/apt-repo/prom-archive-keyring.gpg "$sys/usr/share/keyrings/prom-archive-keyring.gpg"
+  printf '%s\n' "Types: deb" "URIs: file:/srv/prom-apt" "Suites: bookworm" "Components: main" \
+    "Signed-By: /usr/share/keyrings/prom-archive-keyring.gpg" \
+    >"$sys/etc/apt/sources.list.d/prom.sources"
+  install -m 0644 models/demo/fashion-mnist/t10k-00000_9.png "$sys/root/boot.png"
+
+  install -m 0755 "$work/in-system.sh" "$sys/root/in-system.sh"
+  install -m 0644 "$work/prom-daemon_upgrade_amd64.deb" "$sys/root/"
+  log "installing into a clean Debian 12 system ($include) through apt (chroot in a private mount namespace)"
+  unshare --mount --fork -- bash -euc '
+    sys=$1
+    mount --make-rprivate /
+    mount -t proc proc "$sys/proc"
+    mount --bind /dev "$sys/dev"
+    mount -t tmpfs tmpfs "$sys/run"
+    mount -t tmpfs tmpfs "$sys/tmp"
+    cp /etc/resolv.conf "$sys/etc/resolv.conf" 2>/dev/null || true
+    chroot "$sys" /root/in-system.sh
+  ' _ "$sys" || die "the install test in the clean system failed"
+}
+
+# Two systems: without systemd (the user comes from adduser, as in containers) and with
+# the systemd package installed but not running (the user comes from systemd-sysusers).
+system_test "" dbus,adduser,ca-certificates,gnupg
+system_test -systemd dbus,adduser,ca-certificates,gnupg,systemd
+
 
 # ---- 4. arm64 -----------------------------------------------------------------------------
 list() { dpkg-deb -c "$1" | awk '{print $6}' | sed 's|^\./|/|' | sort; }
