@@ -47,6 +47,13 @@ command -v setpriv >/dev/null || want util-linux
 fi
 command -v dbus-daemon >/dev/null || want dbus
 command -v kill >/dev/null || want procps
+# The package test (scripts/test-packaging.sh): clean Debian systems, one of them booted.
+command -v mmdebstrap >/dev/null || want mmdebstrap
+command -v systemd-nspawn >/dev/null || want systemd-container
+command -v lintian >/dev/null || want lintian
+command -v apt-ftparchive >/dev/null || want apt-utils
+command -v gpg >/dev/null || want gnupg
+command -v dpkg-shlibdeps >/dev/null || want dpkg-dev
 # LIBCLANG_PATH points bindgen at a libclang elsewhere (clang-sys honours it).
 [ -n "${LIBCLANG_PATH-}" ] || compgen -G '/usr/lib/llvm-*/lib/libclang.so' >/dev/null \
   || want libclang-dev

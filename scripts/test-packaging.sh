@@ -205,6 +205,10 @@ promctl reload || fail "root's reload"
 promctl pause cam0 || fail "root's pause"
 promctl resume cam0 || fail "root's resume"
 ok "ReloadModel, Pause and Resume allowed to root"
+# Still the same process after every check above (several seconds: the daemon checks its
+# bus connection every second and must not mistake a policy refusal for a lost bus).
+[ -d "/proc/$pid" ] || { cat /root/daemon.log; fail "the daemon exited during the checks"; }
+ok "the daemon stayed up through the checks"
 kill "$daemon"; wait "$daemon" || true
 
 # The upgrade keeps a modified conffile (dpkg does: the packaged file did not change).
@@ -233,9 +237,10 @@ echo "in-system: PASSED"
 EOS
 chmod +x "$work/in-system.sh"
 
-# system_test NAME PACKAGES: the install test in a fresh system with PACKAGES (comma list).
-system_test() {
-  local name=$1 include=$2 tarball sys
+# prepare_system NAME PACKAGES: a fresh Debian 12 with PACKAGES (comma list) in
+# $work/system$NAME, with our repository as its only apt source; sets $sys.
+prepare_system() {
+  local name=$1 include=$2 tarball
   tarball=$cache/bookworm-amd64$name.tar
   if [ ! -s "$tarball" ]; then
     command -v mmdebstrap >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q mmdebstrap
@@ -260,6 +265,12 @@ system_test() {
 
   install -m 0755 "$work/in-system.sh" "$sys/root/in-system.sh"
   install -m 0644 "$work/prom-daemon_upgrade_amd64.deb" "$sys/root/"
+}
+
+# system_test NAME PACKAGES: the install test (in-system.sh) in a chroot of a fresh system.
+system_test() {
+  local include=$2
+  prepare_system "$1" "$2"
   log "installing into a clean Debian 12 system ($include) through apt (chroot in a private mount namespace)"
   unshare --mount --fork -- bash -euc '
     sys=$1
@@ -278,6 +289,31 @@ system_test() {
 system_test "" dbus,adduser,ca-certificates,gnupg
 system_test -systemd dbus,adduser,ca-certificates,gnupg,systemd
 
+# The same system booted: systemd as PID 1 in systemd-nspawn (a private mount namespace
+# with /run/systemd/nspawn on tmpfs, not registered with the host's systemd, which does not
+# run here). A oneshot unit runs in-systemd.sh: install, started by systemd (Type=notify),
+# logs in the journal, live exposure, reload, restart on upgrade, stop on remove.
+if command -v systemd-nspawn >/dev/null; then
+  prepare_system -booted dbus,adduser,ca-certificates,gnupg,systemd
+  install -m 0755 scripts/test-packaging-in-systemd.sh "$sys/root/in-systemd.sh"
+  printf '%s\n' "[Unit]" "Description=prom-daemon package test" "After=multi-user.target" \
+    "[Service]" "Type=oneshot" "ExecStart=/root/in-systemd.sh" \
+    "ExecStopPost=/bin/systemctl --no-block poweroff" "[Install]" "WantedBy=multi-user.target" \
+    >"$sys/etc/systemd/system/prom-package-test.service"
+  ln -s /etc/systemd/system/prom-package-test.service \
+    "$sys/etc/systemd/system/multi-user.target.wants/prom-package-test.service"
+  log "booting the system with systemd (systemd-nspawn) to test the service under systemd"
+  timeout 300 unshare --mount --fork -- bash -euc '
+    mount --make-rprivate /
+    mkdir -p /run/systemd/nspawn
+    mount -t tmpfs tmpfs /run/systemd/nspawn
+    systemd-nspawn -q -D "$1" --register=no --keep-unit --boot --console=pipe >/dev/null 2>&1
+  ' _ "$sys" || die "systemd-nspawn failed"
+  cat "$sys/root/systemd-test.log" 2>/dev/null || die "the booted test left no log"
+  grep -q '^in-systemd: PASSED$' "$sys/root/systemd-test.log" || die "the test under systemd failed"
+else
+  die "systemd-nspawn not found (apt-get install systemd-container)"
+fi
 
 # ---- 4. arm64 -----------------------------------------------------------------------------
 list() { dpkg-deb -c "$1" | awk '{print $6}' | sed 's|^\./|/|' | sort; }

@@ -24,7 +24,7 @@ fn systemd_unit_verifies_and_has_the_notify_contract() {
     for line in [
         "Type=notify",
         "ExecStart=/usr/bin/prom-daemon",
-        "ExecReload=/bin/kill -HUP $MAINPID",
+        "ExecReload=/bin/sh -c 'kill -HUP $MAINPID'",
         "WatchdogSec=10s",
         "User=prom",
     ] {
