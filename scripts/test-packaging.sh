@@ -25,7 +25,14 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 root_dir=$PWD
 log() { echo "test-packaging: $*"; }
 die() { log "FAILED: $*"; exit 1; }
-[ "$(id -u)" -eq 0 ] || die "needs root (chroot and mounts)"
+# chroot, mounts and systemd-nspawn need root. As another user: build the packages as that
+# user (so target/ stays theirs), then run the rest again through sudo.
+if [ "$(id -u)" -ne 0 ]; then
+  command -v sudo >/dev/null || die "needs root (chroot, mounts, systemd-nspawn) or sudo"
+  [ "${PROM_PACKAGES_BUILT:-0}" = 1 ] || scripts/package.sh
+  exec sudo -- env PROM_PACKAGES_BUILT=1 PROM_PACKAGING_CACHE="${PROM_PACKAGING_CACHE:-}" \
+    "$root_dir/scripts/test-packaging.sh" "$@"
+fi
 
 cache=${PROM_PACKAGING_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/prom-packaging}
 mkdir -p "$cache"
