@@ -110,13 +110,23 @@ class Bus:
         return (self.root / "daemon.log").read_text()
 
     def forge(self) -> None:
-        """A Classified signal on cam0's path from a connection that is not the daemon."""
-        subprocess.run(
-            ["gdbus", "emit", "--address", self.address, "--object-path",
-             "/io/prom/Classifier1/camera/cam0", "--signal", "io.prom.Camera1.Classified",
-             "uint64 999999", "uint64 1", f"[(uint32 666, '{FORGED_LABEL}', 0.99)]"],
-            check=True, capture_output=True, timeout=10,
-        )  # fmt: skip
+        """A Classified signal on cam0's path from a connection that is not the daemon.
+
+        gdbus emit failed once in about a dozen CI runs (exit 1, stderr not kept then), on
+        a loaded machine; the forgery is scaffolding, not what is tested, so it is tried
+        three times and the last error is reported with gdbus's own message."""
+        for attempt in range(3):
+            r = subprocess.run(
+                ["gdbus", "emit", "--address", self.address, "--object-path",
+                 "/io/prom/Classifier1/camera/cam0", "--signal", "io.prom.Camera1.Classified",
+                 "uint64 999999", "uint64 1", f"[(uint32 666, '{FORGED_LABEL}', 0.99)]"],
+                check=False, capture_output=True, text=True, timeout=10,
+            )  # fmt: skip
+            if r.returncode == 0:
+                return
+            print(f"gdbus emit failed (attempt {attempt + 1}): {r.stderr.strip()}")
+            time.sleep(0.2)
+        raise SystemExit(f"could not forge a signal: gdbus emit: {r.stderr.strip()}")
 
     def stop_daemon(self) -> None:
         if self.daemon.poll() is None:
