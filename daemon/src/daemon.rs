@@ -302,6 +302,9 @@ pub fn run(args: Args) -> Result<()> {
         .map_err(|e| format!("cannot start the pipeline: {e}"))?,
     );
     let _ = reloader.pipeline.set(pipeline.clone());
+    // The engines start on the count they serve first (with a choice to make, one thread,
+    // timed first), which may be below the model's upper bound given to the service above.
+    service.set_threads(pipeline.threads() as u32);
     service.set_state("running");
     tracing::info!(
         "serving on the {} bus as {}: {} camera(s), {} thread(s), tier {}",
