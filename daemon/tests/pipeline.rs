@@ -55,8 +55,10 @@ unsafe impl GlobalAlloc for Counting {
 static ALLOC: Counting = Counting;
 
 fn model(dir: &std::path::Path) -> Arc<LoadedModel> {
+    // Large enough that inference is several times slower than producing a test-pattern
+    // frame on any machine, so the unpaced camera always outruns it and frames are dropped.
     let cfg =
-        SynthConfig { width: 0.35, resolution: 96, classes: 10, seed: 3, ..SynthConfig::default() };
+        SynthConfig { width: 1.0, resolution: 160, classes: 10, seed: 3, ..SynthConfig::default() };
     let path = dir.join("m.prom");
     synthesize(&cfg).unwrap().write(&path).unwrap();
     Arc::new(
