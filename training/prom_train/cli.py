@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler
 
 from . import data as datasets
+from . import quant
 from .export import export_interchange
 from .model import IMAGENET_MEAN, IMAGENET_STD, PromMobileNetV2
 
@@ -113,6 +114,8 @@ def build_model(cfg: dict[str, Any], init_state: dict | None = None) -> PromMobi
         init_state=init_state,
     )
     model.set_pointwise_precision(cfg["precisions"])
+    model.set_ternary_rule(cfg.get("ternary_rule", "twn"))
+    model.dropout.p = cfg.get("dropout", model.dropout.p)
     return model
 
 
@@ -136,10 +139,10 @@ def save_checkpoint(path: str, payload: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def loaders(args, spec: datasets.DataSpec, resolution: int, d: Dist, train: bool):
-    split = "train" if train else "test"
+def loaders(args, spec: datasets.DataSpec, resolution: int, d: Dist, train: bool, split=None):
+    split = split or ("train" if train else "test")
     limit = args.limit if train else args.eval_limit
-    ds = spec.dataset(split, resolution, limit)
+    ds = spec.dataset(split, resolution, limit, holdout=getattr(args, "holdout", 0) or 0)
     if d.world > 1:
         sampler = DistributedSampler(ds, shuffle=train, seed=args.seed, drop_last=False)
     elif train:
@@ -166,6 +169,10 @@ class Progress:
         self.start = time.time()
         self.last = 0.0
         self.tty = sys.stderr.isatty()
+
+    def due(self) -> bool:
+        """Whether an update now would be shown (callers skip computing its text if not)."""
+        return self.enabled and time.time() - self.last >= (0.2 if self.tty else 30.0)
 
     def update(self, done: int, text: str, final: bool = False) -> None:
         if not self.enabled:
@@ -259,6 +266,8 @@ def train(args, phase: str) -> str:
         cfg = dict(source["config"])
         count = len(cfg["precisions"])
         cfg["precisions"] = parse_precisions(args.int8_pointwise, count)
+        if args.ternary_rule is not None:
+            cfg["ternary_rule"] = args.ternary_rule
         model = build_model(cfg)
         model.load_state_dict(source["model"])
     if cfg["labels"] != spec.labels:
@@ -280,10 +289,18 @@ def train(args, phase: str) -> str:
         teacher.to(d.device).eval()
         for p in teacher.parameters():
             p.requires_grad_(False)
+    if args.dropout is not None:
+        cfg["dropout"] = args.dropout
+        model.dropout.p = args.dropout
     model.to(d.device)
+    if d.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
     model.set_quantized(phase == "qat")
     train_loader = loaders(args, spec, cfg["resolution"], d, train=True)
     test_loader = loaders(args, spec, cfg["resolution"], d, train=False)
+    val_loader = None
+    if getattr(args, "holdout", 0):
+        val_loader = loaders(args, spec, cfg["resolution"], d, train=False, split="val")
     if phase == "qat" and resume is None:
         if args.bn_recalibration_batches > 0:
             recalibrate_bn(model, train_loader, d, args.bn_recalibration_batches)
@@ -295,12 +312,15 @@ def train(args, phase: str) -> str:
     decay, no_decay = [], []
     for p in model.parameters():
         (no_decay if p.dim() <= 1 else decay).append(p)
-    opt = torch.optim.SGD(
-        [{"params": decay, "weight_decay": args.wd}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=args.lr,
-        momentum=0.9,
-        nesterov=True,
-    )
+    groups = [
+        {"params": decay, "weight_decay": args.wd},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    opt: torch.optim.Optimizer
+    if args.optimizer == "adamw":
+        opt = torch.optim.AdamW(groups, lr=args.lr)
+    else:
+        opt = torch.optim.SGD(groups, lr=args.lr, momentum=0.9, nesterov=True)
     steps_per_epoch = len(train_loader)
     if args.max_steps:
         steps_per_epoch = min(steps_per_epoch, args.max_steps)
@@ -329,8 +349,11 @@ def train(args, phase: str) -> str:
             train_loader.sampler.set_epoch(epoch)
         aug.manual_seed(args.seed * 100003 + epoch * 101 + d.rank)
         net.train()
-        seen = correct = 0
-        loss_sum = 0.0
+        seen = 0
+        # Summed on the device and read only when the progress bar shows them: reading
+        # them every step would wait for the GPU.
+        correct_t = torch.zeros((), dtype=torch.long, device=d.device)
+        loss_t = torch.zeros((), dtype=torch.float64, device=d.device)
         n = steps_per_epoch * args.batch_size * d.world
         bar = Progress(n, f"{phase} epoch {epoch + 1}/{args.epochs}", d.main)
         t0 = time.time()
@@ -357,28 +380,35 @@ def train(args, phase: str) -> str:
             opt.step()
             sched.step()
             seen += len(labels)
-            loss_sum += loss.item() * len(labels)
-            correct += int((logits.argmax(1) == labels).sum())
-            bar.update(
-                seen * d.world,
-                f"loss {loss_sum / seen:.4f} acc {100.0 * correct / seen:.2f}% "
-                f"lr {sched.get_last_lr()[0]:.4g}",
-            )
+            loss_t += loss.detach().double() * len(labels)
+            correct_t += (logits.detach().argmax(1) == labels).sum()
+            if bar.due():
+                bar.update(
+                    seen * d.world,
+                    f"loss {float(loss_t) / seen:.4f} acc {100.0 * int(correct_t) / seen:.2f}% "
+                    f"lr {sched.get_last_lr()[0]:.4g}",
+                )
+        loss_sum, correct = float(loss_t), int(correct_t)
         seconds = time.time() - t0
         bar.update(
             seen * d.world, f"loss {loss_sum / max(seen, 1):.4f} ({seconds:.0f} s)", final=True
         )
         model.set_observing(False)
+        t_eval = time.time()
+        if val_loader is not None:
+            val = evaluate(model, val_loader, d, f"{phase} val   {epoch + 1}/{args.epochs}")
         result = evaluate(model, test_loader, d, f"{phase} test  {epoch + 1}/{args.epochs}")
         train_loss, train_correct, train_seen = d.sum([loss_sum, correct, seen])
         record = {
             "epoch": epoch + 1,
             "train_loss": train_loss / max(train_seen, 1),
             "train_accuracy": 100.0 * train_correct / max(train_seen, 1),
+            **({"val_accuracy": val["accuracy"]} if val_loader is not None else {}),
             "test_accuracy": result["accuracy"],
             "test_loss": result["loss"],
             "seconds": seconds,
             "images_per_second": train_seen / max(seconds, 1e-9),
+            "eval_seconds": time.time() - t_eval,
             "train_images": int(train_seen),
             "world_size": d.world,
         }
@@ -589,6 +619,27 @@ def add_common(p: argparse.ArgumentParser, training: bool = True) -> None:
         p.add_argument("--out", required=True, help="directory for checkpoints")
         p.add_argument("--epochs", type=int, default=5)
         p.add_argument("--wd", type=float, default=4e-5, help="weight decay")
+        p.add_argument(
+            "--optimizer",
+            choices=("sgd", "adamw"),
+            default="sgd",
+            help="SGD with Nesterov momentum 0.9, or AdamW",
+        )
+        p.add_argument("--dropout", type=float, help="before the classifier (default 0.2)")
+        p.add_argument(
+            "--holdout",
+            type=int,
+            default=0,
+            help="Fashion-MNIST: keep N training images out of training as a validation "
+            "set (a fixed random choice), evaluated every epoch, for choosing recipes "
+            "without looking at the test set",
+        )
+        p.add_argument(
+            "--ternary-rule",
+            choices=quant.TERNARY_RULES,
+            help="QAT: which weights a ternary row keeps: twn (|w| > 0.7 mean|w|, the "
+            "default) or l2 (the exactly L2-optimal set)",
+        )
         p.add_argument("--label-smoothing", type=float, default=0.1)
         p.add_argument("--clip-grad", type=float, default=2.0, help="gradient norm limit (0: none)")
         p.add_argument("--warmup-steps", type=int, default=200)

@@ -36,6 +36,7 @@ FASHION_MNIST_LABELS = [
     "Ankle boot",
 ]
 FASHION_MNIST_SIDE = 32
+HOLDOUT_SEED = 20261204
 
 
 def read_idx(path: str | Path) -> np.ndarray:
@@ -183,13 +184,31 @@ class DataSpec:
             return DataSpec("imagefolder", root, classes, None)
         raise ValueError(f"--data {text!r}: expected 'fashion-mnist' or 'imagefolder:PATH'")
 
-    def dataset(self, split: str, resolution: int, limit: int | None = None) -> Dataset:
+    def dataset(
+        self, split: str, resolution: int, limit: int | None = None, holdout: int = 0
+    ) -> Dataset:
+        """`train`, `test`, or `val` (the `holdout` training images kept out of `train`)."""
         if self.kind == "fashion-mnist":
             if resolution != FASHION_MNIST_SIDE:
                 raise ValueError(
                     f"Fashion-MNIST models use resolution {FASHION_MNIST_SIDE} (got {resolution})"
                 )
-            return load_fashion_mnist(self.root, split, limit)
+            if split == "test" or holdout <= 0:
+                if split == "val":
+                    raise ValueError("a validation split needs --holdout N")
+                return load_fashion_mnist(self.root, split, limit)
+            full = load_fashion_mnist(self.root, "train")
+            n = len(full)
+            if not 0 < holdout < n:
+                raise ValueError(f"--holdout {holdout}: expected 1..{n - 1}")
+            # One fixed choice, whatever the run's seed, so every recipe sees the same split.
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(HOLDOUT_SEED))
+            idx = order[:holdout] if split == "val" else order[holdout:]
+            idx = idx.sort().values[:limit]
+            images, labels = full.tensors
+            return TensorDataset(images[idx], labels[idx])
+        if holdout:
+            raise ValueError("--holdout is for Fashion-MNIST; an ImageFolder tree has val/")
         sub = "train" if split == "train" else "val"
         ds: Dataset = ImageFolderU8(os.path.join(self.root, sub), resolution, split == "train")
         if limit is not None:
@@ -208,14 +227,16 @@ def to_rgb_float(images: Tensor) -> Tensor:
 def augment_small(images: Tensor, generator: torch.Generator) -> Tensor:
     """Batch augmentation for small in-memory images (Fashion-MNIST): a random shift of up to
     2 pixels (zero fill) and a horizontal flip, on uint8, so pixels stay exact integers."""
-    n, _, h, w = images.shape
+    n, c, h, w = images.shape
     pad = 2
     padded = torch.nn.functional.pad(images, (pad, pad, pad, pad))
     dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
     dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
     flip = torch.rand(n, generator=generator) < 0.5
-    out = torch.empty_like(images)
-    for i in range(n):
-        crop = padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w]
-        out[i] = crop.flip(-1) if flip[i] else crop
-    return out
+    # One gather for the whole batch: row and column indices per image, columns reversed
+    # where the image is flipped.
+    rows = (dy.view(n, 1) + torch.arange(h)).view(n, 1, h, 1).expand(n, c, h, w + 2 * pad)
+    cols = torch.arange(w).expand(n, w)
+    cols = torch.where(flip.view(n, 1), cols.flip(-1), cols) + dx.view(n, 1)
+    cols = cols.view(n, 1, 1, w).expand(n, c, h, w)
+    return padded.gather(2, rows).gather(3, cols)

@@ -56,6 +56,7 @@ class QConvBN(nn.Module):
         self.kind = kind
         self.relu6 = relu6
         self.precision = "ternary" if kind == "pointwise" else "int8"
+        self.ternary_rule = "twn"
         self.out_observer = None if relu6 else quant.RangeObserver()
 
     def folded(self) -> tuple[Tensor, Tensor]:
@@ -74,10 +75,9 @@ class QConvBN(nn.Module):
         if in_scale is not None:
             cap = quant.MAX_REQUANT_SCALE * self.out_qparams()[0] / in_scale
         if self.precision == "ternary":
-            return quant.fake_quant_ternary_weight(w, cap)
+            return quant.fake_quant_ternary_weight(w, cap, self.ternary_rule)
         return quant.fake_quant_int8_weight(w, cap)
 
-    @torch.no_grad()
     @torch.no_grad()
     def observe_batch_norm(self, x: Tensor) -> None:
         """Batch-norm re-estimation for quantized weights: the running statistics become
@@ -244,6 +244,13 @@ class PromMobileNetV2(nn.Module):
                 raise ValueError(f"pointwise precision {p!r} (expected one of {PRECISIONS})")
             layer.precision = p
 
+    def set_ternary_rule(self, rule: str) -> None:
+        """How ternary layers choose their kept weights (`quant.ternary_codes`)."""
+        if rule not in quant.TERNARY_RULES:
+            raise ValueError(f"ternary rule {rule!r} (expected one of {quant.TERNARY_RULES})")
+        for layer in self.pointwise_layers():
+            layer.ternary_rule = rule
+
     def set_quantized(self, on: bool) -> None:
         self.quantized = on
 
@@ -326,20 +333,25 @@ class PromMobileNetV2(nn.Module):
         y = layer.quant_forward(x, scale, w, b)
         return y, layer.out_qparams()[0]
 
+    def _classifier_weights(self) -> tuple[Tensor, Tensor]:
+        w = self.classifier["1"].weight
+        scale = (w.detach().abs().max() / 127.0).clamp(min=quant.MIN_SCALE)
+        q = torch.clamp(quant.round_half_up(w / scale), -127.0, 127.0)
+        return q * scale, scale
+
     def classifier_qparams(self) -> tuple[Tensor, float]:
         """Per-tensor symmetric int8 weights of the classifier (its int32 logits have one
         scale) and that weight scale."""
-        w = self.classifier["1"].weight
-        scale = max(float(w.detach().abs().max()) / 127.0, quant.MIN_SCALE)
-        q = torch.clamp(quant.round_half_up(w / scale), -127.0, 127.0)
-        return q * scale, scale
+        wq, scale = self._classifier_weights()
+        return wq, float(scale)
 
     def _classify(self, x: Tensor, in_scale: float) -> Tensor:
         lin = self.classifier["1"]
         if not self.quantized:
             return lin(x)
-        wq, w_scale = self.classifier_qparams()
-        bq = quant.fake_quant_bias(lin.bias, torch.tensor(in_scale * w_scale))
+        # The scale stays a tensor here: reading it would wait for the GPU every step.
+        wq, w_scale = self._classifier_weights()
+        bq = quant.fake_quant_bias(lin.bias, in_scale * w_scale)
         return F.linear(x, wq, bq)
 
 

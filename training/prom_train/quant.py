@@ -74,27 +74,50 @@ def fake_quant_int8_weight(w: Tensor, max_scale: float | None = None) -> tuple[T
     return q * s, scale
 
 
-def ternary_codes(w: Tensor) -> tuple[Tensor, Tensor]:
-    """TWN ternarisation per output channel (dim 0), without gradients.
+#: How a pointwise row's threshold is chosen (`prom-train qat --ternary-rule`).
+TERNARY_RULES = ("twn", "l2")
 
-    Threshold `delta = 0.7 * mean|w|` (Li & Liu 2016: the value that minimises the L2 error
-    for weights close to Gaussian) and scale `alpha = mean |w|` over the kept weights (the L2
-    optimal scale for those trits). Returns (trits in {-1, 0, 1}, alpha).
+
+def ternary_codes(w: Tensor, rule: str = "twn") -> tuple[Tensor, Tensor]:
+    """Ternarisation per output channel (dim 0), without gradients. Returns (trits in
+    {-1, 0, 1}, alpha).
+
+    Both rules scale the kept weights by `alpha = mean |w|` over them, the L2-optimal scale
+    for a given set of trits. They differ in which weights are kept:
+    - `twn` (Li & Liu 2016): `|w| > 0.7 * mean|w|` of the row, the closed-form approximation
+      of the L2-optimal threshold for weights close to Gaussian or uniform;
+    - `l2`: the exactly L2-optimal set, the `k` largest `|w|` where `k` maximises
+      `(sum of the k largest |w|)^2 / k` (the error is `sum w^2` minus that). It needs no
+      assumption about the weights' distribution, which after the batch-norm fold and QAT
+      need not be Gaussian; it costs a sort per row.
     """
     w = w.detach()
     a = w.abs().flatten(1)
-    delta = TERNARY_THRESHOLD * a.mean(dim=1, keepdim=True)
-    keep = (a > delta).to(w.dtype)
+    if rule == "twn":
+        delta = TERNARY_THRESHOLD * a.mean(dim=1, keepdim=True)
+        keep = (a > delta).to(w.dtype)
+    elif rule == "l2":
+        ranked, order = a.sort(dim=1, descending=True)
+        k = torch.arange(1, a.shape[1] + 1, device=a.device, dtype=a.dtype)
+        gain = ranked.cumsum(dim=1).square() / k
+        best = gain.argmax(dim=1, keepdim=True)  # first maximum: fewest weights on ties
+        rank_keep = (torch.arange(a.shape[1], device=a.device) <= best).to(w.dtype)
+        rank_keep = rank_keep * (ranked > 0).to(w.dtype)
+        keep = torch.zeros_like(a).scatter_(1, order, rank_keep)
+    else:
+        raise ValueError(f"ternary rule {rule!r} (expected one of {TERNARY_RULES})")
     alpha = (a * keep).sum(dim=1) / keep.sum(dim=1).clamp(min=1.0)
     alpha = alpha.clamp(min=MIN_SCALE)
     trits = torch.sign(w) * keep.view_as(w)
     return trits, alpha
 
 
-def fake_quant_ternary_weight(w: Tensor, max_scale: float | None = None) -> tuple[Tensor, Tensor]:
+def fake_quant_ternary_weight(
+    w: Tensor, max_scale: float | None = None, rule: str = "twn"
+) -> tuple[Tensor, Tensor]:
     """Ternary weights `alpha[n] * t[n][k]` with a straight-through gradient to `w`; a
     `max_scale` caps `alpha`."""
-    trits, alpha = ternary_codes(w)
+    trits, alpha = ternary_codes(w, rule)
     if max_scale is not None:
         alpha = alpha.clamp(max=max_scale)
     shape = (-1,) + (1,) * (w.dim() - 1)
@@ -150,12 +173,16 @@ class RangeObserver(nn.Module):
         self.register_buffer("min_val", torch.tensor(0.0))
         self.register_buffer("max_val", torch.tensor(0.0))
         self.register_buffer("batches", torch.tensor(0, dtype=torch.long))
+        # qparams() as Python numbers, kept while the range is frozen: reading the buffers
+        # would wait for the GPU once per layer and forward pass.
+        self._cached: tuple[float, int] | None = None
         # Observe a central percentile of each batch instead of its min/max (PTQ: clipping
         # rare outliers buys resolution for everything else).
         self.percentile: float | None = None
 
     @torch.no_grad()
     def observe(self, x: Tensor) -> None:
+        self._cached = None
         if self.percentile is None:
             lo, hi = x.detach().min().float(), x.detach().max().float()
         else:
@@ -171,9 +198,16 @@ class RangeObserver(nn.Module):
         self.max_val.lerp_(hi, weight)
         self.batches += 1
 
+    def _load_from_state_dict(self, *args, **kwargs) -> None:  # type: ignore[override]
+        self._cached = None
+        super()._load_from_state_dict(*args, **kwargs)
+
     def qparams(self) -> tuple[float, int]:
+        if self._cached is not None and not self.observing:
+            return self._cached
         lo = min(float(self.min_val), 0.0)
         hi = max(float(self.max_val), 0.0)
         scale = max((hi - lo) / 255.0, 1e-6)
         zero_point = int(min(max(round(-128.0 - lo / scale), -128), 127))
+        self._cached = (scale, zero_point)
         return scale, zero_point

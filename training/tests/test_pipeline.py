@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from prom_train import cli, promsim
+from prom_train import data as datasets
 from prom_train.export import read_safetensors, write_safetensors
 
 COMMON = ["--limit", "256", "--eval-limit", "200", "--batch-size", "64", "--max-steps", "3"]
@@ -27,6 +28,9 @@ def run(tmp_path_factory, fashion_dir, promctl):
     assert cli.main(["finetune", "--out", d, "--epochs", "1", *COMMON]) == 0
     float_ckpt = os.path.join(d, "float.pt")
     qat = ["qat", "--from", float_ckpt, "--out", d, "--calibration-batches", "2", *COMMON]
+    # The L2-optimal ternary rule, AdamW and a validation split: the rule travels in the
+    # checkpoint and through export, and the engine must still equal the simulator.
+    qat += ["--ternary-rule", "l2", "--optimizer", "adamw", "--lr", "1e-4", "--holdout", "100"]
     assert cli.main([*qat, "--epochs", "1", "--int8-pointwise", "5"]) == 0
     # Resume: a second epoch continues from qat-last.pt.
     assert cli.main([*qat, "--epochs", "2", "--int8-pointwise", "5", "--resume"]) == 0
@@ -43,6 +47,28 @@ def test_resume_continued_the_run(run):
     assert [h["epoch"] for h in ckpt["history"]] == [1, 2]
     assert ckpt["config"]["precisions"].count("int8") == 1
     assert ckpt["config"]["precisions"][5] == "int8"
+    assert ckpt["config"]["ternary_rule"] == "l2"
+    assert all(0.0 <= h["val_accuracy"] <= 100.0 for h in ckpt["history"])
+    model = cli.model_from_checkpoint(ckpt)
+    assert {layer.ternary_rule for layer in model.pointwise_layers()} == {"l2"}
+
+
+def test_holdout_is_a_fixed_disjoint_split(fashion_dir):
+    spec = datasets.DataSpec.parse("fashion-mnist", fashion_dir)
+    train = spec.dataset("train", 32, holdout=1000)
+    val = spec.dataset("val", 32, holdout=1000)
+    assert len(val) == 1000 and len(train) == 59000
+    full = spec.dataset("train", 32)
+
+    def rows(ds):
+        return sorted(bytes(x.numpy()) + bytes([int(y)]) for x, y in zip(*ds.tensors))
+
+    # Together the two splits are the training set, image for image.
+    assert sorted(rows(train) + rows(val)) == rows(full)
+    again = spec.dataset("val", 32, holdout=1000)
+    assert torch.equal(again.tensors[0], val.tensors[0])
+    with pytest.raises(ValueError, match="needs --holdout"):
+        spec.dataset("val", 32)
 
 
 def test_packed_model_has_the_chosen_precisions(run, promctl):

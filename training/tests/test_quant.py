@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
+import pytest
 import torch
 
 from prom_train import quant
@@ -42,6 +44,45 @@ def test_ternary_threshold_and_scale_follow_twn():
     assert trits[1].tolist() == [0.0] * 4 and abs(float(alpha[1]) - quant.MIN_SCALE) < 1e-12
     wq, _ = quant.fake_quant_ternary_weight(w.clone().requires_grad_(True))
     assert torch.allclose(wq[0], torch.tensor([0.0, -0.7, 0.7, 0.0]))
+
+
+def test_l2_ternary_rule_is_the_exact_optimum():
+    g = torch.Generator().manual_seed(1)
+    w = torch.randn(12, 8, generator=g) * torch.rand(12, 1, generator=g)
+    w[3] = 0.0
+    trits, alpha = quant.ternary_codes(w, "l2")
+    twn_trits, twn_alpha = quant.ternary_codes(w, "twn")
+    for r in range(len(w)):
+        err = float(((w[r] - trits[r] * alpha[r]) ** 2).sum())
+        best = float((w[r] ** 2).sum())  # all zero
+        for mask in itertools.product([0.0, 1.0], repeat=w.shape[1]):
+            m = torch.tensor(mask)
+            if m.sum() > 0:
+                a = (w[r].abs() * m).sum() / m.sum()
+                best = min(best, float(((w[r] - torch.sign(w[r]) * m * a) ** 2).sum()))
+        assert err <= best + 1e-6, (r, err, best)
+        assert err <= float(((w[r] - twn_trits[r] * twn_alpha[r]) ** 2).sum()) + 1e-6
+    assert trits[3].abs().sum() == 0
+    with pytest.raises(ValueError, match="ternary rule"):
+        quant.ternary_codes(w, "median")
+
+
+def test_small_image_augmentation_shifts_and_flips_exactly():
+    from prom_train.data import augment_small
+
+    images = torch.randint(1, 256, (32, 1, 32, 32), dtype=torch.uint8)
+    out = augment_small(images, torch.Generator().manual_seed(3))
+    padded = torch.nn.functional.pad(images, (2, 2, 2, 2))
+    for i in range(len(images)):
+        candidates = [
+            c
+            for dy in range(5)
+            for dx in range(5)
+            for c in (padded[i, :, dy : dy + 32, dx : dx + 32],)
+            for c in (c, c.flip(-1))
+        ]
+        assert any(torch.equal(out[i], c) for c in candidates)
+    assert not torch.equal(out, images)
 
 
 def test_int8_weights_are_symmetric_per_channel():
