@@ -553,6 +553,8 @@ struct BenchReport {
     latency_ms: Latency,
     fps: f64,
     baseline_int8_latency_ms: Latency,
+    /// The int8-multiply pointwise kernel of the baseline (`sdot` where the CPU has it).
+    baseline_int8_kernel: &'static str,
     speedup_vs_int8: f64,
     macs: u64,
     model_bytes: usize,
@@ -735,6 +737,7 @@ fn benchmark(
         speedup_vs_int8: baseline.p50 / latency.p50,
         latency_ms: latency,
         baseline_int8_latency_ms: baseline,
+        baseline_int8_kernel: kernels.int8_pointwise_kernel(),
         macs: graph.ops.iter().map(|o| o.macs).sum(),
         model_bytes: model.bytes().len(),
         fp16_bytes: params * 2,
@@ -768,8 +771,9 @@ fn benchmark(
     let b = &report.baseline_int8_latency_ms;
     writeln!(
         out,
-        "int8-multiply pointwise baseline: p50 {:.3}  mean {:.3} ms -> add-only is {:.2}x faster",
-        b.p50, b.mean, report.speedup_vs_int8
+        "int8-multiply pointwise baseline: p50 {:.3}  mean {:.3} ms -> add-only is {:.2}x faster; \
+         baseline kernel {}",
+        b.p50, b.mean, report.speedup_vs_int8, report.baseline_int8_kernel
     )?;
     writeln!(
         out,

@@ -396,6 +396,22 @@ impl Kernels {
         }
     }
 
+    /// The int8-multiply pointwise kernel this tier runs (the baseline `promctl benchmark`
+    /// compares the add-only kernels against), in XNNPACK's naming.
+    pub fn int8_pointwise_kernel(&self) -> &'static str {
+        match self.imp {
+            Imp::Scalar => "scalar",
+            #[cfg(target_arch = "x86_64")]
+            Imp::Avx2(_) => "int8_pw_c2__avx2 (vpmaddwd)",
+            #[cfg(target_arch = "x86_64")]
+            Imp::Avx512(_) => "int8_pw_12x32c2__avx512 (vpmaddwd)",
+            #[cfg(target_arch = "aarch64")]
+            Imp::Neon(t) if t.has_dot_product() => "int8_pw_4x16c4__neon_dot (sdot)",
+            #[cfg(target_arch = "aarch64")]
+            Imp::Neon(_) => "int8_pw_4x4c16__neon (smull + sadalp)",
+        }
+    }
+
     /// Packs row-major `n x k` int8 weights for this tier's int8 pointwise kernel.
     pub fn pack_int8_pointwise(&self, weights: &[i8], n: usize, k: usize) -> Int8PointwiseWeights {
         assert_eq!(weights.len(), n * k, "int8 pointwise weights: length != n * k");
@@ -406,7 +422,7 @@ impl Kernels {
             #[cfg(target_arch = "x86_64")]
             Imp::Avx512(_) => x86_64::pack_int8_pointwise_avx512(weights, n, k),
             #[cfg(target_arch = "aarch64")]
-            Imp::Neon(_) => aarch64::pack_int8_pointwise(weights, n, k),
+            Imp::Neon(t) => aarch64::pack_int8_pointwise(t, weights, n, k),
         };
         Int8PointwiseWeights { tier: self.tier(), n, k, data }
     }

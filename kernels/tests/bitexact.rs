@@ -433,6 +433,15 @@ macro_rules! tier_tests {
                 // ternary + int8 pointwise, 2 depthwise and 2 stem calls at least.
                 assert!(after >= before + 6, "tier {} served {} calls", $tier, after - before);
                 println!("tier-check: {} ran {} kernel calls", $tier, after - before);
+                let baseline = kern().int8_pointwise_kernel();
+                println!("tier-check: int8 baseline {baseline}");
+                // Under qemu, the emulated core decides whether the int8 baseline may use
+                // the dot-product extension: the A76 has it, the A72 does not.
+                match std::env::var("QEMU_CPU").as_deref() {
+                    Ok("cortex-a76") => assert!(baseline.contains("sdot"), "{baseline}"),
+                    Ok("cortex-a72") => assert!(!baseline.contains("sdot"), "{baseline}"),
+                    _ => {}
+                }
             }
         }
     };

@@ -16,6 +16,8 @@
 #[allow(non_snake_case)]
 mod dw;
 #[allow(non_snake_case)]
+mod int8_dot;
+#[allow(non_snake_case)]
 mod int8_pw;
 mod requant;
 #[allow(non_snake_case)]
@@ -27,23 +29,45 @@ use crate::params::{DepthwiseShape, Epilogue, PointwiseShape, StemShape};
 use crate::{AlignedBuf, Scratch};
 use std::ops::Range;
 
-/// Capability token: proof that this CPU has NEON (Advanced SIMD).
+/// Capability token: proof that this CPU has NEON (Advanced SIMD), and whether it also has
+/// the dot-product extension.
 #[derive(Clone, Copy, Debug)]
-pub struct Neon(());
+pub struct Neon {
+    dot: Option<NeonDot>,
+}
+
+/// Capability token: proof that this CPU has NEON and the dot-product extension (`sdot`;
+/// Armv8.2 DotProd: Cortex-A76 and later, not the A72). Only the int8-multiply baseline
+/// uses it; the add-only kernels need nothing beyond NEON.
+#[derive(Clone, Copy, Debug)]
+pub struct NeonDot(());
 
 impl Neon {
     /// Returns the token when the CPU has NEON.
     pub fn detect() -> Option<Neon> {
-        std::arch::is_aarch64_feature_detected!("neon").then_some(Neon(()))
+        std::arch::is_aarch64_feature_detected!("neon").then(|| Neon {
+            dot: std::arch::is_aarch64_feature_detected!("dotprod").then_some(NeonDot(())),
+        })
+    }
+
+    /// Whether the int8-multiply pointwise baseline uses `sdot` on this CPU.
+    pub fn has_dot_product(&self) -> bool {
+        self.dot.is_some()
     }
 }
 
 pub(crate) fn scratch_bytes(max_k: usize, max_n: usize) -> usize {
-    table_pw::scratch_bytes(max_k, max_n).max(int8_pw::scratch_bytes(max_k, max_n))
+    table_pw::scratch_bytes(max_k, max_n)
+        .max(int8_pw::scratch_bytes(max_k, max_n))
+        .max(int8_dot::scratch_bytes(max_k, max_n))
 }
 
-pub(crate) fn pack_int8_pointwise(weights: &[i8], n: usize, k: usize) -> AlignedBuf {
-    int8_pw::pack(weights, n, k)
+/// Packs int8 pointwise weights for the kernel [`int8_pointwise`] runs with this token.
+pub(crate) fn pack_int8_pointwise(t: Neon, weights: &[i8], n: usize, k: usize) -> AlignedBuf {
+    match t.dot {
+        Some(_) => int8_dot::pack(weights, n, k),
+        None => int8_pw::pack(weights, n, k),
+    }
 }
 
 pub(crate) fn prepare_lists(codes: &[u8], k: usize, n: usize) -> AlignedBuf {
@@ -71,7 +95,10 @@ pub(crate) fn int8_pointwise(
     output: &mut [i8],
     scratch: &mut Scratch,
 ) {
-    int8_pw::run(t, shape, input, w, epi, output, &mut scratch.buf)
+    match t.dot {
+        Some(d) => int8_dot::run(d, shape, input, w, epi, output, &mut scratch.buf),
+        None => int8_pw::run(t, shape, input, w, epi, output, &mut scratch.buf),
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
