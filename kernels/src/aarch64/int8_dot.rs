@@ -88,7 +88,8 @@ pub(super) fn run(
         )
     };
     // SAFETY: the `NeonDot` token proves NEON is available.
-    unsafe { prepare(epi, params) };
+    // (Four Quads per 16-channel block are the same array as one per 4-channel block.)
+    unsafe { super::int8_pw::prepare(epi, params) };
     // SAFETY: the `NeonDot` token proves NEON is available.
     let out = unsafe { Output::new(epi) };
     // Padding channels (k..kp) meet zero weights and the rows past a partial tile are never
@@ -118,17 +119,6 @@ pub(super) fn run(
             }
         }
         p += rows;
-    }
-}
-
-/// Fills the per-block requantization parameters (four [`Quad`]s of 4 channels each).
-///
-/// # Safety
-/// NEON must be available.
-#[target_feature(enable = "neon")]
-unsafe fn prepare(epi: &Epilogue<'_>, params: &mut [Quad]) {
-    for (i, q) in params.iter_mut().enumerate() {
-        *q = Quad::load(epi, i * 4);
     }
 }
 

@@ -123,12 +123,13 @@ pub(super) fn run(
     }
 }
 
-/// Fills the per-block requantization parameters.
+/// Fills the requantization parameters of 4-channel blocks (`params[b]`: channels
+/// `4 b..4 b + 4`).
 ///
 /// # Safety
 /// NEON must be available.
 #[target_feature(enable = "neon")]
-unsafe fn prepare(epi: &Epilogue<'_>, params: &mut [Quad]) {
+pub(super) unsafe fn prepare(epi: &Epilogue<'_>, params: &mut [Quad]) {
     for (b, q) in params.iter_mut().enumerate() {
         *q = Quad::load(epi, b * NR);
     }
