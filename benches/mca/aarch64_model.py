@@ -23,6 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 TABLE_PW_RS = ROOT / "kernels/src/aarch64/table_pw.rs"
 INT8_PW_RS = ROOT / "kernels/src/aarch64/int8_pw.rs"
+INT8_DOT_RS = ROOT / "kernels/src/aarch64/int8_dot.rs"
 
 
 class ModelError(Exception):
@@ -48,14 +49,16 @@ class Core:
     decode: int
     # Cycles lost per branch misprediction.
     mispredict: int
+    # Whether the core has the dot-product extension (the int8 baseline then uses sdot).
+    dotprod: bool
 
 
 CORES = [
     # LLVM's cortex-a72 is the Cortex-A57 model (IssueWidth 3 micro-ops); the A72 decodes
     # 3 instructions and dispatches up to 5 micro-ops per cycle.
-    Core("A72", "cortex-a72", dispatch=5, decode=3, mispredict=15),
+    Core("A72", "cortex-a72", dispatch=5, decode=3, mispredict=15, dotprod=False),
     # Cortex-A76 (Pi 5): Neoverse-N1 model (same core design); 4-wide decode, 8-wide dispatch.
-    Core("A76", "neoverse-n1", dispatch=8, decode=4, mispredict=11),
+    Core("A76", "neoverse-n1", dispatch=8, decode=4, mispredict=11, dotprod=True),
 ]
 
 # Estimated cost of one memcpy of k bytes (the int8 baseline copies 4 input rows per tile
@@ -460,6 +463,39 @@ def int8_pieces(f: dict[str, Func]) -> Pieces:
     return Pieces({"mac16": inner, "half8": half, "block_fixed": fixed})
 
 
+def int8_dot_pieces(f: dict[str, Func]) -> Pieces:
+    """The sdot baseline (`int8_dot::tiles`, the micro-kernel inlined): the MAC loop and
+    the rest of the block loop (accumulator zeroing, requantization, row stores)."""
+    fn = f["int8dot"]
+    inner = pick_loop(
+        fn,
+        "sdot MAC loop (16 k x 4 pixels x 16 channels: 64 sdot, 4 + 16 vector loads)",
+        lambda b: (
+            count(b, "sdot") == 64
+            and count(b, "ldr", r"^q") + 2 * count(b, "ldp", r"^q") == 20
+        ),
+    )
+    inner_first, inner_last = inner[0].addr, inner[-1].addr
+    enclosing = [
+        fn.insns[a : b + 1]
+        for a, b in backward_loops(fn)
+        if fn.insns[a].addr < inner_first and fn.insns[b].addr > inner_last
+    ]
+    if not enclosing:
+        fail("int8_dot::tiles: no loop over channel blocks around the MAC loop")
+    head = enclosing[0][0].addr
+    block_loop = max((b for b in enclosing if b[0].addr == head), key=len)
+    inner_addrs = {x.addr for x in inner}
+    fixed: list[Insn] = []
+    for b in basic_blocks(block_loop):
+        if any(x.addr in inner_addrs for x in b) or any(x.mnem == "bl" for x in b):
+            continue  # the MAC loop; partial-width stores through memcpy (n % 16 != 0)
+        fixed.extend(b)
+    if count(fixed, "movi") != 16 or count(fixed, "smull2?", r"\.2d") < 16:
+        fail("int8_dot::tiles: per-block code lost its zeroing or requantization")
+    return Pieces({"mac16": inner, "block_fixed": fixed})
+
+
 # --------------------------------------------------------------------------------------
 # Source constants the walk needs (read, not copied, so that a change shows up)
 
@@ -624,6 +660,23 @@ def ternary_layer(
     return cost
 
 
+def int8_dot_layer(layer: Layer, core: Core, mca: Mca, p: Pieces) -> LayerCost:
+    """`int8_dot::tiles`: 4-pixel tiles x 16-channel blocks, `k` padded to 16."""
+
+    def c(name: str) -> float:
+        return mca.cycles(core, p.seqs[name])
+
+    k, n, pixels = layer.k, layer.n, layer.pixels
+    kp = math.ceil(k / 16) * 16
+    tiles = math.ceil(pixels / 4)
+    blocks = math.ceil(n / 16)
+    cost = LayerCost()
+    cost.add("mac", tiles * blocks * (kp // 16) * c("mac16"))
+    cost.add("per_block", tiles * blocks * c("block_fixed"))
+    cost.add("copy_in", tiles * 4 * (MEMCPY_CALL_CYCLES + k / MEMCPY_BYTES_PER_CYCLE))
+    return cost
+
+
 def int8_layer(layer: Layer, core: Core, mca: Mca, p: Pieces) -> LayerCost:
     def c(name: str) -> float:
         return mca.cycles(core, p.seqs[name])
@@ -676,6 +729,7 @@ def main() -> int:
         "transpose": r"aarch64::table_pw::transpose_tile::",
         "run": r"aarch64::table_pw::run::",
         "int8": r"aarch64::int8_pointwise::",
+        "int8dot": r"aarch64::int8_dot::tiles::",
     }
     spans = find_functions(args.binary, args.nm, patterns)
     funcs = {
@@ -684,6 +738,9 @@ def main() -> int:
     }
     tern = ternary_pieces(funcs)
     int8 = int8_pieces(funcs)
+    int8dot = int8_dot_pieces(funcs)
+    if rust_const(INT8_DOT_RS, "NR") != 16 or rust_const(INT8_DOT_RS, "MR") != 4:
+        fail("int8_dot.rs: the micro-tile is no longer 4x16; update int8_dot_layer")
     cfg = {
         name: rust_const(TABLE_PW_RS, name)
         for name in ("TILE", "LUT40_CHUNK", "LUT16_CHUNK", "LUT16_MAX_N")
@@ -703,9 +760,10 @@ def main() -> int:
 
     mca = Mca(args.llvm_mca, args.iterations)
     if args.show_loops:
-        for kernel, pieces in (("ternary", tern), ("int8", int8)):
+        for kernel, pieces in (("ternary", tern), ("int8", int8), ("int8dot", int8dot)):
+            cores = [cr for cr in CORES if cr.dotprod or kernel != "int8dot"]
             for name, seq in pieces.seqs.items():
-                cyc = ", ".join(f"{cr.name} {mca.cycles(cr, seq):.2f}" for cr in CORES)
+                cyc = ", ".join(f"{cr.name} {mca.cycles(cr, seq):.2f}" for cr in cores)
                 print(f"== {kernel}/{name}: {len(seq)} instructions, cycles/iter {cyc}")
                 for x in seq:
                     print(f"   {x.addr:8x}  {x.text}")
@@ -713,9 +771,13 @@ def main() -> int:
 
     report: dict = {"cores": {}, "pieces": {}}
     for cr in CORES:
+        # sdot exists only on dot-product cores (llvm-mca refuses it for the A72).
+        kernels = [("ternary", tern), ("int8", int8)] + [
+            ("int8dot", int8dot)
+        ] * cr.dotprod
         report["pieces"][cr.name] = {
             f"{kern}/{name}": round(mca.cycles(cr, seq), 3)
-            for kern, pieces in (("ternary", tern), ("int8", int8))
+            for kern, pieces in kernels
             for name, seq in pieces.seqs.items()
         }
     print("Loop bodies, cycles per iteration (llvm-mca with the decode floor):")
@@ -731,11 +793,18 @@ def main() -> int:
             for cr in CORES
         )
         print(f"  int8/{name:<14} {vals}")
+    for name in ("mac16", "block_fixed"):
+        vals = "  ".join(
+            f"{cr.name} {report['pieces'][cr.name]['int8dot/' + name]:6.2f}"
+            for cr in CORES
+            if cr.dotprod
+        )
+        print(f"  int8dot/{name:<11} {vals}")
     print()
 
     for cr in CORES:
         rows = []
-        tot = {"ours": 0.0, "ours_mp": 0.0, "int8": 0.0, "macs": 0}
+        tot = {"ours": 0.0, "ours_mp": 0.0, "int8": 0.0, "int8dot": 0.0, "macs": 0}
         print(
             f"== {cr.name} (llvm-mca -mcpu={cr.mcpu}, decode {cr.decode}/cycle, "
             f"dispatch {cr.dispatch}, mispredict {cr.mispredict} cycles)"
@@ -743,10 +812,12 @@ def main() -> int:
         print(
             f"{'op':>3} {'pixels':>6} {'k':>5} {'n':>5} {'scheme':>6} {'MMACs':>7} "
             f"{'ours Mcyc':>9} {'+mispr':>7} {'MAC/c':>6} {'int8 Mcyc':>9} {'MAC/c':>6}"
+            + (f" {'sdot Mcyc':>9} {'MAC/c':>6}" if cr.dotprod else "")
         )
         for layer in layers:
             t = ternary_layer(layer, cr, mca, tern, cfg)
             i = int8_layer(layer, cr, mca, int8)
+            dot = int8_dot_layer(layer, cr, mca, int8dot) if cr.dotprod else None
             macs = layer.pixels * layer.k * layer.n
             no_mp = t.cycles - t.parts["mispredict"]
             scheme = "lut16" if layer.n <= cfg["LUT16_MAX_N"] else "lut40"
@@ -754,10 +825,12 @@ def main() -> int:
                 f"{layer.index:>3} {layer.pixels:>6} {layer.k:>5} {layer.n:>5} {scheme:>6} "
                 f"{macs / 1e6:7.2f} {no_mp / 1e6:9.3f} {t.cycles / 1e6:7.3f} "
                 f"{macs / t.cycles:6.1f} {i.cycles / 1e6:9.3f} {macs / i.cycles:6.1f}"
+                + (f" {dot.cycles / 1e6:9.3f} {macs / dot.cycles:6.1f}" if dot else "")
             )
             tot["ours"] += no_mp
             tot["ours_mp"] += t.cycles
             tot["int8"] += i.cycles
+            tot["int8dot"] += dot.cycles if dot else 0.0
             tot["macs"] += macs
             rows.append(
                 {
@@ -773,6 +846,11 @@ def main() -> int:
                     "ternary_parts": t.parts,
                     "int8_cycles": i.cycles,
                     "int8_parts": i.parts,
+                    **(
+                        {"int8_sdot_cycles": dot.cycles, "int8_sdot_parts": dot.parts}
+                        if dot
+                        else {}
+                    ),
                 }
             )
         print(
@@ -780,6 +858,12 @@ def main() -> int:
             f"add-only {tot['ours'] / 1e6:.1f} M cycles, {tot['ours_mp'] / 1e6:.1f} M with "
             f"mispredicts ({tot['macs'] / tot['ours_mp']:.1f} MACs/cycle); int8 baseline "
             f"{tot['int8'] / 1e6:.1f} M cycles ({tot['macs'] / tot['int8']:.1f} MACs/cycle)"
+            + (
+                f"; sdot baseline {tot['int8dot'] / 1e6:.1f} M cycles "
+                f"({tot['macs'] / tot['int8dot']:.1f} MACs/cycle)"
+                if cr.dotprod
+                else ""
+            )
         )
         print()
         report["cores"][cr.name] = {"layers": rows, "totals": tot}

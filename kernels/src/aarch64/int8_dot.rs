@@ -73,7 +73,7 @@ pub(super) fn run(
     output: &mut [i8],
     scratch: &mut AlignedBuf,
 ) {
-    let PointwiseShape { pixels, k, n } = shape;
+    let PointwiseShape { k, n, .. } = shape;
     let kp = padded(k);
     let blocks = n.div_ceil(NR);
     assert!(weights.len() >= blocks * kp * NR, "int8 weights: packed buffer too small");
@@ -90,8 +90,33 @@ pub(super) fn run(
     // SAFETY: the `NeonDot` token proves NEON is available.
     // (Four Quads per 16-channel block are the same array as one per 4-channel block.)
     unsafe { super::int8_pw::prepare(epi, params) };
-    // SAFETY: the `NeonDot` token proves NEON is available.
-    let out = unsafe { Output::new(epi) };
+    // SAFETY: NEON and DotProd (token); the lengths were asserted above and are restated
+    // in `tiles`' contract.
+    unsafe { tiles(shape, input, weights.as_ptr().cast::<i8>(), epi, output, xs, params) };
+}
+
+/// Every 4-pixel tile and 16-channel block of the layer: copies the tile's input rows,
+/// runs the micro-kernel and stores the requantized outputs. A separate function with the
+/// `dotprod` feature so that the micro-kernel (which has it) is inlined into this loop:
+/// LLVM does not inline a function into a caller with fewer target features.
+///
+/// # Safety
+/// NEON and DotProd; `w` holds `n.div_ceil(16) * kp * 16` packed bytes (`kp` = `k`
+/// rounded up to 16), `xs` is `4 * kp` bytes, `params` holds 4 `Quad`s per block, and
+/// `input`/`output` have `pixels * k` / `pixels * n` values (checked by the caller).
+#[target_feature(enable = "neon,dotprod")]
+unsafe fn tiles(
+    shape: PointwiseShape,
+    input: &[i8],
+    w: *const i8,
+    epi: &Epilogue<'_>,
+    output: &mut [i8],
+    xs: &mut [i8],
+    params: &[Quad],
+) {
+    let PointwiseShape { pixels, k, n } = shape;
+    let kp = padded(k);
+    let out = Output::new(epi);
     // Padding channels (k..kp) meet zero weights and the rows past a partial tile are never
     // stored, so the rows need no clearing between tiles.
     let mut p = 0;
@@ -103,15 +128,11 @@ pub(super) fn run(
         for (b, q) in params.chunks_exact(4).enumerate() {
             let c0 = b * NR;
             let width = NR.min(n - c0);
-            // SAFETY: NEON and DotProd (token); block b has kp * NR packed bytes
-            // (asserted); xs holds MR rows of kp; rows p..p+rows of the output have n
-            // bytes, of which channels c0..c0+width are written.
+            // SAFETY: (caller) NEON and DotProd; block b has kp * NR packed bytes; xs holds
+            // MR rows of kp; rows p..p+rows of the output have n bytes, of which channels
+            // c0..c0+width are written.
             unsafe {
-                let acc = int8_pw_4x16c4__neon_dot(
-                    xs.as_ptr(),
-                    kp,
-                    weights.as_ptr().cast::<i8>().add(b * kp * NR),
-                );
+                let acc = int8_pw_4x16c4__neon_dot(xs.as_ptr(), kp, w.add(b * kp * NR));
                 for (r, a) in acc.iter().enumerate().take(rows) {
                     let y = [0, 1, 2, 3].map(|v| q[v].apply(a[v]));
                     store_row(out.narrow16(y), output.as_mut_ptr().add((p + r) * n + c0), width);
