@@ -213,15 +213,18 @@ pub fn run(args: Args) -> Result<()> {
     let open_ms = opened.elapsed().as_secs_f64() * 1e3;
 
     if args.check_config {
-        println!(
-            "configuration: {}",
-            config.file.as_deref().map_or("built-in defaults".into(), |p| p.display().to_string())
-        );
-        println!(
+        use std::fmt::Write as _;
+        let mut report = String::new();
+        let config_name =
+            config.file.as_deref().map_or("built-in defaults".into(), |p| p.display().to_string());
+        let _ = writeln!(report, "configuration: {config_name}");
+        let _ = writeln!(
+            report,
             "model: {} from {origin} ({}), opened in {open_ms:.1} ms",
             model.info.name, model.info.checksum
         );
-        println!(
+        let _ = writeln!(
+            report,
             "threads: {} ({}), tier: {}, bus: {}",
             config.threads.for_model_here(model.plan.macs()),
             config.threads,
@@ -229,9 +232,20 @@ pub fn run(args: Args) -> Result<()> {
             config.bus
         );
         for c in &config.cameras {
-            println!("camera {}: {} {}x{} @ {} fps", c.name, c.source, c.width, c.height, c.fps);
+            let _ = writeln!(
+                report,
+                "camera {}: {} {}x{} @ {} fps",
+                c.name, c.source, c.width, c.height, c.fps
+            );
         }
-        return Ok(());
+        // A reader that stops early (`| head`) is not an error; println! would panic.
+        use std::io::Write as _;
+        match std::io::stdout().lock().write_all(report.as_bytes()) {
+            Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                return Err(format!("writing the report: {e}").into())
+            }
+            _ => return Ok(()),
+        }
     }
 
     tracing::info!(

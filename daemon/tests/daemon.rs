@@ -584,6 +584,19 @@ fn start_up_errors_are_reported() {
     // Built-in defaults plus the embedded model check out.
     let (code, err) = run(&["--config", "/dev/null", "--embedded-model", "--check-config"]);
     assert_eq!(code, Some(0), "{err}");
+    // A reader that stops at once (`| head -0`): the report meets a closed pipe, which is
+    // not an error (it used to panic).
+    let mut child = Command::new(env!("CARGO_BIN_EXE_prom-daemon"))
+        .args(["--config", "/dev/null", "--embedded-model", "--check-config"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
 }
 
 fn promctl(args: &[&str]) -> (Option<i32>, String, String) {
