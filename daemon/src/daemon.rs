@@ -242,7 +242,7 @@ pub fn run(args: Args) -> Result<()> {
         use std::io::Write as _;
         match std::io::stdout().lock().write_all(report.as_bytes()) {
             Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
-                return Err(format!("writing the report: {e}").into())
+                return Err(format!("writing the report: {e}"))
             }
             _ => return Ok(()),
         }
