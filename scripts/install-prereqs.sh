@@ -44,6 +44,8 @@ command -v arm-linux-gnueabihf-gcc >/dev/null || want gcc-arm-linux-gnueabihf li
 command -v systemd-analyze >/dev/null || want systemd
 command -v busctl >/dev/null || want systemd
 command -v setpriv >/dev/null || want util-linux
+# The static aarch64 cycle model (benches/mca/aarch64_model.py): llvm-mca, -objdump, -nm.
+command -v llvm-mca-19 >/dev/null || want llvm-19
 fi
 command -v dbus-daemon >/dev/null || want dbus
 command -v kill >/dev/null || want procps

@@ -26,13 +26,16 @@
 #       (scripts/package.sh, lintian clean), the installed unit (systemd-analyze verify and
 #       security), `apt-get install` into a clean Debian 12 chroot (mmdebstrap tarball
 #       cached in ~/.cache/prom-packaging) with the daemon run there as user prom on a
-#       system bus with the installed policy, upgrade, purge; arm64 binaries under qemu.
+#       system bus with the installed policy, upgrade, purge; arm64 binaries under qemu;
+#   13. benches/mca/aarch64_model.py: the static A72/A76 cycle model on the release aarch64
+#       build of promctl and MobileNetV2-1.0-224 (`promctl synth`); it stops with an error
+#       when the kernel code it expects (loops, constants, symbols) is no longer there.
 # A failing step does not stop the later ones (set PROM_TEST_FAIL_FAST=1 to stop at the first
 # failure); the exit status is non-zero if any step failed. A failing prerequisite step
 # stops everything.
 #
 # Environment:
-#   PROM_TEST_SKIP_CROSS=1   skip steps 9-12 (the emulated runs and the packages) for a
+#   PROM_TEST_SKIP_CROSS=1   skip steps 9-13 (the emulated runs, packages, cycle model) for a
 #                            quick local check;
 #                            the default is to run everything.
 #   PROM_TEST_FAIL_FAST=1    stop at the first failing step.
@@ -107,6 +110,14 @@ skip() {
   summary+=("$(printf '%-4s %7s  %s' skip - "$name: $why")")
 }
 
+# The static cycle model on the release aarch64 promctl (the package step built it).
+cycle_model() {
+  cargo build --release -q --target "$AARCH64" -p prom-daemon --bin promctl || return 1
+  local m224="$logdir/m224.prom"
+  target/release/promctl synth --resolution 224 -o "$m224" >/dev/null || return 1
+  python3 benches/mca/aarch64_model.py --model "$m224" --json "$logdir/aarch64-model.json"
+}
+
 # aarch64 kernel tests under qemu-aarch64 on one emulated core, then proof that NEON ran.
 aarch64_tests() {
   local cpu=$1 log="$logdir/tier-$1.log"
@@ -163,6 +174,7 @@ if [ "${PROM_TEST_SKIP_CROSS:-0}" = 1 ]; then
   skip "aarch64 tests under qemu, cortex-a76" "PROM_TEST_SKIP_CROSS=1"
   skip "armv7 tests under qemu-arm" "PROM_TEST_SKIP_CROSS=1"
   skip "Debian packages (build, lintian, apt install in a clean Debian 12)" "PROM_TEST_SKIP_CROSS=1"
+  skip "aarch64 static cycle model (benches/mca)" "PROM_TEST_SKIP_CROSS=1"
 else
   step "aarch64 tests under qemu, cortex-a72" aarch64_tests cortex-a72
   step "aarch64 tests under qemu, cortex-a76" aarch64_tests cortex-a76
@@ -177,6 +189,7 @@ else
   fi
   step "Debian packages (build, lintian, apt install in a clean Debian 12)" \
     scripts/test-packaging.sh
+  step "aarch64 static cycle model (benches/mca)" cycle_model
 fi
 
 print_summary
