@@ -660,35 +660,22 @@ def ternary_layer(
     return cost
 
 
-def int8_dot_layer(layer: Layer, core: Core, mca: Mca, p: Pieces) -> LayerCost:
-    """`int8_dot::tiles`: 4-pixel tiles x 16-channel blocks, `k` padded to 16."""
+def int8_layer(layer: Layer, core: Core, mca: Mca, p: Pieces, nr: int = 4) -> LayerCost:
+    """An int8 GEMM kernel: 4-pixel tiles x `nr`-channel blocks, 16 input channels per MAC
+    loop iteration. The `smull` kernel (`nr` 4) pads `k` to 8 and finishes an odd 8 with
+    its half step; the sdot kernel (`nr` 16, no half step) pads `k` to 16."""
 
     def c(name: str) -> float:
         return mca.cycles(core, p.seqs[name])
 
     k, n, pixels = layer.k, layer.n, layer.pixels
-    kp = math.ceil(k / 16) * 16
+    half = "half8" in p.seqs
+    kp = math.ceil(k / (8 if half else 16)) * (8 if half else 16)
     tiles = math.ceil(pixels / 4)
-    blocks = math.ceil(n / 16)
+    blocks = math.ceil(n / nr)
+    steps = kp // 16 * c("mac16") + (kp % 16 != 0) * (c("half8") if half else 0.0)
     cost = LayerCost()
-    cost.add("mac", tiles * blocks * (kp // 16) * c("mac16"))
-    cost.add("per_block", tiles * blocks * c("block_fixed"))
-    cost.add("copy_in", tiles * 4 * (MEMCPY_CALL_CYCLES + k / MEMCPY_BYTES_PER_CYCLE))
-    return cost
-
-
-def int8_layer(layer: Layer, core: Core, mca: Mca, p: Pieces) -> LayerCost:
-    def c(name: str) -> float:
-        return mca.cycles(core, p.seqs[name])
-
-    k, n, pixels = layer.k, layer.n, layer.pixels
-    kp = math.ceil(k / 8) * 8
-    tiles = math.ceil(pixels / 4)
-    blocks = math.ceil(n / 4)
-    cost = LayerCost()
-    cost.add(
-        "mac", tiles * blocks * (kp // 16 * c("mac16") + (kp % 16 != 0) * c("half8"))
-    )
+    cost.add("mac", tiles * blocks * steps)
     cost.add("per_block", tiles * blocks * c("block_fixed"))
     cost.add("copy_in", tiles * 4 * (MEMCPY_CALL_CYCLES + k / MEMCPY_BYTES_PER_CYCLE))
     return cost
@@ -817,7 +804,7 @@ def main() -> int:
         for layer in layers:
             t = ternary_layer(layer, cr, mca, tern, cfg)
             i = int8_layer(layer, cr, mca, int8)
-            dot = int8_dot_layer(layer, cr, mca, int8dot) if cr.dotprod else None
+            dot = int8_layer(layer, cr, mca, int8dot, nr=16) if cr.dotprod else None
             macs = layer.pixels * layer.k * layer.n
             no_mp = t.cycles - t.parts["mispredict"]
             scheme = "lut16" if layer.n <= cfg["LUT16_MAX_N"] else "lut40"
