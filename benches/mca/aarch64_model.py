@@ -420,6 +420,20 @@ def ternary_pieces(f: dict[str, Func]) -> Pieces:
     )
 
 
+def loop_around(fn: Func, inner: list[Insn], what: str) -> list[Insn]:
+    """The loop over channel blocks around a MAC loop: of the backward branches that
+    enclose it, the largest range sharing the innermost one's head."""
+    enclosing = [
+        fn.insns[a : b + 1]
+        for a, b in backward_loops(fn)
+        if fn.insns[a].addr < inner[0].addr and fn.insns[b].addr > inner[-1].addr
+    ]
+    if not enclosing:
+        fail(f"{what}: no loop over channel blocks around the MAC loop")
+    head = enclosing[0][0].addr
+    return max((b for b in enclosing if b[0].addr == head), key=len)
+
+
 def int8_pieces(f: dict[str, Func]) -> Pieces:
     fn = f["int8"]
     inner = pick_loop(
@@ -427,19 +441,7 @@ def int8_pieces(f: dict[str, Func]) -> Pieces:
         "int8 MAC loop (16 k x 4 pixels x 4 channels: 32 smull/smull2, 32 sadalp)",
         lambda b: count(b, "smull2?", r"\.8h") == 32 and count(b, "sadalp") == 32,
     )
-    loops = backward_loops(fn)
-    inner_last = inner[-1].addr
-    # The block loop: the backward branches that enclose the MAC loop, smallest first.
-    enclosing = [
-        fn.insns[a : b + 1]
-        for a, b in loops
-        if fn.insns[a].addr < inner[0].addr and fn.insns[b].addr > inner_last
-    ]
-    if not enclosing:
-        fail("int8_pointwise: no loop over channel blocks around the MAC loop")
-    # The block loop is the largest range sharing the innermost enclosing loop's head.
-    head = enclosing[0][0].addr
-    block_loop = max((b for b in enclosing if b[0].addr == head), key=len)
+    block_loop = loop_around(fn, inner, "int8_pointwise")
     inner_addrs = {x.addr for x in inner}
     fixed: list[Insn] = []
     half: list[Insn] | None = None
@@ -475,16 +477,7 @@ def int8_dot_pieces(f: dict[str, Func]) -> Pieces:
             and count(b, "ldr", r"^q") + 2 * count(b, "ldp", r"^q") == 20
         ),
     )
-    inner_first, inner_last = inner[0].addr, inner[-1].addr
-    enclosing = [
-        fn.insns[a : b + 1]
-        for a, b in backward_loops(fn)
-        if fn.insns[a].addr < inner_first and fn.insns[b].addr > inner_last
-    ]
-    if not enclosing:
-        fail("int8_dot::tiles: no loop over channel blocks around the MAC loop")
-    head = enclosing[0][0].addr
-    block_loop = max((b for b in enclosing if b[0].addr == head), key=len)
+    block_loop = loop_around(fn, inner, "int8_dot::tiles")
     inner_addrs = {x.addr for x in inner}
     fixed: list[Insn] = []
     for b in basic_blocks(block_loop):

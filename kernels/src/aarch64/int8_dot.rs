@@ -17,6 +17,7 @@
 //! Overflow: `sdot` adds four exact products to an int32 lane; the sum is bounded by
 //! `128 * 128 * k` (see [`crate::MAX_POINTWISE_K`]), as in every int8 kernel.
 
+use super::int8_pw::round64;
 use super::requant::{Output, Quad};
 use super::NeonDot;
 use crate::params::{Epilogue, PointwiseShape};
@@ -31,10 +32,6 @@ const MR: usize = 4;
 /// Input channels padded to a multiple of 16.
 fn padded(k: usize) -> usize {
     k.div_ceil(16) * 16
-}
-
-fn round64(bytes: usize) -> usize {
-    bytes.div_ceil(64) * 64
 }
 
 /// Packs row-major `n x k` int8 weights: block `b` (channels `16 b..16 b + 16`, zero padded)

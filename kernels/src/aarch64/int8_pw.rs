@@ -31,7 +31,8 @@ fn padded(k: usize) -> usize {
     k.div_ceil(8) * 8
 }
 
-fn round64(bytes: usize) -> usize {
+/// `bytes` rounded up to a cache line (scratch regions start on one).
+pub(super) fn round64(bytes: usize) -> usize {
     bytes.div_ceil(64) * 64
 }
 
