@@ -223,6 +223,7 @@ def train(args, phase: str) -> str:
     last_path = os.path.join(args.out, f"{phase}-last.pt")
     final_path = os.path.join(args.out, f"{phase}.pt")
     resume = load_checkpoint(last_path) if args.resume and os.path.exists(last_path) else None
+    continuing = False  # QAT from a QAT checkpoint (no new batch norm or ranges)
     if resume is not None:
         cfg = resume["config"]
         model = build_model(cfg)
@@ -261,8 +262,12 @@ def train(args, phase: str) -> str:
         cfg["precisions"] = [p.precision for p in model.pointwise_layers()]
     else:
         source = load_checkpoint(args.source)
-        if source["phase"] != "float":
-            d.log(f"{args.source} is a {source['phase']} checkpoint; continuing its QAT")
+        continuing = source["phase"] != "float"
+        if continuing:
+            d.log(
+                f"{args.source} is a {source['phase']} checkpoint; continuing its QAT with its "
+                "batch norm statistics and activation ranges"
+            )
         cfg = dict(source["config"])
         count = len(cfg["precisions"])
         cfg["precisions"] = parse_precisions(args.int8_pointwise, count)
@@ -301,7 +306,9 @@ def train(args, phase: str) -> str:
     val_loader = None
     if getattr(args, "holdout", 0):
         val_loader = loaders(args, spec, cfg["resolution"], d, train=False, split="val")
-    if phase == "qat" and resume is None:
+    if phase == "qat" and resume is None and not continuing:
+        # Only from a float checkpoint: re-estimating a trained QAT model's batch norm and
+        # ranges costs it about 5 points (93.2% -> 88.2% on the Fashion-MNIST holdout).
         if args.bn_recalibration_batches > 0:
             recalibrate_bn(model, train_loader, d, args.bn_recalibration_batches)
         calibrate(model, train_loader, d, args.calibration_batches)
