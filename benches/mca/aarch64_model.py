@@ -603,10 +603,9 @@ def ternary_layer(
     for gs in range(0, g, chunk):
         glen = min(chunk, g - gs)
         channels = min(4 * glen, k - 4 * gs)
-        # Lists as pack_lists writes them: entries per output, padded to even, in pairs.
-        per_output = 0.0
-        mispredicts = 0
-        prev: tuple[int, int] | None = None
+        # Lists as pack_lists writes them: entries per output, padded to even, in pairs,
+        # the records of a chunk sorted by their pair counts.
+        counts: list[tuple[int, int]] = []
         for row in layer.codes:
             plus = minus = 0
             for code in row[gs : gs + glen]:
@@ -618,7 +617,11 @@ def ternary_layer(
                 else:
                     plus += code > 40
                     minus += code < 40
-            pp, mp = (plus + 1) // 2, (minus + 1) // 2
+            counts.append(((plus + 1) // 2, (minus + 1) // 2))
+        per_output = 0.0
+        mispredicts = 0
+        prev: tuple[int, int] | None = None
+        for pp, mp in sorted(counts) if cfg["SORTED"] else counts:
             per_output += (
                 pp // 2 * c("plus")
                 + (pp & 1) * c("tail_plus")
@@ -725,6 +728,9 @@ def main() -> int:
         name: rust_const(TABLE_PW_RS, name)
         for name in ("TILE", "LUT40_CHUNK", "LUT16_CHUNK", "LUT16_MAX_N")
     }
+    # pack_lists orders each chunk's records by their list lengths (or, without this line,
+    # by channel); the misprediction estimate follows the order the kernel runs.
+    cfg["SORTED"] = int("records.sort_by_key(|r| r.count)" in TABLE_PW_RS.read_text())
     if rust_const(INT8_PW_RS, "NR") != 4 or rust_const(INT8_PW_RS, "MR") != 4:
         fail("int8_pw.rs: the micro-tile is no longer 4x4; update int8_layer")
 
