@@ -391,7 +391,7 @@ def ternary_pieces(f: dict[str, Func]) -> Pieces:
 
     run = f["run"]
     req_short = pick_loop(
-        run,
+        f["requantize"],
         "short-form requantization loop (mla .4s, sshl .4s)",
         lambda b: count(b, "mla", r"\.4s") == 4 and count(b, "sshl", r"\.4s") == 4,
     )
@@ -711,6 +711,7 @@ def main() -> int:
         "lut16": r"aarch64::table_pw::ternary_pw_16x4c_lut16__neon_mac::",
         "transpose": r"aarch64::table_pw::transpose_tile::",
         "run": r"aarch64::table_pw::run::",
+        "requantize": r"aarch64::table_pw::requantize_tile::",
         "int8": r"aarch64::int8_pointwise::",
         "int8dot": r"aarch64::int8_dot::tiles::",
     }

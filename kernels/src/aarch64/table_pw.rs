@@ -67,6 +67,11 @@ const LUT16_ROWS: usize = 16;
 const LUT16_CHUNK: usize = 40;
 /// Layers with at most this many output channels use lut16 (see the module docs).
 const LUT16_MAX_N: usize = 96;
+/// A channel's short-form requantization: `[B16, m >> 16, 16 - s, 0]` (see
+/// [`requantize_tile`]), one aligned vector.
+#[repr(C, align(16))]
+struct ShortParams([i32; 4]);
+
 /// Offset of the zero row, after the table data of either scheme.
 const ZERO_ROW: usize = LUT40_CHUNK * LUT40_ROWS * HALF_ROW;
 /// Distance between the low and high half regions of the tables.
@@ -192,7 +197,7 @@ struct Layout {
     tables: usize,
     acc: usize,
     otile: usize,
-    /// Short-form addends, one i32 per channel, computed once per call.
+    /// Short-form parameters, four i32 per channel ([`ShortParams`]), computed once per call.
     addends: usize,
     total: usize,
 }
@@ -204,7 +209,7 @@ impl Layout {
         let acc = tables + round64(TABLES_BYTES);
         let otile = acc + round64(n * TILE * 4);
         let addends = otile + round64(n * TILE);
-        let total = addends + round64(n * 4);
+        let total = addends + round64(n * 16);
         Layout { xt, tables, acc, otile, addends, total }
     }
 }
@@ -284,15 +289,21 @@ unsafe fn run_neon(
     let chunk = scheme.chunk();
     let out = Output::new(epi);
     // |acc| <= 128 k: int8 activations times weights in {-1, 0, 1}. The short form's
-    // addends (a 64-bit product each) once per call, not per tile.
+    // parameters (the addend is a 64-bit product) once per call, not per tile.
     let short = epi.short_form_wide(128 * k as i64).then(|| {
-        // SAFETY: the layout reserved n aligned i32 for them, used by nothing else.
-        let addends =
-            unsafe { std::slice::from_raw_parts_mut(scratch.add(layout.addends).cast(), n) };
-        for (c, a) in addends.iter_mut().enumerate() {
-            *a = epi.short_addend(c);
+        // SAFETY: the layout reserved n aligned ShortParams for them, used by nothing else.
+        let params = unsafe {
+            std::slice::from_raw_parts_mut(scratch.add(layout.addends).cast::<ShortParams>(), n)
+        };
+        for (c, p) in params.iter_mut().enumerate() {
+            *p = ShortParams([
+                epi.short_addend(c),
+                epi.multiplier[c] >> 16,
+                16 - i32::from(epi.shift[c]),
+                0,
+            ]);
         }
-        &*addends
+        &*params
     });
     let mut start = 0;
     while start < pixels {
@@ -753,27 +764,36 @@ unsafe fn transpose_tile(
 ///
 /// # Safety
 /// NEON; `acc` holds `16 n` aligned int32; `otile` is writable for `16 n` bytes; the
-/// epilogue has `n` entries with shifts in the contract's range; `short` (the `n` addends)
-/// only where the short form holds.
+/// epilogue has `n` entries with shifts in the contract's range; `short` (`n` parameter
+/// sets) only where the short form holds.
+// Out of line: inlined into the tile loop, its constants live on the stack across the MAC
+// calls (the ABI keeps no 128-bit register over a call) and were reloaded per channel.
+#[inline(never)]
 #[target_feature(enable = "neon")]
 unsafe fn requantize_tile(
     acc: *const i32,
     epi: &Epilogue<'_>,
-    short: Option<&[i32]>,
+    short: Option<&[ShortParams]>,
     out: &Output,
     n: usize,
     otile: *mut i8,
 ) {
-    if let Some(addends) = short {
-        for (c, &addend) in addends.iter().enumerate().take(n) {
-            let m = vdupq_n_s32(epi.multiplier[c] >> 16);
-            let addend = vdupq_n_s32(addend);
-            let right = vdupq_n_s32(16 - i32::from(epi.shift[c]));
-            // SAFETY: (caller) c < n keeps the reads and the 16-byte write in bounds.
+    // A copy in registers: through the reference, LLVM reloads it after every output store
+    // (an `i8` store may alias it).
+    let out = *out;
+    if let Some(params) = short {
+        for (c, p) in params.iter().enumerate().take(n) {
+            // One load per channel; the multiplier is used by lane.
+            // SAFETY: (caller) c < n keeps the reads and the 16-byte write in bounds; the
+            // parameters are 16-byte aligned.
             unsafe {
+                let p = vld1q_s32(p.0.as_ptr());
+                let addend = vdupq_laneq_s32::<0>(p);
+                let right = vdupq_laneq_s32::<2>(p);
                 let a = acc.add(TILE * c);
-                let y = [0, 4, 8, 12]
-                    .map(|i| vshlq_s32(vmlaq_s32(addend, vld1q_s32(a.add(i)), m), right));
+                let y = [0, 4, 8, 12].map(|i| {
+                    vshlq_s32(vmlaq_laneq_s32::<1>(addend, vld1q_s32(a.add(i)), p), right)
+                });
                 vst1q_s8(otile.add(TILE * c), out.narrow16(y));
             }
         }
