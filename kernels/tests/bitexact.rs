@@ -142,9 +142,17 @@ fn check_pointwise_mobilenet(kern: Kernels) {
 fn check_pointwise_extremes(kern: Kernels) {
     let mut rng = Rng::new(3);
     // Multi-window int16 sums of both table schemes (lut40: n < k, lut81: n >= k), and the
-    // direct scheme's int16 bound (k = 255, n < 64).
-    let shapes =
-        [(17, 1344, 24), (33, 65, 17), (16, 16, 16), (49, 960, 320), (65, 264, 300), (33, 255, 63)];
+    // direct scheme's int16 bound (k = 255, n < 64); k = 255 with many outputs is NEON's
+    // int16 accumulators over several lut40 chunks at their bound.
+    let shapes = [
+        (17, 1344, 24),
+        (33, 65, 17),
+        (16, 16, 16),
+        (49, 960, 320),
+        (65, 264, 300),
+        (33, 255, 63),
+        (17, 255, 130),
+    ];
     for &(pixels, k, n) in &shapes {
         for x in [-128i8, 127, 0] {
             for wv in [-1i8, 0, 1] {
