@@ -77,6 +77,15 @@ enum Command {
     },
     /// Measure inference latency on this machine (add-only ternary pointwise layers and,
     /// for comparison, the same network through the int8-multiply kernels).
+    ///
+    /// Figures hold for the machine this runs on and nowhere else. The project's ARM
+    /// figures (docs/BENCHMARKS.md) are estimates from a static cycle model
+    /// (benches/mca), not measurements: it has no ARM hardware. To measure a Raspberry Pi,
+    /// run `promctl benchmark` on it (`--threads 4` for all four cores), and from a source
+    /// checkout `cargo bench -p prom-benches --bench pointwise` for the pointwise kernels
+    /// layer by layer. The int8 line names the baseline kernel: `sdot` on cores with the
+    /// dot-product extension (the Pi 5's Cortex-A76), `smull` elsewhere (the Pi 4's
+    /// Cortex-A72).
     Benchmark {
         /// Model file; without it MobileNetV2-1.0-224 is synthesized in memory.
         #[arg(long)]

@@ -90,6 +90,23 @@ fn classify_matches_the_engine() {
 }
 
 #[test]
+fn benchmark_help_says_arm_figures_are_estimates_and_how_to_measure_a_pi() {
+    let out = promctl(&["benchmark", "--help"]);
+    assert!(out.status.success());
+    let help =
+        String::from_utf8(out.stdout).unwrap().split_whitespace().collect::<Vec<_>>().join(" ");
+    for needle in [
+        "ARM figures",
+        "are estimates from a static cycle model",
+        "Raspberry Pi",
+        "`promctl benchmark`",
+        "`cargo bench -p prom-benches --bench pointwise`",
+    ] {
+        assert!(help.contains(needle), "benchmark --help lacks {needle:?}:\n{help}");
+    }
+}
+
+#[test]
 fn benchmark_json_has_the_documented_fields() {
     let dir = tmpdir("bench");
     let model = synth(&dir);
