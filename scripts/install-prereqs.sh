@@ -9,6 +9,9 @@
 #   - dbus: dbus-daemon for the D-Bus integration tests and `promctl demo`;
 #   - systemd (systemd-analyze, busctl), util-linux (setpriv), procps (kill): the unit,
 #     bus-policy and end-to-end daemon tests;
+#   - mosquitto, mosquitto-clients: the MQTT broker and mosquitto_sub for prom-bridge's
+#     tests (the broker is started by the tests on a loopback port; the package's own
+#     service is not used);
 #   - libclang-dev: libclang (and clang's headers) for bindgen, which the `v4l` crate's
 #     v4l2-sys-mit dependency runs at build time to generate the V4L2 bindings;
 #   - rustup targets aarch64-unknown-linux-gnu, armv7-unknown-linux-gnueabihf and the
@@ -46,6 +49,9 @@ command -v busctl >/dev/null || want systemd
 command -v setpriv >/dev/null || want util-linux
 # The static aarch64 cycle model (benches/mca/aarch64_model.py): llvm-mca, -objdump, -nm.
 command -v llvm-mca-19 >/dev/null || want llvm-19
+# prom-bridge's tests: a real MQTT broker on a loopback port and its subscriber client.
+command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || want mosquitto
+command -v mosquitto_sub >/dev/null || want mosquitto-clients
 fi
 command -v dbus-daemon >/dev/null || want dbus
 command -v kill >/dev/null || want procps

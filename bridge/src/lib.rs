@@ -1,0 +1,315 @@
+//! prom-bridge: prom-daemon's classifications, read over D-Bus as an ordinary client, published
+//! to an MQTT broker. The daemon stays without network access; this separate, unprivileged
+//! program holds the network side (docs/BRIDGE.md).
+//!
+//! Three threads and two bounded hand-offs, so a slow or absent broker never holds up the
+//! D-Bus side (and so never the daemon):
+//!
+//! - **D-Bus**: `Classified` signals of every camera, only from the owner of
+//!   io.prom.Classifier1 (followed across daemon restarts), into a bounded queue; when it is
+//!   full the oldest result is dropped and counted. A lost bus is reconnected with back-off.
+//! - **publisher**: takes results from the queue and hands them to the MQTT client without
+//!   waiting (`try_publish`); a full client queue drops the result and counts it.
+//! - **MQTT**: rumqttc's event loop (connects, keeps alive, reconnects with back-off), which
+//!   announces `online` on the availability topic after every connection; the broker
+//!   publishes the last will, `offline`, when the bridge vanishes.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use prom_daemon::client::{watch_signals, BusArgs, Classified};
+use rumqttc::{Client, Event, LastWill, MqttOptions, Packet, QoS};
+use serde::Serialize;
+
+type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+/// Where the results go and how.
+#[derive(Clone, Debug)]
+pub struct MqttTarget {
+    pub host: String,
+    pub port: u16,
+    /// Topic prefix: topics are `<prefix>/<node>/...`.
+    pub prefix: String,
+    /// This machine's name in the topics.
+    pub node: String,
+    pub qos: QoS,
+    /// Retain the result messages (availability is always retained).
+    pub retain: bool,
+}
+
+impl MqttTarget {
+    /// Parses `mqtt://HOST[:PORT]` (default port 1883).
+    pub fn parse_url(url: &str) -> Result<(String, u16)> {
+        let rest = url
+            .strip_prefix("mqtt://")
+            .ok_or_else(|| format!("--mqtt {url:?}: expected mqtt://HOST[:PORT]"))?;
+        let rest = rest.trim_end_matches('/');
+        if rest.is_empty() {
+            return Err(format!("--mqtt {url:?}: no host").into());
+        }
+        // [v6]:port, [v6], host:port or host.
+        let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
+            let (host, after) =
+                v6.split_once(']').ok_or_else(|| format!("--mqtt {url:?}: unclosed ["))?;
+            (host, after.strip_prefix(':'))
+        } else {
+            match rest.split_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (rest, None),
+            }
+        };
+        let port = match port {
+            Some(p) => p.parse().map_err(|_| format!("--mqtt {url:?}: bad port {p:?}"))?,
+            None => 1883,
+        };
+        Ok((host.to_owned(), port))
+    }
+
+    /// `<prefix>/<node>/availability`: `online` while connected, `offline` otherwise (last
+    /// will, and on a clean exit).
+    pub fn availability_topic(&self) -> String {
+        format!("{}/{}/availability", self.prefix, self.node)
+    }
+
+    /// `<prefix>/<node>/<camera>/result`.
+    pub fn result_topic(&self, camera: &str) -> String {
+        format!("{}/{}/{}/result", self.prefix, self.node, camera)
+    }
+}
+
+/// Counters, shared by the threads.
+#[derive(Default, Debug)]
+pub struct Counters {
+    /// Results received from the daemon.
+    pub received: AtomicU64,
+    /// Results handed to the MQTT client.
+    pub published: AtomicU64,
+    /// Results dropped because the queue or the MQTT client was full.
+    pub dropped: AtomicU64,
+    /// Connections to the broker made (the first one included).
+    pub connections: AtomicU64,
+    /// Connection errors (each followed by a reconnect).
+    pub connection_errors: AtomicU64,
+}
+
+/// One result as JSON on `.../result`.
+#[derive(Serialize, Debug, PartialEq)]
+pub struct ResultMessage<'a> {
+    pub camera: &'a str,
+    pub sequence: u64,
+    pub capture_timestamp_us: u64,
+    pub top_k: Vec<Prediction<'a>>,
+}
+
+#[derive(Serialize, Debug, PartialEq)]
+pub struct Prediction<'a> {
+    pub id: u32,
+    pub label: &'a str,
+    pub score: f64,
+}
+
+impl<'a> ResultMessage<'a> {
+    pub fn from_signal(c: &'a Classified) -> ResultMessage<'a> {
+        ResultMessage {
+            camera: &c.camera,
+            sequence: c.sequence,
+            capture_timestamp_us: c.capture_timestamp_us,
+            top_k: c
+                .top_k
+                .iter()
+                .map(|(id, label, score)| Prediction { id: *id, label, score: *score })
+                .collect(),
+        }
+    }
+}
+
+/// A bounded queue that drops its oldest entry, counted, instead of blocking the producer.
+pub struct DropOldest<T> {
+    tx: Sender<T>,
+    rx: Receiver<T>,
+}
+
+impl<T> DropOldest<T> {
+    pub fn new(capacity: usize) -> DropOldest<T> {
+        let (tx, rx) = crossbeam_channel::bounded(capacity);
+        DropOldest { tx, rx }
+    }
+
+    /// Queues `item`; returns how many older items were dropped to make room.
+    pub fn push(&self, mut item: T) -> u64 {
+        let mut dropped = 0;
+        loop {
+            match self.tx.try_send(item) {
+                Ok(()) => return dropped,
+                Err(TrySendError::Full(back)) => {
+                    item = back;
+                    if self.rx.try_recv().is_ok() {
+                        dropped += 1;
+                    }
+                }
+                Err(TrySendError::Disconnected(_)) => return dropped,
+            }
+        }
+    }
+
+    pub fn receiver(&self) -> Receiver<T> {
+        self.rx.clone()
+    }
+}
+
+/// What `run` needs.
+pub struct Options {
+    pub bus: BusArgs,
+    pub mqtt: MqttTarget,
+    /// Results held while the broker is slow or away.
+    pub queue: usize,
+}
+
+/// Runs the bridge until `stop` is set (then announces `offline` and returns).
+pub fn run(o: Options, counters: Arc<Counters>, stop: Arc<AtomicBool>) -> Result<()> {
+    let target = o.mqtt.clone();
+    let mut opts = MqttOptions::new(
+        format!("prom-bridge-{}-{}", target.node, std::process::id()),
+        target.host.clone(),
+        target.port,
+    );
+    opts.set_keep_alive(Duration::from_secs(10));
+    opts.set_last_will(LastWill::new(
+        target.availability_topic(),
+        "offline",
+        QoS::AtLeastOnce,
+        true,
+    ));
+    let (client, mut connection) = Client::new(opts, o.queue.max(10));
+
+    // MQTT event loop: connects and reconnects (after a pause that grows to 10 s).
+    {
+        let client = client.clone();
+        let counters = counters.clone();
+        let stop = stop.clone();
+        let availability = target.availability_topic();
+        std::thread::Builder::new().name("mqtt".into()).spawn(move || {
+            let mut backoff = Duration::from_millis(100);
+            for event in connection.iter() {
+                match event {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        counters.connections.fetch_add(1, Ordering::Relaxed);
+                        backoff = Duration::from_millis(100);
+                        tracing::info!("connected to the MQTT broker");
+                        let _ = client.try_publish(
+                            availability.as_str(),
+                            QoS::AtLeastOnce,
+                            true,
+                            "online",
+                        );
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        if stop.load(Ordering::Relaxed) {
+                            return;
+                        }
+                        counters.connection_errors.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!("MQTT: {e}; reconnecting in {backoff:?}");
+                        std::thread::sleep(backoff);
+                        backoff = (backoff * 2).min(Duration::from_secs(10));
+                    }
+                }
+            }
+        })?;
+    }
+
+    // D-Bus side: every result into the drop-oldest queue.
+    let queue = Arc::new(DropOldest::new(o.queue.max(1)));
+    {
+        let queue = queue.clone();
+        let counters = counters.clone();
+        let bus = o.bus;
+        std::thread::Builder::new().name("dbus".into()).spawn(move || {
+            let mut backoff = Duration::from_millis(100);
+            loop {
+                let watched = bus.connect().and_then(|conn| {
+                    tracing::info!("watching prom-daemon's results on the bus");
+                    backoff = Duration::from_millis(100);
+                    watch_signals(&conn, None, None, |c| {
+                        counters.received.fetch_add(1, Ordering::Relaxed);
+                        let dropped = queue.push(c);
+                        counters.dropped.fetch_add(dropped, Ordering::Relaxed);
+                        Ok(true)
+                    })
+                });
+                if let Err(e) = watched {
+                    tracing::warn!("D-Bus: {e}; reconnecting in {backoff:?}");
+                }
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+        })?;
+    }
+
+    // Publisher: never waits for the network.
+    let rx = queue.receiver();
+    while !stop.load(Ordering::Relaxed) {
+        let Ok(c) = rx.recv_timeout(Duration::from_millis(200)) else { continue };
+        let payload = serde_json::to_vec(&ResultMessage::from_signal(&c))?;
+        match client.try_publish(target.result_topic(&c.camera), target.qos, target.retain, payload)
+        {
+            Ok(()) => counters.published.fetch_add(1, Ordering::Relaxed),
+            Err(_) => counters.dropped.fetch_add(1, Ordering::Relaxed),
+        };
+    }
+    // A clean exit is announced (the last will covers the others).
+    let _ = client.try_publish(target.availability_topic(), QoS::AtLeastOnce, true, "offline");
+    std::thread::sleep(Duration::from_millis(200));
+    let _ = client.try_disconnect();
+    std::thread::sleep(Duration::from_millis(100));
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mqtt_urls() {
+        let p = |u: &str| MqttTarget::parse_url(u).map_err(|e| e.to_string());
+        assert_eq!(p("mqtt://broker").unwrap(), ("broker".into(), 1883));
+        assert_eq!(p("mqtt://127.0.0.1:18830").unwrap(), ("127.0.0.1".into(), 18830));
+        assert_eq!(p("mqtt://[::1]:1884/").unwrap(), ("::1".into(), 1884));
+        assert_eq!(p("mqtt://[::1]").unwrap(), ("::1".into(), 1883));
+        assert!(p("tcp://broker").unwrap_err().contains("expected mqtt://"));
+        assert!(p("mqtt://broker:x").unwrap_err().contains("bad port"));
+        assert!(p("mqtt://").unwrap_err().contains("no host"));
+    }
+
+    #[test]
+    fn a_full_queue_drops_its_oldest_entries() {
+        let q = DropOldest::new(3);
+        let dropped: u64 = (0..10).map(|i| q.push(i)).sum();
+        assert_eq!(dropped, 7);
+        let rx = q.receiver();
+        assert_eq!(rx.try_iter().collect::<Vec<_>>(), vec![7, 8, 9]);
+    }
+
+    #[test]
+    fn result_json_has_sequence_timestamp_and_top_k() {
+        let c = Classified {
+            camera: "front_door".into(),
+            sequence: 7,
+            capture_timestamp_us: 1_700_000_000_000_000,
+            top_k: vec![(9, "Ankle boot".into(), 0.75), (7, "Sneaker".into(), 0.125)],
+        };
+        let v: serde_json::Value =
+            serde_json::from_slice(&serde_json::to_vec(&ResultMessage::from_signal(&c)).unwrap())
+                .unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({
+                "camera": "front_door", "sequence": 7, "capture_timestamp_us": 1_700_000_000_000_000u64,
+                "top_k": [{"id": 9, "label": "Ankle boot", "score": 0.75},
+                          {"id": 7, "label": "Sneaker", "score": 0.125}]
+            })
+        );
+    }
+}

@@ -1,0 +1,229 @@
+//! prom-bridge with real parts: Debian's mosquitto on a loopback port, the real prom-daemon
+//! on a private bus (the trained Fashion-MNIST model, a test-pattern camera) and the real
+//! prom-bridge binary; `mosquitto_sub` reads what the bridge publishes, and the D-Bus
+//! signals are read beside it.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use prom_daemon::client::{start_private_bus, watch_signals, Classified};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// Kills and reaps the process on drop.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn target_bin(name: &str) -> PathBuf {
+    // target/<profile>/deps/<this test> -> target/<profile>/<name>
+    let exe = std::env::current_exe().unwrap();
+    let path = exe.parent().unwrap().parent().unwrap().join(name);
+    assert!(
+        path.exists(),
+        "{} missing: build the workspace first (cargo test --workspace builds it)",
+        path.display()
+    );
+    path
+}
+
+fn program(name: &str) -> PathBuf {
+    // (mosquitto is in /usr/sbin, which a user's PATH may lack)
+    prom_daemon::client::find_program(name)
+        .or_else(|| Some(Path::new("/usr/sbin").join(name)).filter(|p| p.is_file()))
+        .unwrap_or_else(|| panic!("{name} not found: apt-get install mosquitto mosquitto-clients"))
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn tmpdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("prom-bridge-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// mosquitto on 127.0.0.1:`port` only, no persistence.
+fn broker(dir: &Path, port: u16) -> Proc {
+    let conf = dir.join(format!("mosquitto-{port}.conf"));
+    std::fs::write(&conf, format!("listener {port} 127.0.0.1\nallow_anonymous true\n")).unwrap();
+    let child = Command::new(program("mosquitto"))
+        .arg("-c")
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let until = Instant::now() + WAIT;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < until, "mosquitto did not listen on {port}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Proc(child)
+}
+
+/// `mosquitto_sub -v` on `topic`: its lines ("TOPIC PAYLOAD") arrive on the channel.
+fn subscribe(port: u16, topic: &str) -> (Proc, mpsc::Receiver<String>) {
+    let mut child = Command::new(program("mosquitto_sub"))
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-v", "-t", topic])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines() {
+            let Ok(line) = line else { return };
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    (Proc(child), rx)
+}
+
+fn daemon(dir: &Path, bus: &str) -> Proc {
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/fashion-mnist-prom.prom");
+    let config = dir.join("daemon.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "model = {:?}\nthreads = 1\n\n[[camera]]\nname = \"front_door\"\n\
+             source = \"testpattern\"\nfps = 20\n",
+            model.display().to_string()
+        ),
+    )
+    .unwrap();
+    let child = Command::new(target_bin("prom-daemon"))
+        .arg("--config")
+        .arg(&config)
+        .arg("--bus-address")
+        .arg(bus)
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("WATCHDOG_USEC")
+        .env_remove("JOURNAL_STREAM")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("daemon.log")).unwrap())
+        .spawn()
+        .unwrap();
+    Proc(child)
+}
+
+fn bridge(dir: &Path, bus: &str, port: u16) -> Proc {
+    let child = Command::new(target_bin("prom-bridge"))
+        .args(["--bus-address", bus, "--mqtt", &format!("mqtt://127.0.0.1:{port}")])
+        .args(["--node", "testnode", "--qos", "1"])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("bridge.log")).unwrap())
+        .spawn()
+        .unwrap();
+    Proc(child)
+}
+
+/// The next line from `rx` within the wait, parsed as "TOPIC JSON-or-text".
+fn next(rx: &mpsc::Receiver<String>, what: &str, dir: &Path) -> (String, String) {
+    let line = rx.recv_timeout(WAIT).unwrap_or_else(|_| {
+        panic!(
+            "no MQTT message ({what}) within {WAIT:?}; bridge log:\n{}\ndaemon log:\n{}",
+            std::fs::read_to_string(dir.join("bridge.log")).unwrap_or_default(),
+            std::fs::read_to_string(dir.join("daemon.log")).unwrap_or_default()
+        )
+    });
+    let (topic, payload) = line.split_once(' ').unwrap_or((&line, ""));
+    (topic.to_owned(), payload.to_owned())
+}
+
+fn as_json(c: &Classified) -> serde_json::Value {
+    serde_json::to_value(prom_bridge::ResultMessage::from_signal(c)).unwrap()
+}
+
+#[test]
+fn results_reach_mqtt_equal_to_the_dbus_signals_with_availability() {
+    let dir = tmpdir("results");
+    let (mut bus_proc, bus) = start_private_bus(&dir).unwrap();
+    let port = free_port();
+    let _broker = broker(&dir, port);
+    let (_sub, rx) = subscribe(port, "prom/testnode/#");
+
+    // The bridge first: it must wait for the daemon.
+    let mut bridge_proc = bridge(&dir, &bus, port);
+    let (topic, payload) = next(&rx, "availability", &dir);
+    assert_eq!((topic.as_str(), payload.as_str()), ("prom/testnode/availability", "online"));
+
+    // D-Bus signals, read by the test as any client would.
+    let (sig_tx, sig_rx) = mpsc::channel();
+    {
+        let bus = bus.clone();
+        std::thread::spawn(move || {
+            let conn = zbus::blocking::connection::Builder::address(bus.as_str())
+                .unwrap()
+                .build()
+                .unwrap();
+            let _ = watch_signals(&conn, None, None, |c| Ok(sig_tx.send(c).is_ok()));
+        });
+    }
+    let _daemon = daemon(&dir, &bus);
+
+    // Twenty results: every MQTT message equals the signal with its sequence number.
+    let mut signals: BTreeMap<u64, Classified> = BTreeMap::new();
+    let mut matched = 0;
+    let until = Instant::now() + WAIT;
+    while matched < 20 {
+        assert!(Instant::now() < until, "only {matched} results matched within {WAIT:?}");
+        let (topic, payload) = next(&rx, "result", &dir);
+        assert_eq!(topic, "prom/testnode/front_door/result");
+        let got: serde_json::Value = serde_json::from_str(&payload).unwrap();
+        let seq = got["sequence"].as_u64().unwrap();
+        while !signals.contains_key(&seq) {
+            let c = sig_rx.recv_timeout(WAIT).expect("the D-Bus signal of an MQTT result");
+            signals.insert(c.sequence, c);
+        }
+        assert_eq!(got, as_json(&signals[&seq]), "sequence {seq}");
+        assert!(!signals[&seq].top_k.is_empty());
+        matched += 1;
+    }
+
+    // A clean exit says offline.
+    prom_daemon::client::terminate(bridge_proc.0.id()).unwrap();
+    let status = bridge_proc.0.wait().unwrap();
+    assert!(status.success(), "prom-bridge exited with {status}");
+    loop {
+        let (topic, payload) = next(&rx, "offline", &dir);
+        if topic == "prom/testnode/availability" {
+            assert_eq!(payload, "offline");
+            break;
+        }
+    }
+    let _ = bus_proc.kill();
+    let _ = bus_proc.wait();
+}
+
+#[test]
+fn a_killed_bridge_is_announced_offline_by_its_last_will() {
+    let dir = tmpdir("will");
+    let (mut bus_proc, bus) = start_private_bus(&dir).unwrap();
+    let port = free_port();
+    let _broker = broker(&dir, port);
+    let (_sub, rx) = subscribe(port, "prom/testnode/availability");
+    let mut bridge_proc = bridge(&dir, &bus, port);
+    assert_eq!(next(&rx, "online", &dir).1, "online");
+    bridge_proc.0.kill().unwrap();
+    bridge_proc.0.wait().unwrap();
+    // The broker notices the dropped connection and publishes the will.
+    assert_eq!(next(&rx, "last will", &dir).1, "offline");
+    let _ = bus_proc.kill();
+    let _ = bus_proc.wait();
+}
