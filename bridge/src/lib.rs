@@ -13,6 +13,9 @@
 //! - **MQTT**: rumqttc's event loop (connects, keeps alive, reconnects with back-off), which
 //!   announces `online` on the availability topic after every connection; the broker
 //!   publishes the last will, `offline`, when the bridge vanishes.
+//!
+//! Every `stats_interval` the publisher also sends each camera's figures (the daemon's
+//! properties and the capture-to-publish latency it measured) and the bridge's counters.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -76,6 +79,16 @@ impl MqttTarget {
     /// `<prefix>/<node>/<camera>/result`.
     pub fn result_topic(&self, camera: &str) -> String {
         format!("{}/{}/{}/result", self.prefix, self.node, camera)
+    }
+
+    /// `<prefix>/<node>/<camera>/stats`.
+    pub fn camera_stats_topic(&self, camera: &str) -> String {
+        format!("{}/{}/{}/stats", self.prefix, self.node, camera)
+    }
+
+    /// `<prefix>/<node>/stats`: the bridge's own counters (no camera topic is this short).
+    pub fn bridge_stats_topic(&self) -> String {
+        format!("{}/{}/stats", self.prefix, self.node)
     }
 }
 
@@ -165,6 +178,110 @@ pub struct Options {
     pub mqtt: MqttTarget,
     /// Results held while the broker is slow or away.
     pub queue: usize,
+    /// How often the stats topics are published.
+    pub stats_interval: Duration,
+}
+
+/// The bridge's counters as published on `<prefix>/<node>/stats`.
+#[derive(Serialize, Debug)]
+struct BridgeStats {
+    results_received: u64,
+    results_published: u64,
+    results_dropped: u64,
+    broker_connections: u64,
+    broker_connection_errors: u64,
+}
+
+impl Counters {
+    fn snapshot(&self) -> BridgeStats {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        BridgeStats {
+            results_received: get(&self.received),
+            results_published: get(&self.published),
+            results_dropped: get(&self.dropped),
+            broker_connections: get(&self.connections),
+            broker_connection_errors: get(&self.connection_errors),
+        }
+    }
+}
+
+/// One camera's figures on `<prefix>/<node>/<camera>/stats`: the daemon's properties (absent
+/// while it cannot be asked) and the latency from capture to publish measured here.
+#[derive(Serialize, Debug, Default)]
+struct CameraStats {
+    state: Option<String>,
+    fps: Option<f64>,
+    frames_captured: Option<u64>,
+    frames_classified: Option<u64>,
+    frames_dropped: Option<u64>,
+    /// Capture to MQTT hand-off over the last interval, milliseconds.
+    latency_ms_p50: Option<f64>,
+    latency_ms_p99: Option<f64>,
+    /// Results of this camera published since the bridge started.
+    published: u64,
+}
+
+/// Per camera: what the publisher measured since the last stats message.
+#[derive(Default)]
+struct Window {
+    latencies_us: Vec<u64>,
+    published: u64,
+}
+
+/// The `q`-quantile (0..=1) of `v` by the nearest-rank rule, in milliseconds.
+fn quantile_ms(v: &mut [u64], q: f64) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_unstable();
+    let rank = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len());
+    Some(v[rank - 1] as f64 / 1e3)
+}
+
+fn unix_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// Reads a camera's properties from the daemon (a connection kept between calls).
+struct Properties {
+    bus: BusArgs,
+    conn: Option<zbus::blocking::Connection>,
+}
+
+impl Properties {
+    fn fill(&mut self, camera: &str, s: &mut CameraStats) {
+        if self.conn.is_none() {
+            self.conn = self.bus.connect().ok();
+        }
+        let Some(conn) = &self.conn else { return };
+        let read = || -> zbus::Result<CameraStats> {
+            let p = prom_daemon::dbus::Camera1ProxyBlocking::builder(conn)
+                .path(prom_daemon::dbus::camera_path(camera))?
+                .cache_properties(zbus::proxy::CacheProperties::No)
+                .build()?;
+            Ok(CameraStats {
+                state: Some(p.state()?),
+                fps: Some(p.fps()?),
+                frames_captured: Some(p.frames_captured()?),
+                frames_classified: Some(p.frames_classified()?),
+                frames_dropped: Some(p.frames_dropped()?),
+                ..CameraStats::default()
+            })
+        };
+        match read() {
+            Ok(d) => {
+                s.state = d.state;
+                s.fps = d.fps;
+                s.frames_captured = d.frames_captured;
+                s.frames_classified = d.frames_classified;
+                s.frames_dropped = d.frames_dropped;
+            }
+            Err(zbus::Error::InputOutput(_)) => self.conn = None,
+            Err(e) => tracing::debug!("properties of camera {camera}: {e}"),
+        }
+    }
 }
 
 /// Runs the bridge until `stop` is set (then announces `offline` and returns).
@@ -225,7 +342,7 @@ pub fn run(o: Options, counters: Arc<Counters>, stop: Arc<AtomicBool>) -> Result
     {
         let queue = queue.clone();
         let counters = counters.clone();
-        let bus = o.bus;
+        let bus = o.bus.clone();
         std::thread::Builder::new().name("dbus".into()).spawn(move || {
             let mut backoff = Duration::from_millis(100);
             loop {
@@ -250,14 +367,53 @@ pub fn run(o: Options, counters: Arc<Counters>, stop: Arc<AtomicBool>) -> Result
 
     // Publisher: never waits for the network.
     let rx = queue.receiver();
+    let mut windows: std::collections::BTreeMap<String, Window> = Default::default();
+    let mut totals: std::collections::BTreeMap<String, u64> = Default::default();
+    let mut properties = Properties { bus: o.bus, conn: None };
+    let mut next_stats = std::time::Instant::now() + o.stats_interval;
     while !stop.load(Ordering::Relaxed) {
-        let Ok(c) = rx.recv_timeout(Duration::from_millis(200)) else { continue };
-        let payload = serde_json::to_vec(&ResultMessage::from_signal(&c))?;
-        match client.try_publish(target.result_topic(&c.camera), target.qos, target.retain, payload)
-        {
-            Ok(()) => counters.published.fetch_add(1, Ordering::Relaxed),
-            Err(_) => counters.dropped.fetch_add(1, Ordering::Relaxed),
-        };
+        if let Ok(c) = rx.recv_timeout(Duration::from_millis(100)) {
+            let payload = serde_json::to_vec(&ResultMessage::from_signal(&c))?;
+            let topic = target.result_topic(&c.camera);
+            let window = windows.entry(c.camera.clone()).or_default();
+            match client.try_publish(topic, target.qos, target.retain, payload) {
+                Ok(()) => {
+                    counters.published.fetch_add(1, Ordering::Relaxed);
+                    window.latencies_us.push(unix_us().saturating_sub(c.capture_timestamp_us));
+                    window.published += 1;
+                }
+                Err(_) => {
+                    counters.dropped.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        if std::time::Instant::now() >= next_stats {
+            next_stats += o.stats_interval;
+            for (camera, w) in windows.iter_mut() {
+                let total = totals.entry(camera.clone()).or_default();
+                *total += w.published;
+                let mut s = CameraStats {
+                    latency_ms_p50: quantile_ms(&mut w.latencies_us, 0.5),
+                    latency_ms_p99: quantile_ms(&mut w.latencies_us, 0.99),
+                    published: *total,
+                    ..CameraStats::default()
+                };
+                properties.fill(camera, &mut s);
+                let _ = client.try_publish(
+                    target.camera_stats_topic(camera),
+                    target.qos,
+                    true,
+                    serde_json::to_vec(&s)?,
+                );
+                *w = Window::default();
+            }
+            let _ = client.try_publish(
+                target.bridge_stats_topic(),
+                target.qos,
+                true,
+                serde_json::to_vec(&counters.snapshot())?,
+            );
+        }
     }
     // A clean exit is announced (the last will covers the others).
     let _ = client.try_publish(target.availability_topic(), QoS::AtLeastOnce, true, "offline");
@@ -281,6 +437,15 @@ mod tests {
         assert!(p("tcp://broker").unwrap_err().contains("expected mqtt://"));
         assert!(p("mqtt://broker:x").unwrap_err().contains("bad port"));
         assert!(p("mqtt://").unwrap_err().contains("no host"));
+    }
+
+    #[test]
+    fn quantiles_by_nearest_rank() {
+        let mut v: Vec<u64> = (1..=100).rev().map(|i| i * 1000).collect();
+        assert_eq!(quantile_ms(&mut v, 0.5), Some(50.0));
+        assert_eq!(quantile_ms(&mut v, 0.99), Some(99.0));
+        assert_eq!(quantile_ms(&mut [7000], 0.99), Some(7.0));
+        assert_eq!(quantile_ms(&mut [], 0.5), None);
     }
 
     #[test]

@@ -33,6 +33,9 @@ struct Cli {
     /// Results held while the broker is slow or away (the oldest are dropped beyond it).
     #[arg(long, default_value_t = 256)]
     queue: usize,
+    /// Seconds between stats messages (prom/NODE/CAMERA/stats, prom/NODE/stats).
+    #[arg(long, default_value_t = 10.0)]
+    stats_interval: f64,
 }
 
 fn host_name() -> String {
@@ -79,7 +82,12 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    let options = Options { bus: cli.bus, mqtt, queue: cli.queue };
+    if !(cli.stats_interval >= 0.1 && cli.stats_interval <= 86400.0) {
+        eprintln!("prom-bridge: --stats-interval must be between 0.1 and 86400 seconds");
+        return ExitCode::from(2);
+    }
+    let stats_interval = std::time::Duration::from_secs_f64(cli.stats_interval);
+    let options = Options { bus: cli.bus, mqtt, queue: cli.queue, stats_interval };
     match prom_bridge::run(options, Arc::new(Counters::default()), stop) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

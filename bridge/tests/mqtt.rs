@@ -123,9 +123,14 @@ fn daemon(dir: &Path, bus: &str) -> Proc {
 }
 
 fn bridge(dir: &Path, bus: &str, port: u16) -> Proc {
+    bridge_with(dir, bus, port, &[])
+}
+
+fn bridge_with(dir: &Path, bus: &str, port: u16, extra: &[&str]) -> Proc {
     let child = Command::new(target_bin("prom-bridge"))
         .args(["--bus-address", bus, "--mqtt", &format!("mqtt://127.0.0.1:{port}")])
         .args(["--node", "testnode", "--qos", "1"])
+        .args(extra)
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(dir.join("bridge.log")).unwrap())
         .spawn()
@@ -224,6 +229,66 @@ fn a_killed_bridge_is_announced_offline_by_its_last_will() {
     bridge_proc.0.wait().unwrap();
     // The broker notices the dropped connection and publishes the will.
     assert_eq!(next(&rx, "last will", &dir).1, "offline");
+    let _ = bus_proc.kill();
+    let _ = bus_proc.wait();
+}
+
+/// Waits for a message on `topic` whose JSON payload satisfies `ok`; returns it.
+fn wait_for(
+    rx: &mpsc::Receiver<String>,
+    topic: &str,
+    dir: &Path,
+    ok: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let until = Instant::now() + WAIT;
+    loop {
+        assert!(Instant::now() < until, "no matching message on {topic} within {WAIT:?}");
+        let (t, payload) = next(rx, topic, dir);
+        if t == topic {
+            let v: serde_json::Value = serde_json::from_str(&payload).unwrap();
+            if ok(&v) {
+                return v;
+            }
+        }
+    }
+}
+
+#[test]
+fn the_bridge_survives_a_broker_restart_counts_drops_and_publishes_stats() {
+    let dir = tmpdir("restart");
+    let (mut bus_proc, bus) = start_private_bus(&dir).unwrap();
+    let port = free_port();
+    let broker1 = broker(&dir, port);
+    let (sub1, rx1) = subscribe(port, "prom/testnode/#");
+    // A small queue, so an outage of a few seconds at 20 fps must drop results.
+    let _bridge = bridge_with(&dir, &bus, port, &["--queue", "8", "--stats-interval", "1"]);
+    let _daemon = daemon(&dir, &bus);
+    let result = "prom/testnode/front_door/result";
+    wait_for(&rx1, result, &dir, |_| true);
+    // Stats while all is well: the daemon's figures and the measured latency.
+    let cam = wait_for(&rx1, "prom/testnode/front_door/stats", &dir, |v| v["fps"].is_number());
+    for key in ["frames_captured", "frames_classified", "frames_dropped", "published"] {
+        assert!(cam[key].is_u64(), "{key} in {cam}");
+    }
+    assert_eq!(cam["state"], "running", "{cam}");
+    let (p50, p99) =
+        (cam["latency_ms_p50"].as_f64().unwrap(), cam["latency_ms_p99"].as_f64().unwrap());
+    assert!(0.0 <= p50 && p50 <= p99 && p99 < 1000.0, "{cam}");
+
+    // The broker goes away for 3 s while the camera keeps producing.
+    drop(sub1);
+    drop(broker1);
+    std::thread::sleep(Duration::from_secs(3));
+    let _broker2 = broker(&dir, port);
+    let (_sub2, rx2) = subscribe(port, "prom/testnode/#");
+    // Reconnected: results again, and the counters say what happened.
+    wait_for(&rx2, result, &dir, |_| true);
+    let stats = wait_for(&rx2, "prom/testnode/stats", &dir, |v| {
+        v["broker_connections"].as_u64() >= Some(2)
+    });
+    assert!(stats["results_dropped"].as_u64().unwrap() > 0, "{stats}");
+    assert!(stats["broker_connection_errors"].as_u64().unwrap() > 0, "{stats}");
+    assert!(stats["results_published"].as_u64().unwrap() > 0, "{stats}");
     let _ = bus_proc.kill();
     let _ = bus_proc.wait();
 }
