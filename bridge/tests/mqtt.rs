@@ -292,3 +292,26 @@ fn the_bridge_survives_a_broker_restart_counts_drops_and_publishes_stats() {
     let _ = bus_proc.kill();
     let _ = bus_proc.wait();
 }
+
+#[test]
+fn the_bridge_resubscribes_when_the_daemon_restarts() {
+    let dir = tmpdir("daemon-restart");
+    let (mut bus_proc, bus) = start_private_bus(&dir).unwrap();
+    let port = free_port();
+    let _broker = broker(&dir, port);
+    let (_sub, rx) = subscribe(port, "prom/testnode/#");
+    let _bridge = bridge(&dir, &bus, port);
+    let result = "prom/testnode/front_door/result";
+    let mut first = daemon(&dir, &bus);
+    wait_for(&rx, result, &dir, |_| true);
+    prom_daemon::client::terminate(first.0.id()).unwrap();
+    first.0.wait().unwrap();
+    // The new daemon has a new unique name on the bus; its results must come through.
+    let restarted_us =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros()
+            as u64;
+    let _second = daemon(&dir, &bus);
+    wait_for(&rx, result, &dir, |v| v["capture_timestamp_us"].as_u64() > Some(restarted_us));
+    let _ = bus_proc.kill();
+    let _ = bus_proc.wait();
+}
