@@ -11,7 +11,7 @@
 #     bus-policy and end-to-end daemon tests;
 #   - mosquitto, mosquitto-clients: the MQTT broker and mosquitto_sub for prom-bridge's
 #     tests (the broker is started by the tests on a loopback port; the package's own
-#     service is not used);
+#     service is not used); curl and prometheus (promtool) for its /metrics test;
 #   - libclang-dev: libclang (and clang's headers) for bindgen, which the `v4l` crate's
 #     v4l2-sys-mit dependency runs at build time to generate the V4L2 bindings;
 #   - rustup targets aarch64-unknown-linux-gnu, armv7-unknown-linux-gnueabihf and the
@@ -52,6 +52,9 @@ command -v llvm-mca-19 >/dev/null || want llvm-19
 # prom-bridge's tests: a real MQTT broker on a loopback port and its subscriber client.
 command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || want mosquitto
 command -v mosquitto_sub >/dev/null || want mosquitto-clients
+# prom-bridge's /metrics test: curl scrapes it, promtool (Debian's prometheus) checks it.
+command -v curl >/dev/null || want curl
+command -v promtool >/dev/null || want prometheus
 fi
 command -v dbus-daemon >/dev/null || want dbus
 command -v kill >/dev/null || want procps

@@ -17,6 +17,8 @@
 //! Every `stats_interval` the publisher also sends each camera's figures (the daemon's
 //! properties and the capture-to-publish latency it measured) and the bridge's counters.
 
+pub mod metrics;
+
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -180,6 +182,8 @@ pub struct Options {
     pub queue: usize,
     /// How often the stats topics are published.
     pub stats_interval: Duration,
+    /// Where to serve Prometheus' `/metrics` (none: not served).
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// The bridge's counters as published on `<prefix>/<node>/stats`.
@@ -287,6 +291,17 @@ impl Properties {
 /// Runs the bridge until `stop` is set (then announces `offline` and returns).
 pub fn run(o: Options, counters: Arc<Counters>, stop: Arc<AtomicBool>) -> Result<()> {
     let target = o.mqtt.clone();
+    let shared =
+        Arc::new(metrics::Shared::new(target.node.clone(), counters.clone(), o.bus.clone()));
+    if let Some(addr) = o.metrics {
+        let listener = std::net::TcpListener::bind(addr)
+            .map_err(|e| format!("--metrics {addr}: cannot listen: {e}"))?;
+        tracing::info!("serving Prometheus metrics on http://{addr}/metrics");
+        let shared = shared.clone();
+        std::thread::Builder::new()
+            .name("metrics".into())
+            .spawn(move || metrics::serve(listener, shared))?;
+    }
     let mut opts = MqttOptions::new(
         format!("prom-bridge-{}-{}", target.node, std::process::id()),
         target.host.clone(),
@@ -379,8 +394,13 @@ pub fn run(o: Options, counters: Arc<Counters>, stop: Arc<AtomicBool>) -> Result
             match client.try_publish(topic, target.qos, target.retain, payload) {
                 Ok(()) => {
                     counters.published.fetch_add(1, Ordering::Relaxed);
-                    window.latencies_us.push(unix_us().saturating_sub(c.capture_timestamp_us));
+                    let latency_us = unix_us().saturating_sub(c.capture_timestamp_us);
+                    window.latencies_us.push(latency_us);
                     window.published += 1;
+                    metrics::lock(&shared.latency)
+                        .entry(c.camera.clone())
+                        .or_default()
+                        .observe(latency_us as f64 / 1e6);
                 }
                 Err(_) => {
                     counters.dropped.fetch_add(1, Ordering::Relaxed);

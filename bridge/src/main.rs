@@ -36,6 +36,10 @@ struct Cli {
     /// Seconds between stats messages (prom/NODE/CAMERA/stats, prom/NODE/stats).
     #[arg(long, default_value_t = 10.0)]
     stats_interval: f64,
+    /// Serve Prometheus metrics on http://ADDR/metrics (off unless given; the usual
+    /// address is 127.0.0.1:9464).
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<std::net::SocketAddr>,
 }
 
 fn host_name() -> String {
@@ -87,7 +91,8 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     let stats_interval = std::time::Duration::from_secs_f64(cli.stats_interval);
-    let options = Options { bus: cli.bus, mqtt, queue: cli.queue, stats_interval };
+    let options =
+        Options { bus: cli.bus, mqtt, queue: cli.queue, stats_interval, metrics: cli.metrics };
     match prom_bridge::run(options, Arc::new(Counters::default()), stop) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

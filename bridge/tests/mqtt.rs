@@ -315,3 +315,79 @@ fn the_bridge_resubscribes_when_the_daemon_restarts() {
     let _ = bus_proc.kill();
     let _ = bus_proc.wait();
 }
+
+/// `curl` the page, then `promtool check metrics` on it.
+fn scrape(addr: &str) -> String {
+    let out = Command::new(program("curl"))
+        .args(["-sS", "--fail", "--max-time", "10", &format!("http://{addr}/metrics")])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "curl: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let mut check = Command::new(program("promtool"))
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    check.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let checked = check.wait_with_output().unwrap();
+    assert!(
+        checked.status.success() && checked.stdout.is_empty() && checked.stderr.is_empty(),
+        "promtool check metrics: {}{}\n{text}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+    text
+}
+
+/// The value of the sample whose name and labels are exactly `series`.
+fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
+        .unwrap_or_else(|| panic!("no sample {series}\n{text}"))
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn metrics_are_scraped_with_curl_and_pass_promtool() {
+    let dir = tmpdir("metrics");
+    let (mut bus_proc, bus) = start_private_bus(&dir).unwrap();
+    let port = free_port();
+    let _broker = broker(&dir, port);
+    let (_sub, rx) = subscribe(port, "prom/testnode/+/result");
+    let addr = format!("127.0.0.1:{}", free_port());
+    let _bridge = bridge_with(&dir, &bus, port, &["--metrics", &addr]);
+    // Without the daemon: up is 0, and the page is still valid.
+    let until = Instant::now() + WAIT;
+    while std::net::TcpStream::connect(&addr).is_err() {
+        assert!(Instant::now() < until, "nothing listens on {addr}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let text = scrape(&addr);
+    assert_eq!(sample(&text, "prom_daemon_up{node=\"testnode\"}"), 0.0);
+
+    let _daemon = daemon(&dir, &bus);
+    for _ in 0..10 {
+        next(&rx, "result", &dir);
+    }
+    // The daemon refreshes its statistics properties every 500 ms.
+    std::thread::sleep(Duration::from_millis(1200));
+    let text = scrape(&addr);
+    let cam = "{node=\"testnode\",camera=\"front_door\"}";
+    assert_eq!(sample(&text, "prom_daemon_up{node=\"testnode\"}"), 1.0);
+    assert!(sample(&text, &format!("prom_camera_frames_captured_total{cam}")) >= 10.0, "{text}");
+    assert!(sample(&text, &format!("prom_camera_frames_classified_total{cam}")) >= 10.0);
+    sample(&text, &format!("prom_camera_frames_dropped_total{cam}"));
+    assert!(sample(&text, &format!("prom_camera_fps{cam}")) > 0.0);
+    assert!(sample(&text, &format!("prom_camera_capture_to_publish_seconds_count{cam}")) >= 10.0);
+    assert!(sample(&text, "prom_bridge_mqtt_published_total{node=\"testnode\"}") >= 10.0);
+    sample(&text, "prom_bridge_mqtt_dropped_total{node=\"testnode\"}");
+    let info = text.lines().find(|l| l.starts_with("prom_model_info{")).expect("model info");
+    assert!(info.contains("checksum=\"") && info.ends_with(" 1"), "{info}");
+    let _ = bus_proc.kill();
+    let _ = bus_proc.wait();
+}
