@@ -17,6 +17,7 @@
 //! Every `stats_interval` the publisher also sends each camera's figures (the daemon's
 //! properties and the capture-to-publish latency it measured) and the bridge's counters.
 
+pub mod homeassistant;
 pub mod metrics;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -81,6 +82,24 @@ impl MqttTarget {
     /// `<prefix>/<node>/<camera>/result`.
     pub fn result_topic(&self, camera: &str) -> String {
         format!("{}/{}/{}/result", self.prefix, self.node, camera)
+    }
+
+    /// `<prefix>/<node>/<camera>/state`: the camera's `State` (running, paused, ...).
+    pub fn state_topic(&self, camera: &str) -> String {
+        format!("{}/{}/{}/state", self.prefix, self.node, camera)
+    }
+
+    /// `<prefix>/<node>/<camera>/set`: `ON` resumes the camera, `OFF` pauses it.
+    pub fn command_topic(&self, camera: &str) -> String {
+        format!("{}/{}/{}/set", self.prefix, self.node, camera)
+    }
+
+    /// The camera a command topic names, if it is one.
+    pub fn command_camera<'t>(&self, topic: &'t str) -> Option<&'t str> {
+        let rest = topic.strip_prefix(&self.prefix)?.strip_prefix('/')?;
+        let rest = rest.strip_prefix(&self.node)?.strip_prefix('/')?;
+        let camera = rest.strip_suffix("/set")?;
+        (!camera.is_empty() && !camera.contains('/')).then_some(camera)
     }
 
     /// `<prefix>/<node>/<camera>/stats`.
@@ -248,44 +267,18 @@ fn unix_us() -> u64 {
         .map_or(0, |d| d.as_micros() as u64)
 }
 
-/// Reads a camera's properties from the daemon (a connection kept between calls).
-struct Properties {
-    bus: BusArgs,
-    conn: Option<zbus::blocking::Connection>,
-}
-
-impl Properties {
-    fn fill(&mut self, camera: &str, s: &mut CameraStats) {
-        if self.conn.is_none() {
-            self.conn = self.bus.connect().ok();
-        }
-        let Some(conn) = &self.conn else { return };
-        let read = || -> zbus::Result<CameraStats> {
-            let p = prom_daemon::dbus::Camera1ProxyBlocking::builder(conn)
-                .path(prom_daemon::dbus::camera_path(camera))?
-                .cache_properties(zbus::proxy::CacheProperties::No)
-                .build()?;
-            Ok(CameraStats {
-                state: Some(p.state()?),
-                fps: Some(p.fps()?),
-                frames_captured: Some(p.frames_captured()?),
-                frames_classified: Some(p.frames_classified()?),
-                frames_dropped: Some(p.frames_dropped()?),
-                ..CameraStats::default()
-            })
-        };
-        match read() {
-            Ok(d) => {
-                s.state = d.state;
-                s.fps = d.fps;
-                s.frames_captured = d.frames_captured;
-                s.frames_classified = d.frames_classified;
-                s.frames_dropped = d.frames_dropped;
-            }
-            Err(zbus::Error::InputOutput(_)) => self.conn = None,
-            Err(e) => tracing::debug!("properties of camera {camera}: {e}"),
-        }
+/// Pauses (`on` false) or resumes a camera over D-Bus; returns its `State` afterwards.
+fn set_camera(conn: &zbus::blocking::Connection, camera: &str, on: bool) -> zbus::Result<String> {
+    let proxy = prom_daemon::dbus::Camera1ProxyBlocking::builder(conn)
+        .path(prom_daemon::dbus::camera_path(camera))?
+        .cache_properties(zbus::proxy::CacheProperties::No)
+        .build()?;
+    if on {
+        proxy.resume()?;
+    } else {
+        proxy.pause()?;
     }
+    proxy.state()
 }
 
 /// Runs the bridge until `stop` is set (then announces `offline` and returns).
@@ -316,9 +309,44 @@ pub fn run(o: Options, counters: Arc<Counters>, stop: Arc<AtomicBool>) -> Result
     ));
     let (client, mut connection) = Client::new(opts, o.queue.max(10));
 
+    // Commands from MQTT (`<camera>/set`), carried out over D-Bus by their own thread so the
+    // event loop never waits for the bus.
+    let (commands, command_rx) = crossbeam_channel::bounded::<(String, bool)>(16);
+    {
+        let client = client.clone();
+        let bus = o.bus.clone();
+        let target = target.clone();
+        std::thread::Builder::new().name("control".into()).spawn(move || {
+            let mut conn: Option<zbus::blocking::Connection> = None;
+            for (camera, on) in command_rx {
+                if conn.is_none() {
+                    conn = bus.connect().ok();
+                }
+                let Some(c) = &conn else { continue };
+                match set_camera(c, &camera, on) {
+                    Ok(state) => {
+                        let topic = target.state_topic(&camera);
+                        let _ = client.try_publish(topic, QoS::AtLeastOnce, true, state);
+                    }
+                    Err(e) => {
+                        // The bus policy decides who may pause a camera.
+                        tracing::warn!(
+                            "{} camera {camera}: {e}",
+                            if on { "resume" } else { "pause" }
+                        );
+                        if matches!(e, zbus::Error::InputOutput(_)) {
+                            conn = None;
+                        }
+                    }
+                }
+            }
+        })?;
+    }
+
     // MQTT event loop: connects and reconnects (after a pause that grows to 10 s).
     {
         let client = client.clone();
+        let target = target.clone();
         let counters = counters.clone();
         let stop = stop.clone();
         let availability = target.availability_topic();
@@ -336,6 +364,23 @@ pub fn run(o: Options, counters: Arc<Counters>, stop: Arc<AtomicBool>) -> Result
                             true,
                             "online",
                         );
+                        let set = format!("{}/{}/+/set", target.prefix, target.node);
+                        let _ = client.try_subscribe(set, QoS::AtLeastOnce);
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        let Some(camera) = target.command_camera(&p.topic) else { continue };
+                        let on = match &p.payload[..] {
+                            b"ON" => true,
+                            b"OFF" => false,
+                            other => {
+                                let text = String::from_utf8_lossy(other);
+                                tracing::warn!("{}: ignoring {text:?} (ON or OFF)", p.topic);
+                                continue;
+                            }
+                        };
+                        if commands.try_send((camera.to_owned(), on)).is_err() {
+                            tracing::warn!("{}: too many commands at once, ignored", p.topic);
+                        }
                     }
                     Ok(_) => {}
                     Err(e) => {
@@ -384,7 +429,8 @@ pub fn run(o: Options, counters: Arc<Counters>, stop: Arc<AtomicBool>) -> Result
     let rx = queue.receiver();
     let mut windows: std::collections::BTreeMap<String, Window> = Default::default();
     let mut totals: std::collections::BTreeMap<String, u64> = Default::default();
-    let mut properties = Properties { bus: o.bus, conn: None };
+    let mut announced = std::collections::BTreeSet::new();
+    let mut announced_for = 0;
     let mut next_stats = std::time::Instant::now() + o.stats_interval;
     while !stop.load(Ordering::Relaxed) {
         if let Ok(c) = rx.recv_timeout(Duration::from_millis(100)) {
@@ -409,16 +455,38 @@ pub fn run(o: Options, counters: Arc<Counters>, stop: Arc<AtomicBool>) -> Result
         }
         if std::time::Instant::now() >= next_stats {
             next_stats += o.stats_interval;
-            for (camera, w) in windows.iter_mut() {
+            let view = metrics::read_daemon(&shared);
+            // Announce again after every new broker connection (it may have lost them).
+            let connections = counters.connections.load(Ordering::Relaxed);
+            if connections != announced_for {
+                announced.clear();
+                announced_for = connections;
+            }
+            let cameras: std::collections::BTreeSet<String> =
+                view.cameras.keys().chain(windows.keys()).cloned().collect();
+            for camera in &cameras {
+                if view.cameras.contains_key(camera) && announced.insert(camera.clone()) {
+                    for (topic, config) in homeassistant::discovery(&target, camera) {
+                        let _ = client.try_publish(topic, QoS::AtLeastOnce, true, config);
+                    }
+                }
+                let w = windows.entry(camera.clone()).or_default();
                 let total = totals.entry(camera.clone()).or_default();
                 *total += w.published;
-                let mut s = CameraStats {
+                let s = CameraStats {
+                    state: view.string(camera, "State"),
+                    fps: view.f64(camera, "Fps"),
+                    frames_captured: view.u64(camera, "FramesCaptured"),
+                    frames_classified: view.u64(camera, "FramesClassified"),
+                    frames_dropped: view.u64(camera, "FramesDropped"),
                     latency_ms_p50: quantile_ms(&mut w.latencies_us, 0.5),
                     latency_ms_p99: quantile_ms(&mut w.latencies_us, 0.99),
                     published: *total,
-                    ..CameraStats::default()
                 };
-                properties.fill(camera, &mut s);
+                if let Some(state) = &s.state {
+                    let topic = target.state_topic(camera);
+                    let _ = client.try_publish(topic, QoS::AtLeastOnce, true, state.clone());
+                }
                 let _ = client.try_publish(
                     target.camera_stats_topic(camera),
                     target.qos,
@@ -457,6 +525,24 @@ mod tests {
         assert!(p("tcp://broker").unwrap_err().contains("expected mqtt://"));
         assert!(p("mqtt://broker:x").unwrap_err().contains("bad port"));
         assert!(p("mqtt://").unwrap_err().contains("no host"));
+    }
+
+    #[test]
+    fn command_topics_name_their_camera() {
+        let t = MqttTarget {
+            host: "h".into(),
+            port: 1,
+            prefix: "prom".into(),
+            node: "pi".into(),
+            qos: QoS::AtMostOnce,
+            retain: false,
+        };
+        assert_eq!(t.command_camera(&t.command_topic("front_door")), Some("front_door"));
+        assert_eq!(t.command_camera("prom/pi/front_door/result"), None);
+        assert_eq!(t.command_camera("prom/other/front_door/set"), None);
+        assert_eq!(t.command_camera("prom/pi//set"), None);
+        assert_eq!(t.command_camera("prom/pi/a/b/set"), None);
+        assert_eq!(t.command_camera("prompi/x/set"), None);
     }
 
     #[test]

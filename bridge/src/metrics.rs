@@ -71,13 +71,28 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str) {
 }
 
 /// The daemon's view: whether it owns its name, its model, and per camera its properties.
-struct DaemonView {
-    up: bool,
-    model: Option<(String, String)>,
-    cameras: BTreeMap<String, HashMap<String, OwnedValue>>,
+pub(crate) struct DaemonView {
+    pub up: bool,
+    pub model: Option<(String, String)>,
+    pub cameras: BTreeMap<String, HashMap<String, OwnedValue>>,
 }
 
-fn read_daemon(shared: &Shared) -> DaemonView {
+impl DaemonView {
+    pub fn u64(&self, camera: &str, key: &str) -> Option<u64> {
+        self.cameras.get(camera)?.get(key).and_then(|v| u64::try_from(v.clone()).ok())
+    }
+
+    pub fn f64(&self, camera: &str, key: &str) -> Option<f64> {
+        self.cameras.get(camera)?.get(key).and_then(|v| f64::try_from(v.clone()).ok())
+    }
+
+    pub fn string(&self, camera: &str, key: &str) -> Option<String> {
+        self.cameras.get(camera)?.get(key).and_then(|v| String::try_from(v.clone()).ok())
+    }
+}
+
+/// Reads the daemon's state from the bus (one `GetManagedObjects` for every camera).
+pub(crate) fn read_daemon(shared: &Shared) -> DaemonView {
     let mut view = DaemonView { up: false, model: None, cameras: BTreeMap::new() };
     let mut guard = lock(&shared.conn);
     if guard.is_none() {

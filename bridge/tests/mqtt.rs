@@ -391,3 +391,87 @@ fn metrics_are_scraped_with_curl_and_pass_promtool() {
     let _ = bus_proc.kill();
     let _ = bus_proc.wait();
 }
+
+fn publish(port: u16, topic: &str, payload: &str) {
+    let st = Command::new(program("mosquitto_pub"))
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "1", "-t", topic, "-m", payload])
+        .status()
+        .unwrap();
+    assert!(st.success(), "mosquitto_pub {topic} {payload}");
+}
+
+/// The next message on `topic` (others skipped).
+fn text_on(rx: &mpsc::Receiver<String>, topic: &str, dir: &Path) -> String {
+    let until = Instant::now() + WAIT;
+    loop {
+        assert!(Instant::now() < until, "nothing on {topic} within {WAIT:?}");
+        let (t, payload) = next(rx, topic, dir);
+        if t == topic {
+            return payload;
+        }
+    }
+}
+
+#[test]
+fn home_assistant_discovery_and_the_pause_switch() {
+    let dir = tmpdir("ha");
+    let (mut bus_proc, bus) = start_private_bus(&dir).unwrap();
+    let port = free_port();
+    let _broker = broker(&dir, port);
+    let (_sub, rx) = subscribe(port, "#");
+    let _bridge = bridge_with(&dir, &bus, port, &["--stats-interval", "1"]);
+    let _daemon = daemon(&dir, &bus);
+
+    // Every entity of the camera, with what Home Assistant requires of its component.
+    let mut configs = BTreeMap::new();
+    let until = Instant::now() + WAIT;
+    while configs.len() < 4 {
+        assert!(Instant::now() < until, "discovery incomplete: {:?}", configs.keys());
+        let (topic, payload) = next(&rx, "discovery", &dir);
+        if topic.starts_with("homeassistant/") {
+            let v: serde_json::Value = serde_json::from_str(&payload).unwrap();
+            configs.insert(topic, v);
+        }
+    }
+    let base = "homeassistant/{}/prom_testnode/front_door_{}/config";
+    let topic =
+        |component: &str, object: &str| base.replacen("{}", component, 1).replacen("{}", object, 1);
+    let mut ids = std::collections::BTreeSet::new();
+    for (component, object) in
+        [("sensor", "label"), ("sensor", "fps"), ("sensor", "latency"), ("switch", "classifying")]
+    {
+        let c = &configs[&topic(component, object)];
+        assert!(c["name"].is_string(), "{c}");
+        assert!(ids.insert(c["unique_id"].as_str().unwrap().to_owned()), "unique_id {c}");
+        assert!(!c["device"]["identifiers"].as_array().unwrap().is_empty(), "{c}");
+        assert_eq!(c["availability_topic"], "prom/testnode/availability");
+        assert!(c["state_topic"].is_string(), "{c}");
+        if component == "switch" {
+            assert_eq!(c["command_topic"], "prom/testnode/front_door/set");
+            assert_eq!(c["state_topic"], "prom/testnode/front_door/state");
+            assert_eq!((&c["payload_on"], &c["payload_off"]), (&"ON".into(), &"OFF".into()));
+        }
+    }
+    let label = &configs[&topic("sensor", "label")];
+    assert_eq!(label["state_topic"], "prom/testnode/front_door/result");
+    assert_eq!(label["json_attributes_topic"], "prom/testnode/front_door/result");
+    assert_eq!(configs[&topic("sensor", "fps")]["state_topic"], "prom/testnode/front_door/stats");
+
+    // The switch: OFF pauses the camera over D-Bus, ON resumes it.
+    let conn = zbus::blocking::connection::Builder::address(bus.as_str()).unwrap().build().unwrap();
+    let camera = prom_daemon::dbus::Camera1ProxyBlocking::builder(&conn)
+        .path(prom_daemon::dbus::camera_path("front_door"))
+        .unwrap()
+        .cache_properties(zbus::proxy::CacheProperties::No)
+        .build()
+        .unwrap();
+    let state = "prom/testnode/front_door/state";
+    publish(port, "prom/testnode/front_door/set", "OFF");
+    while text_on(&rx, state, &dir) != "paused" {}
+    assert_eq!(camera.state().unwrap(), "paused");
+    publish(port, "prom/testnode/front_door/set", "ON");
+    while text_on(&rx, state, &dir) != "running" {}
+    assert_eq!(camera.state().unwrap(), "running");
+    let _ = bus_proc.kill();
+    let _ = bus_proc.wait();
+}
