@@ -17,6 +17,7 @@
 //! Every `stats_interval` the publisher also sends each camera's figures (the daemon's
 //! properties and the capture-to-publish latency it measured) and the bridge's counters.
 
+pub mod config;
 pub mod homeassistant;
 pub mod metrics;
 
@@ -425,6 +426,12 @@ pub fn run(o: Options, counters: Arc<Counters>, stop: Arc<AtomicBool>) -> Result
         })?;
     }
 
+    // systemd (Type=notify): the bridge is up once its threads run; the broker and the
+    // daemon may come later.
+    let notifier = prom_daemon::notify::Notifier::from_env()
+        .map_err(|e| format!("systemd notification: {e}"))?;
+    notifier.send("READY=1\nSTATUS=publishing to the MQTT broker");
+
     // Publisher: never waits for the network.
     let rx = queue.receiver();
     let mut windows: std::collections::BTreeMap<String, Window> = Default::default();
@@ -503,6 +510,7 @@ pub fn run(o: Options, counters: Arc<Counters>, stop: Arc<AtomicBool>) -> Result
             );
         }
     }
+    notifier.send("STOPPING=1");
     // A clean exit is announced (the last will covers the others).
     let _ = client.try_publish(target.availability_topic(), QoS::AtLeastOnce, true, "offline");
     std::thread::sleep(Duration::from_millis(200));

@@ -1,41 +1,49 @@
 //! `prom-bridge`: see the library docs and docs/BRIDGE.md.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use clap::Parser;
+use prom_bridge::config::{FileConfig, DEFAULT_PATH};
 use prom_bridge::{Counters, MqttTarget, Options};
 use prom_daemon::client::BusArgs;
 use rumqttc::QoS;
 
-/// Publishes prom-daemon's classifications to an MQTT broker.
+/// Publishes prom-daemon's classifications to an MQTT broker (with Home Assistant
+/// discovery) and, optionally, Prometheus metrics. Flags override the configuration file.
 #[derive(Parser, Debug)]
 #[command(name = "prom-bridge", version)]
 struct Cli {
+    /// Configuration file [default: /etc/prom/prom-bridge.toml, if it exists].
+    #[arg(long, value_name = "PATH")]
+    config: Option<PathBuf>,
     #[command(flatten)]
     bus: BusArgs,
-    /// The broker, as mqtt://HOST[:PORT].
-    #[arg(long, value_name = "URL", default_value = "mqtt://127.0.0.1:1883")]
-    mqtt: String,
-    /// This machine's name in the topics (prom/NODE/...); default: the host name.
+    /// The broker, as mqtt://HOST[:PORT] [default: mqtt://127.0.0.1:1883].
+    #[arg(long, value_name = "URL")]
+    mqtt: Option<String>,
+    /// This machine's name in the topics (prom/NODE/...) [default: the host name].
     #[arg(long)]
     node: Option<String>,
-    /// Topic prefix.
-    #[arg(long, default_value = "prom")]
-    prefix: String,
-    /// QoS of the result messages (0, 1 or 2).
-    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=2))]
-    qos: u8,
+    /// Topic prefix [default: prom].
+    #[arg(long)]
+    prefix: Option<String>,
+    /// QoS of the result messages (0, 1 or 2) [default: 0].
+    #[arg(long, value_parser = clap::value_parser!(u8).range(0..=2))]
+    qos: Option<u8>,
     /// Retain the result messages.
     #[arg(long)]
     retain: bool,
-    /// Results held while the broker is slow or away (the oldest are dropped beyond it).
-    #[arg(long, default_value_t = 256)]
-    queue: usize,
-    /// Seconds between stats messages (prom/NODE/CAMERA/stats, prom/NODE/stats).
-    #[arg(long, default_value_t = 10.0)]
-    stats_interval: f64,
+    /// Results held while the broker is slow or away; the oldest are dropped beyond it
+    /// [default: 256].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    queue: Option<u64>,
+    /// Seconds between stats messages (prom/NODE/CAMERA/stats, prom/NODE/stats)
+    /// [default: 10].
+    #[arg(long)]
+    stats_interval: Option<f64>,
     /// Serve Prometheus metrics on http://ADDR/metrics (off unless given; the usual
     /// address is 127.0.0.1:9464).
     #[arg(long, value_name = "ADDR")]
@@ -50,6 +58,53 @@ fn host_name() -> String {
         .unwrap_or_else(|| "localhost".into())
 }
 
+/// The flags over the file over the defaults.
+fn options(cli: Cli) -> Result<Options, String> {
+    let file = match &cli.config {
+        Some(path) => FileConfig::load(path, true)?,
+        None => FileConfig::load(std::path::Path::new(DEFAULT_PATH), false)?,
+    };
+    let bus = if cli.bus.session || cli.bus.bus_address.is_some() {
+        cli.bus
+    } else {
+        match file.bus.as_deref() {
+            None | Some("system") => BusArgs::default(),
+            Some("session") => BusArgs { session: true, bus_address: None },
+            Some(address) => BusArgs { session: false, bus_address: Some(address.to_owned()) },
+        }
+    };
+    let url = cli.mqtt.or(file.mqtt).unwrap_or_else(|| "mqtt://127.0.0.1:1883".into());
+    let (host, port) = MqttTarget::parse_url(&url).map_err(|e| e.to_string())?;
+    let qos = match cli.qos.or(file.qos).unwrap_or(0) {
+        0 => QoS::AtMostOnce,
+        1 => QoS::AtLeastOnce,
+        _ => QoS::ExactlyOnce,
+    };
+    let stats = cli.stats_interval.or(file.stats_interval).unwrap_or(10.0);
+    if !(0.1..=86400.0).contains(&stats) {
+        return Err("--stats-interval must be between 0.1 and 86400 seconds".into());
+    }
+    let metrics = match (cli.metrics, &file.metrics) {
+        (Some(a), _) => Some(a),
+        (None, Some(a)) => Some(a.parse().map_err(|_| format!("metrics: bad address {a:?}"))?),
+        (None, None) => None,
+    };
+    Ok(Options {
+        bus,
+        mqtt: MqttTarget {
+            host,
+            port,
+            prefix: cli.prefix.or(file.prefix).unwrap_or_else(|| "prom".into()),
+            node: cli.node.or(file.node).unwrap_or_else(host_name),
+            qos,
+            retain: cli.retain || file.retain.unwrap_or(false),
+        },
+        queue: cli.queue.map(|q| q as usize).or(file.queue).unwrap_or(256),
+        stats_interval: std::time::Duration::from_secs_f64(stats),
+        metrics,
+    })
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -58,26 +113,12 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
-    let (host, port) = match MqttTarget::parse_url(&cli.mqtt) {
-        Ok(hp) => hp,
+    let options = match options(Cli::parse()) {
+        Ok(o) => o,
         Err(e) => {
             eprintln!("prom-bridge: {e}");
             return ExitCode::from(2);
         }
-    };
-    let qos = match cli.qos {
-        0 => QoS::AtMostOnce,
-        1 => QoS::AtLeastOnce,
-        _ => QoS::ExactlyOnce,
-    };
-    let mqtt = MqttTarget {
-        host,
-        port,
-        prefix: cli.prefix,
-        node: cli.node.unwrap_or_else(host_name),
-        qos,
-        retain: cli.retain,
     };
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
@@ -86,13 +127,6 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    if !(cli.stats_interval >= 0.1 && cli.stats_interval <= 86400.0) {
-        eprintln!("prom-bridge: --stats-interval must be between 0.1 and 86400 seconds");
-        return ExitCode::from(2);
-    }
-    let stats_interval = std::time::Duration::from_secs_f64(cli.stats_interval);
-    let options =
-        Options { bus: cli.bus, mqtt, queue: cli.queue, stats_interval, metrics: cli.metrics };
     match prom_bridge::run(options, Arc::new(Counters::default()), stop) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
