@@ -22,6 +22,10 @@ pub struct FileConfig {
     pub queue: Option<usize>,
     pub stats_interval: Option<f64>,
     pub metrics: Option<String>,
+    /// Broker user name; the password is read from `password_file` (kept out of this
+    /// world-readable file).
+    pub username: Option<String>,
+    pub password_file: Option<String>,
 }
 
 impl FileConfig {
@@ -50,6 +54,9 @@ impl FileConfig {
             if !(0.1..=86400.0).contains(&s) {
                 return Err(format!("stats_interval: {s} is not between 0.1 and 86400 seconds"));
             }
+        }
+        if c.password_file.is_some() && c.username.is_none() {
+            return Err("password_file: set username too".into());
         }
         if c.queue == Some(0) {
             return Err("queue: must be at least 1".into());

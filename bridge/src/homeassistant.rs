@@ -142,6 +142,7 @@ mod tests {
             node: "pi.local".into(),
             qos: QoS::AtMostOnce,
             retain: false,
+            credentials: None,
         };
         let topics: Vec<String> = discovery(&t, "door").into_iter().map(|(t, _)| t).collect();
         assert_eq!(

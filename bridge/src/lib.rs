@@ -44,6 +44,8 @@ pub struct MqttTarget {
     pub qos: QoS,
     /// Retain the result messages (availability is always retained).
     pub retain: bool,
+    /// User name and password for the broker, if it asks for them.
+    pub credentials: Option<(String, String)>,
 }
 
 impl MqttTarget {
@@ -302,6 +304,9 @@ pub fn run(o: Options, counters: Arc<Counters>, stop: Arc<AtomicBool>) -> Result
         target.port,
     );
     opts.set_keep_alive(Duration::from_secs(10));
+    if let Some((user, password)) = &target.credentials {
+        opts.set_credentials(user.clone(), password.clone());
+    }
     opts.set_last_will(LastWill::new(
         target.availability_topic(),
         "offline",
@@ -544,6 +549,7 @@ mod tests {
             node: "pi".into(),
             qos: QoS::AtMostOnce,
             retain: false,
+            credentials: None,
         };
         assert_eq!(t.command_camera(&t.command_topic("front_door")), Some("front_door"));
         assert_eq!(t.command_camera("prom/pi/front_door/result"), None);

@@ -48,6 +48,12 @@ struct Cli {
     /// address is 127.0.0.1:9464).
     #[arg(long, value_name = "ADDR")]
     metrics: Option<std::net::SocketAddr>,
+    /// Broker user name.
+    #[arg(long)]
+    username: Option<String>,
+    /// File holding the broker password (its first line; never on the command line).
+    #[arg(long, value_name = "PATH", requires = "username")]
+    password_file: Option<PathBuf>,
 }
 
 fn host_name() -> String {
@@ -89,6 +95,18 @@ fn options(cli: Cli) -> Result<Options, String> {
         (None, Some(a)) => Some(a.parse().map_err(|_| format!("metrics: bad address {a:?}"))?),
         (None, None) => None,
     };
+    let credentials = match (
+        cli.username.or(file.username),
+        cli.password_file.or(file.password_file.map(PathBuf::from)),
+    ) {
+        (Some(user), Some(path)) => {
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| format!("password_file {}: {e}", path.display()))?;
+            Some((user, text.lines().next().unwrap_or_default().to_owned()))
+        }
+        (Some(user), None) => Some((user, String::new())),
+        (None, _) => None,
+    };
     Ok(Options {
         bus,
         mqtt: MqttTarget {
@@ -98,6 +116,7 @@ fn options(cli: Cli) -> Result<Options, String> {
             node: cli.node.or(file.node).unwrap_or_else(host_name),
             qos,
             retain: cli.retain || file.retain.unwrap_or(false),
+            credentials,
         },
         queue: cli.queue.map(|q| q as usize).or(file.queue).unwrap_or(256),
         stats_interval: std::time::Duration::from_secs_f64(stats),

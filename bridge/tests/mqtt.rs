@@ -475,3 +475,92 @@ fn home_assistant_discovery_and_the_pause_switch() {
     let _ = bus_proc.kill();
     let _ = bus_proc.wait();
 }
+
+#[test]
+fn a_broker_with_passwords_takes_the_right_one_only() {
+    let dir = tmpdir("auth");
+    let (mut bus_proc, bus) = start_private_bus(&dir).unwrap();
+    let port = free_port();
+    let passwords = dir.join("passwords");
+    let st = Command::new(program("mosquitto_passwd"))
+        .args(["-b", "-c"])
+        .arg(&passwords)
+        .args(["bridge", "s3cret word"])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let conf = dir.join("auth.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {}\n",
+            passwords.display()
+        ),
+    )
+    .unwrap();
+    let _broker = Proc(
+        Command::new(program("mosquitto"))
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let until = Instant::now() + WAIT;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < until, "mosquitto did not listen");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let sub = |user: &str, pass: &str| {
+        let mut child = Command::new(program("mosquitto_sub"))
+            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-u", user, "-P", pass])
+            .args(["-v", "-t", "prom/testnode/availability"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let out = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(|l| l.ok()) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        (Proc(child), rx)
+    };
+    let (_s, rx) = sub("bridge", "s3cret word");
+    let good = dir.join("good");
+    std::fs::write(&good, "s3cret word\n").unwrap();
+    let bad = dir.join("bad");
+    std::fs::write(&bad, "guess\n").unwrap();
+
+    // The wrong password: refused, so nothing is announced.
+    let wrong = bridge_with(
+        &dir,
+        &bus,
+        port,
+        &["--username", "bridge", "--password-file"]
+            .into_iter()
+            .chain([bad.to_str().unwrap()])
+            .collect::<Vec<_>>(),
+    );
+    assert!(rx.recv_timeout(Duration::from_secs(2)).is_err(), "a refused bridge announced itself");
+    drop(wrong);
+    // The right one: online.
+    let _right = bridge_with(
+        &dir,
+        &bus,
+        port,
+        &["--username", "bridge", "--password-file"]
+            .into_iter()
+            .chain([good.to_str().unwrap()])
+            .collect::<Vec<_>>(),
+    );
+    let line = rx.recv_timeout(WAIT).expect("online with the right password");
+    assert_eq!(line, "prom/testnode/availability online");
+    let _ = bus_proc.kill();
+    let _ = bus_proc.wait();
+}
