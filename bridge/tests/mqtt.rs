@@ -564,3 +564,31 @@ fn a_broker_with_passwords_takes_the_right_one_only() {
     let _ = bus_proc.kill();
     let _ = bus_proc.wait();
 }
+
+#[test]
+fn the_bridge_reconnects_when_the_bus_restarts() {
+    let dir = tmpdir("bus-restart");
+    let (mut bus_proc, printed) = start_private_bus(&dir).unwrap();
+    // The address without the bus's GUID: a restarted bus has a new one.
+    let bus = printed.split(",guid=").next().unwrap().to_owned();
+    let port = free_port();
+    let _broker = broker(&dir, port);
+    let (_sub, rx) = subscribe(port, "prom/testnode/#");
+    let _bridge = bridge(&dir, &bus, port);
+    let result = "prom/testnode/front_door/result";
+    let first = daemon(&dir, &bus);
+    wait_for(&rx, result, &dir, |_| true);
+    // The bus goes away (the daemon exits on a lost bus and is restarted, as systemd would).
+    bus_proc.kill().unwrap();
+    bus_proc.wait().unwrap();
+    drop(first);
+    let _ = std::fs::remove_file(dir.join("bus"));
+    let (mut bus_proc, _) = start_private_bus(&dir).unwrap();
+    let restarted_us =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros()
+            as u64;
+    let _second = daemon(&dir, &bus);
+    wait_for(&rx, result, &dir, |v| v["capture_timestamp_us"].as_u64() > Some(restarted_us));
+    let _ = bus_proc.kill();
+    let _ = bus_proc.wait();
+}
