@@ -474,6 +474,20 @@ pub fn run(o: Options, counters: Arc<Counters>, stop: Arc<AtomicBool>) -> Result
                 announced.clear();
                 announced_for = connections;
             }
+            // A camera the running daemon no longer has: its entities are withdrawn (an
+            // empty retained config removes them from Home Assistant) and its figures
+            // are no longer published.
+            if view.up {
+                let gone: Vec<String> =
+                    announced.iter().filter(|c| !view.cameras.contains_key(*c)).cloned().collect();
+                for camera in gone {
+                    for (topic, _) in homeassistant::discovery(&target, &camera) {
+                        let _ = client.try_publish(topic, QoS::AtLeastOnce, true, Vec::new());
+                    }
+                    announced.remove(&camera);
+                    windows.remove(&camera);
+                }
+            }
             let cameras: std::collections::BTreeSet<String> =
                 view.cameras.keys().chain(windows.keys()).cloned().collect();
             for camera in &cameras {

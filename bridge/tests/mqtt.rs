@@ -74,10 +74,11 @@ fn broker(dir: &Path, port: u16) -> Proc {
     Proc(child)
 }
 
-/// `mosquitto_sub -v` on `topic`: its lines ("TOPIC PAYLOAD") arrive on the channel.
+/// `mosquitto_sub` on `topic`: its lines ("TOPIC PAYLOAD") arrive on the channel.
 fn subscribe(port: u16, topic: &str) -> (Proc, mpsc::Receiver<String>) {
     let mut child = Command::new(program("mosquitto_sub"))
-        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-v", "-t", topic])
+        // "TOPIC PAYLOAD" (-v would print an empty payload as "(null)").
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-F", "%t %p", "-t", topic])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -96,12 +97,16 @@ fn subscribe(port: u16, topic: &str) -> (Proc, mpsc::Receiver<String>) {
 }
 
 fn daemon(dir: &Path, bus: &str) -> Proc {
+    daemon_with_camera(dir, bus, "front_door")
+}
+
+fn daemon_with_camera(dir: &Path, bus: &str, camera: &str) -> Proc {
     let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/fashion-mnist-prom.prom");
     let config = dir.join("daemon.toml");
     std::fs::write(
         &config,
         format!(
-            "model = {:?}\nthreads = 1\n\n[[camera]]\nname = \"front_door\"\n\
+            "model = {:?}\nthreads = 1\n\n[[camera]]\nname = \"{camera}\"\n\
              source = \"testpattern\"\nfps = 20\n",
             model.display().to_string()
         ),
@@ -589,6 +594,37 @@ fn the_bridge_reconnects_when_the_bus_restarts() {
             as u64;
     let _second = daemon(&dir, &bus);
     wait_for(&rx, result, &dir, |v| v["capture_timestamp_us"].as_u64() > Some(restarted_us));
+    let _ = bus_proc.kill();
+    let _ = bus_proc.wait();
+}
+
+#[test]
+fn cameras_that_come_and_go_are_announced_and_withdrawn() {
+    let dir = tmpdir("come-and-go");
+    let (mut bus_proc, bus) = start_private_bus(&dir).unwrap();
+    let port = free_port();
+    let _broker = broker(&dir, port);
+    let (_sub, rx) = subscribe(port, "homeassistant/#");
+    let _bridge = bridge_with(&dir, &bus, port, &["--stats-interval", "0.5"]);
+    let label = |camera: &str| format!("homeassistant/sensor/prom_testnode/{camera}_label/config");
+    let mut first = daemon_with_camera(&dir, &bus, "front_door");
+    assert!(!text_on(&rx, &label("front_door"), &dir).is_empty());
+    // The daemon comes back with another camera: one announced, the other withdrawn.
+    prom_daemon::client::terminate(first.0.id()).unwrap();
+    first.0.wait().unwrap();
+    let _second = daemon_with_camera(&dir, &bus, "garden");
+    let mut garden = false;
+    let mut withdrawn = false;
+    let until = Instant::now() + WAIT;
+    while !(garden && withdrawn) {
+        assert!(
+            Instant::now() < until,
+            "garden announced {garden}, front_door withdrawn {withdrawn}"
+        );
+        let (topic, payload) = next(&rx, "discovery", &dir);
+        garden |= topic == label("garden") && !payload.is_empty();
+        withdrawn |= topic == label("front_door") && payload.is_empty();
+    }
     let _ = bus_proc.kill();
     let _ = bus_proc.wait();
 }
