@@ -76,9 +76,15 @@ fn broker(dir: &Path, port: u16) -> Proc {
 
 /// `mosquitto_sub` on `topic`: its lines ("TOPIC PAYLOAD") arrive on the channel.
 fn subscribe(port: u16, topic: &str) -> (Proc, mpsc::Receiver<String>) {
+    subscribe_with(port, topic, &[])
+}
+
+/// [`subscribe`] with more `mosquitto_sub` arguments (credentials).
+fn subscribe_with(port: u16, topic: &str, extra: &[&str]) -> (Proc, mpsc::Receiver<String>) {
     let mut child = Command::new(program("mosquitto_sub"))
         // "TOPIC PAYLOAD" (-v would print an empty payload as "(null)").
         .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-F", "%t %p", "-t", topic])
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -156,27 +162,54 @@ fn next(rx: &mpsc::Receiver<String>, what: &str, dir: &Path) -> (String, String)
     (topic.to_owned(), payload.to_owned())
 }
 
+/// A private bus, and a broker on a free loopback port with a subscriber on a topic filter.
+struct Rig {
+    dir: PathBuf,
+    bus: String,
+    port: u16,
+    rx: mpsc::Receiver<String>,
+    // Dropped in this order: the subscriber, the broker, then the bus (Drop below).
+    _sub: Proc,
+    _broker: Proc,
+    bus_proc: Child,
+}
+
+impl Rig {
+    fn start(name: &str, topic: &str) -> Rig {
+        let dir = tmpdir(name);
+        let (bus_proc, bus) = start_private_bus(&dir).unwrap();
+        let port = free_port();
+        let _broker = broker(&dir, port);
+        let (_sub, rx) = subscribe(port, topic);
+        Rig { dir, bus, port, rx, _sub, _broker, bus_proc }
+    }
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        let _ = self.bus_proc.kill();
+        let _ = self.bus_proc.wait();
+    }
+}
+
 fn as_json(c: &Classified) -> serde_json::Value {
     serde_json::to_value(prom_bridge::ResultMessage::from_signal(c)).unwrap()
 }
 
 #[test]
 fn results_reach_mqtt_equal_to_the_dbus_signals_with_availability() {
-    let dir = tmpdir("results");
-    let (mut bus_proc, bus) = start_private_bus(&dir).unwrap();
-    let port = free_port();
-    let _broker = broker(&dir, port);
-    let (_sub, rx) = subscribe(port, "prom/testnode/#");
+    let rig = Rig::start("results", "prom/testnode/#");
+    let (dir, bus, port, rx) = (&rig.dir, rig.bus.as_str(), rig.port, &rig.rx);
 
     // The bridge first: it must wait for the daemon.
-    let mut bridge_proc = bridge(&dir, &bus, port);
-    let (topic, payload) = next(&rx, "availability", &dir);
+    let mut bridge_proc = bridge(dir, bus, port);
+    let (topic, payload) = next(rx, "availability", dir);
     assert_eq!((topic.as_str(), payload.as_str()), ("prom/testnode/availability", "online"));
 
     // D-Bus signals, read by the test as any client would.
     let (sig_tx, sig_rx) = mpsc::channel();
     {
-        let bus = bus.clone();
+        let bus = bus.to_owned();
         std::thread::spawn(move || {
             let conn = zbus::blocking::connection::Builder::address(bus.as_str())
                 .unwrap()
@@ -185,7 +218,7 @@ fn results_reach_mqtt_equal_to_the_dbus_signals_with_availability() {
             let _ = watch_signals(&conn, None, None, |c| Ok(sig_tx.send(c).is_ok()));
         });
     }
-    let _daemon = daemon(&dir, &bus);
+    let _daemon = daemon(dir, bus);
 
     // Twenty results: every MQTT message equals the signal with its sequence number.
     let mut signals: BTreeMap<u64, Classified> = BTreeMap::new();
@@ -193,7 +226,7 @@ fn results_reach_mqtt_equal_to_the_dbus_signals_with_availability() {
     let until = Instant::now() + WAIT;
     while matched < 20 {
         assert!(Instant::now() < until, "only {matched} results matched within {WAIT:?}");
-        let (topic, payload) = next(&rx, "result", &dir);
+        let (topic, payload) = next(rx, "result", dir);
         assert_eq!(topic, "prom/testnode/front_door/result");
         let got: serde_json::Value = serde_json::from_str(&payload).unwrap();
         let seq = got["sequence"].as_u64().unwrap();
@@ -211,57 +244,59 @@ fn results_reach_mqtt_equal_to_the_dbus_signals_with_availability() {
     let status = bridge_proc.0.wait().unwrap();
     assert!(status.success(), "prom-bridge exited with {status}");
     loop {
-        let (topic, payload) = next(&rx, "offline", &dir);
+        let (topic, payload) = next(rx, "offline", dir);
         if topic == "prom/testnode/availability" {
             assert_eq!(payload, "offline");
             break;
         }
     }
-    let _ = bus_proc.kill();
-    let _ = bus_proc.wait();
 }
 
 #[test]
 fn a_killed_bridge_is_announced_offline_by_its_last_will() {
-    let dir = tmpdir("will");
-    let (mut bus_proc, bus) = start_private_bus(&dir).unwrap();
-    let port = free_port();
-    let _broker = broker(&dir, port);
-    let (_sub, rx) = subscribe(port, "prom/testnode/availability");
-    let mut bridge_proc = bridge(&dir, &bus, port);
-    assert_eq!(next(&rx, "online", &dir).1, "online");
+    let rig = Rig::start("will", "prom/testnode/availability");
+    let (dir, bus, port, rx) = (&rig.dir, rig.bus.as_str(), rig.port, &rig.rx);
+    let mut bridge_proc = bridge(dir, bus, port);
+    assert_eq!(next(rx, "online", dir).1, "online");
     bridge_proc.0.kill().unwrap();
     bridge_proc.0.wait().unwrap();
     // The broker notices the dropped connection and publishes the will.
-    assert_eq!(next(&rx, "last will", &dir).1, "offline");
-    let _ = bus_proc.kill();
-    let _ = bus_proc.wait();
+    assert_eq!(next(rx, "last will", dir).1, "offline");
 }
 
-/// Waits for a message on `topic` whose JSON payload satisfies `ok`; returns it.
+/// The payload of the first message on `topic` that satisfies `ok` (others skipped).
+fn first_on(
+    rx: &mpsc::Receiver<String>,
+    topic: &str,
+    dir: &Path,
+    ok: impl Fn(&str) -> bool,
+) -> String {
+    let until = Instant::now() + WAIT;
+    loop {
+        assert!(Instant::now() < until, "no matching message on {topic} within {WAIT:?}");
+        let (t, payload) = next(rx, topic, dir);
+        if t == topic && ok(&payload) {
+            return payload;
+        }
+    }
+}
+
+/// The first JSON payload on `topic` that satisfies `ok`.
 fn wait_for(
     rx: &mpsc::Receiver<String>,
     topic: &str,
     dir: &Path,
     ok: impl Fn(&serde_json::Value) -> bool,
 ) -> serde_json::Value {
-    let until = Instant::now() + WAIT;
-    loop {
-        assert!(Instant::now() < until, "no matching message on {topic} within {WAIT:?}");
-        let (t, payload) = next(rx, topic, dir);
-        if t == topic {
-            let v: serde_json::Value = serde_json::from_str(&payload).unwrap();
-            if ok(&v) {
-                return v;
-            }
-        }
-    }
+    let json = |p: &str| serde_json::from_str::<serde_json::Value>(p).unwrap();
+    json(&first_on(rx, topic, dir, |p| ok(&json(p))))
 }
 
 #[test]
 fn the_bridge_survives_a_broker_restart_counts_drops_and_publishes_stats() {
     let dir = tmpdir("restart");
-    let (mut bus_proc, bus) = start_private_bus(&dir).unwrap();
+    let (bus_proc, bus) = start_private_bus(&dir).unwrap();
+    let _bus = Proc(bus_proc);
     let port = free_port();
     let broker1 = broker(&dir, port);
     let (sub1, rx1) = subscribe(port, "prom/testnode/#");
@@ -294,31 +329,24 @@ fn the_bridge_survives_a_broker_restart_counts_drops_and_publishes_stats() {
     assert!(stats["results_dropped"].as_u64().unwrap() > 0, "{stats}");
     assert!(stats["broker_connection_errors"].as_u64().unwrap() > 0, "{stats}");
     assert!(stats["results_published"].as_u64().unwrap() > 0, "{stats}");
-    let _ = bus_proc.kill();
-    let _ = bus_proc.wait();
 }
 
 #[test]
 fn the_bridge_resubscribes_when_the_daemon_restarts() {
-    let dir = tmpdir("daemon-restart");
-    let (mut bus_proc, bus) = start_private_bus(&dir).unwrap();
-    let port = free_port();
-    let _broker = broker(&dir, port);
-    let (_sub, rx) = subscribe(port, "prom/testnode/#");
-    let _bridge = bridge(&dir, &bus, port);
+    let rig = Rig::start("daemon-restart", "prom/testnode/#");
+    let (dir, bus, port, rx) = (&rig.dir, rig.bus.as_str(), rig.port, &rig.rx);
+    let _bridge = bridge(dir, bus, port);
     let result = "prom/testnode/front_door/result";
-    let mut first = daemon(&dir, &bus);
-    wait_for(&rx, result, &dir, |_| true);
+    let mut first = daemon(dir, bus);
+    wait_for(rx, result, dir, |_| true);
     prom_daemon::client::terminate(first.0.id()).unwrap();
     first.0.wait().unwrap();
     // The new daemon has a new unique name on the bus; its results must come through.
     let restarted_us =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros()
             as u64;
-    let _second = daemon(&dir, &bus);
-    wait_for(&rx, result, &dir, |v| v["capture_timestamp_us"].as_u64() > Some(restarted_us));
-    let _ = bus_proc.kill();
-    let _ = bus_proc.wait();
+    let _second = daemon(dir, bus);
+    wait_for(rx, result, dir, |v| v["capture_timestamp_us"].as_u64() > Some(restarted_us));
 }
 
 /// `curl` the page, then `promtool check metrics` on it.
@@ -359,13 +387,10 @@ fn sample(text: &str, series: &str) -> f64 {
 
 #[test]
 fn metrics_are_scraped_with_curl_and_pass_promtool() {
-    let dir = tmpdir("metrics");
-    let (mut bus_proc, bus) = start_private_bus(&dir).unwrap();
-    let port = free_port();
-    let _broker = broker(&dir, port);
-    let (_sub, rx) = subscribe(port, "prom/testnode/+/result");
+    let rig = Rig::start("metrics", "prom/testnode/+/result");
+    let (dir, bus, port, rx) = (&rig.dir, rig.bus.as_str(), rig.port, &rig.rx);
     let addr = format!("127.0.0.1:{}", free_port());
-    let _bridge = bridge_with(&dir, &bus, port, &["--metrics", &addr]);
+    let _bridge = bridge_with(dir, bus, port, &["--metrics", &addr]);
     // Without the daemon: up is 0, and the page is still valid.
     let until = Instant::now() + WAIT;
     while std::net::TcpStream::connect(&addr).is_err() {
@@ -375,9 +400,9 @@ fn metrics_are_scraped_with_curl_and_pass_promtool() {
     let text = scrape(&addr);
     assert_eq!(sample(&text, "prom_daemon_up{node=\"testnode\"}"), 0.0);
 
-    let _daemon = daemon(&dir, &bus);
+    let _daemon = daemon(dir, bus);
     for _ in 0..10 {
-        next(&rx, "result", &dir);
+        next(rx, "result", dir);
     }
     // The daemon refreshes its statistics properties every 500 ms.
     std::thread::sleep(Duration::from_millis(1200));
@@ -393,8 +418,6 @@ fn metrics_are_scraped_with_curl_and_pass_promtool() {
     sample(&text, "prom_bridge_mqtt_dropped_total{node=\"testnode\"}");
     let info = text.lines().find(|l| l.starts_with("prom_model_info{")).expect("model info");
     assert!(info.contains("checksum=\"") && info.ends_with(" 1"), "{info}");
-    let _ = bus_proc.kill();
-    let _ = bus_proc.wait();
 }
 
 fn publish(port: u16, topic: &str, payload: &str) {
@@ -407,32 +430,22 @@ fn publish(port: u16, topic: &str, payload: &str) {
 
 /// The next message on `topic` (others skipped).
 fn text_on(rx: &mpsc::Receiver<String>, topic: &str, dir: &Path) -> String {
-    let until = Instant::now() + WAIT;
-    loop {
-        assert!(Instant::now() < until, "nothing on {topic} within {WAIT:?}");
-        let (t, payload) = next(rx, topic, dir);
-        if t == topic {
-            return payload;
-        }
-    }
+    first_on(rx, topic, dir, |_| true)
 }
 
 #[test]
 fn home_assistant_discovery_and_the_pause_switch() {
-    let dir = tmpdir("ha");
-    let (mut bus_proc, bus) = start_private_bus(&dir).unwrap();
-    let port = free_port();
-    let _broker = broker(&dir, port);
-    let (_sub, rx) = subscribe(port, "#");
-    let _bridge = bridge_with(&dir, &bus, port, &["--stats-interval", "1"]);
-    let _daemon = daemon(&dir, &bus);
+    let rig = Rig::start("ha", "#");
+    let (dir, bus, port, rx) = (&rig.dir, rig.bus.as_str(), rig.port, &rig.rx);
+    let _bridge = bridge_with(dir, bus, port, &["--stats-interval", "1"]);
+    let _daemon = daemon(dir, bus);
 
     // Every entity of the camera, with what Home Assistant requires of its component.
     let mut configs = BTreeMap::new();
     let until = Instant::now() + WAIT;
     while configs.len() < 4 {
         assert!(Instant::now() < until, "discovery incomplete: {:?}", configs.keys());
-        let (topic, payload) = next(&rx, "discovery", &dir);
+        let (topic, payload) = next(rx, "discovery", dir);
         if topic.starts_with("homeassistant/") {
             let v: serde_json::Value = serde_json::from_str(&payload).unwrap();
             configs.insert(topic, v);
@@ -463,7 +476,7 @@ fn home_assistant_discovery_and_the_pause_switch() {
     assert_eq!(configs[&topic("sensor", "fps")]["state_topic"], "prom/testnode/front_door/stats");
 
     // The switch: OFF pauses the camera over D-Bus, ON resumes it.
-    let conn = zbus::blocking::connection::Builder::address(bus.as_str()).unwrap().build().unwrap();
+    let conn = zbus::blocking::connection::Builder::address(bus).unwrap().build().unwrap();
     let camera = prom_daemon::dbus::Camera1ProxyBlocking::builder(&conn)
         .path(prom_daemon::dbus::camera_path("front_door"))
         .unwrap()
@@ -472,19 +485,18 @@ fn home_assistant_discovery_and_the_pause_switch() {
         .unwrap();
     let state = "prom/testnode/front_door/state";
     publish(port, "prom/testnode/front_door/set", "OFF");
-    while text_on(&rx, state, &dir) != "paused" {}
+    while text_on(rx, state, dir) != "paused" {}
     assert_eq!(camera.state().unwrap(), "paused");
     publish(port, "prom/testnode/front_door/set", "ON");
-    while text_on(&rx, state, &dir) != "running" {}
+    while text_on(rx, state, dir) != "running" {}
     assert_eq!(camera.state().unwrap(), "running");
-    let _ = bus_proc.kill();
-    let _ = bus_proc.wait();
 }
 
 #[test]
 fn a_broker_with_passwords_takes_the_right_one_only() {
     let dir = tmpdir("auth");
-    let (mut bus_proc, bus) = start_private_bus(&dir).unwrap();
+    let (bus_proc, bus) = start_private_bus(&dir).unwrap();
+    let _bus = Proc(bus_proc);
     let port = free_port();
     let passwords = dir.join("passwords");
     let st = Command::new(program("mosquitto_passwd"))
@@ -517,57 +529,25 @@ fn a_broker_with_passwords_takes_the_right_one_only() {
         assert!(Instant::now() < until, "mosquitto did not listen");
         std::thread::sleep(Duration::from_millis(20));
     }
-    let sub = |user: &str, pass: &str| {
-        let mut child = Command::new(program("mosquitto_sub"))
-            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-u", user, "-P", pass])
-            .args(["-v", "-t", "prom/testnode/availability"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let out = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(|l| l.ok()) {
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
-        (Proc(child), rx)
-    };
-    let (_s, rx) = sub("bridge", "s3cret word");
+    let topic = "prom/testnode/availability";
+    let (_s, rx) = subscribe_with(port, topic, &["-u", "bridge", "-P", "s3cret word"]);
     let good = dir.join("good");
     std::fs::write(&good, "s3cret word\n").unwrap();
     let bad = dir.join("bad");
     std::fs::write(&bad, "guess\n").unwrap();
 
+    let with_password = |file: &Path| {
+        let args = ["--username", "bridge", "--password-file", file.to_str().unwrap()];
+        bridge_with(&dir, &bus, port, &args)
+    };
     // The wrong password: refused, so nothing is announced.
-    let wrong = bridge_with(
-        &dir,
-        &bus,
-        port,
-        &["--username", "bridge", "--password-file"]
-            .into_iter()
-            .chain([bad.to_str().unwrap()])
-            .collect::<Vec<_>>(),
-    );
+    let wrong = with_password(&bad);
     assert!(rx.recv_timeout(Duration::from_secs(2)).is_err(), "a refused bridge announced itself");
     drop(wrong);
     // The right one: online.
-    let _right = bridge_with(
-        &dir,
-        &bus,
-        port,
-        &["--username", "bridge", "--password-file"]
-            .into_iter()
-            .chain([good.to_str().unwrap()])
-            .collect::<Vec<_>>(),
-    );
+    let _right = with_password(&good);
     let line = rx.recv_timeout(WAIT).expect("online with the right password");
     assert_eq!(line, "prom/testnode/availability online");
-    let _ = bus_proc.kill();
-    let _ = bus_proc.wait();
 }
 
 #[test]
@@ -588,31 +568,26 @@ fn the_bridge_reconnects_when_the_bus_restarts() {
     bus_proc.wait().unwrap();
     drop(first);
     let _ = std::fs::remove_file(dir.join("bus"));
-    let (mut bus_proc, _) = start_private_bus(&dir).unwrap();
+    let _bus = Proc(start_private_bus(&dir).unwrap().0);
     let restarted_us =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros()
             as u64;
     let _second = daemon(&dir, &bus);
     wait_for(&rx, result, &dir, |v| v["capture_timestamp_us"].as_u64() > Some(restarted_us));
-    let _ = bus_proc.kill();
-    let _ = bus_proc.wait();
 }
 
 #[test]
 fn cameras_that_come_and_go_are_announced_and_withdrawn() {
-    let dir = tmpdir("come-and-go");
-    let (mut bus_proc, bus) = start_private_bus(&dir).unwrap();
-    let port = free_port();
-    let _broker = broker(&dir, port);
-    let (_sub, rx) = subscribe(port, "homeassistant/#");
-    let _bridge = bridge_with(&dir, &bus, port, &["--stats-interval", "0.5"]);
+    let rig = Rig::start("come-and-go", "homeassistant/#");
+    let (dir, bus, port, rx) = (&rig.dir, rig.bus.as_str(), rig.port, &rig.rx);
+    let _bridge = bridge_with(dir, bus, port, &["--stats-interval", "0.5"]);
     let label = |camera: &str| format!("homeassistant/sensor/prom_testnode/{camera}_label/config");
-    let mut first = daemon_with_camera(&dir, &bus, "front_door");
-    assert!(!text_on(&rx, &label("front_door"), &dir).is_empty());
+    let mut first = daemon_with_camera(dir, bus, "front_door");
+    assert!(!text_on(rx, &label("front_door"), dir).is_empty());
     // The daemon comes back with another camera: one announced, the other withdrawn.
     prom_daemon::client::terminate(first.0.id()).unwrap();
     first.0.wait().unwrap();
-    let _second = daemon_with_camera(&dir, &bus, "garden");
+    let _second = daemon_with_camera(dir, bus, "garden");
     let mut garden = false;
     let mut withdrawn = false;
     let until = Instant::now() + WAIT;
@@ -621,10 +596,8 @@ fn cameras_that_come_and_go_are_announced_and_withdrawn() {
             Instant::now() < until,
             "garden announced {garden}, front_door withdrawn {withdrawn}"
         );
-        let (topic, payload) = next(&rx, "discovery", &dir);
+        let (topic, payload) = next(rx, "discovery", dir);
         garden |= topic == label("garden") && !payload.is_empty();
         withdrawn |= topic == label("front_door") && payload.is_empty();
     }
-    let _ = bus_proc.kill();
-    let _ = bus_proc.wait();
 }
