@@ -314,6 +314,11 @@ pub fn run(o: Options, counters: Arc<Counters>, stop: Arc<AtomicBool>) -> Result
         true,
     ));
     let (client, mut connection) = Client::new(opts, o.queue.max(10));
+    // Each result is a small message sent on its own: without TCP_NODELAY, Nagle's algorithm
+    // holds one back until the previous one is acknowledged (up to a delayed ACK, 40 ms).
+    let mut network = rumqttc::NetworkOptions::new();
+    network.set_tcp_nodelay(true);
+    connection.eventloop.set_network_options(network);
 
     // Commands from MQTT (`<camera>/set`), carried out over D-Bus by their own thread so the
     // event loop never waits for the bus.
