@@ -11,7 +11,8 @@
 #     bus-policy and end-to-end daemon tests;
 #   - mosquitto, mosquitto-clients: the MQTT broker and mosquitto_sub for prom-bridge's
 #     tests (the broker is started by the tests on a loopback port; the package's own
-#     service is not used); curl and prometheus (promtool) for its /metrics test;
+#     service is not used); curl and prometheus (promtool) for its /metrics test; openssl
+#     for the certificates of its TLS test;
 #   - libclang-dev: libclang (and clang's headers) for bindgen, which the `v4l` crate's
 #     v4l2-sys-mit dependency runs at build time to generate the V4L2 bindings;
 #   - rustup targets aarch64-unknown-linux-gnu, armv7-unknown-linux-gnueabihf and the
@@ -55,6 +56,8 @@ command -v mosquitto_sub >/dev/null || want mosquitto-clients
 # prom-bridge's /metrics test: curl scrapes it, promtool (Debian's prometheus) checks it.
 command -v curl >/dev/null || want curl
 command -v promtool >/dev/null || want prometheus
+# ... and openssl makes the CA and broker certificate of its TLS test.
+command -v openssl >/dev/null || want openssl
 fi
 command -v dbus-daemon >/dev/null || want dbus
 command -v kill >/dev/null || want procps

@@ -26,6 +26,9 @@ pub struct FileConfig {
     /// world-readable file).
     pub username: Option<String>,
     pub password_file: Option<String>,
+    /// PEM certificates a TLS broker's (`mqtts://`) must chain to; default: the system's
+    /// (/etc/ssl/certs/ca-certificates.crt).
+    pub ca_file: Option<String>,
 }
 
 impl FileConfig {

@@ -143,6 +143,7 @@ mod tests {
             qos: QoS::AtMostOnce,
             retain: false,
             credentials: None,
+            tls_ca: None,
         };
         let topics: Vec<String> = discovery(&t, "door").into_iter().map(|(t, _)| t).collect();
         assert_eq!(

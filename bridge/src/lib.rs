@@ -46,14 +46,19 @@ pub struct MqttTarget {
     pub retain: bool,
     /// User name and password for the broker, if it asks for them.
     pub credentials: Option<(String, String)>,
+    /// TLS (`mqtts://`): the PEM certificates the broker's must chain to.
+    pub tls_ca: Option<Vec<u8>>,
 }
 
 impl MqttTarget {
-    /// Parses `mqtt://HOST[:PORT]` (default port 1883).
-    pub fn parse_url(url: &str) -> Result<(String, u16)> {
-        let rest = url
-            .strip_prefix("mqtt://")
-            .ok_or_else(|| format!("--mqtt {url:?}: expected mqtt://HOST[:PORT]"))?;
+    /// Parses `mqtt://HOST[:PORT]` (default port 1883) or `mqtts://HOST[:PORT]` (TLS,
+    /// default port 8883); returns host, port and whether TLS is asked for.
+    pub fn parse_url(url: &str) -> Result<(String, u16, bool)> {
+        let (rest, tls) = match (url.strip_prefix("mqtt://"), url.strip_prefix("mqtts://")) {
+            (Some(rest), _) => (rest, false),
+            (_, Some(rest)) => (rest, true),
+            _ => return Err(format!("--mqtt {url:?}: expected mqtt://HOST[:PORT]").into()),
+        };
         let rest = rest.trim_end_matches('/');
         if rest.is_empty() {
             return Err(format!("--mqtt {url:?}: no host").into());
@@ -71,9 +76,10 @@ impl MqttTarget {
         };
         let port = match port {
             Some(p) => p.parse().map_err(|_| format!("--mqtt {url:?}: bad port {p:?}"))?,
+            None if tls => 8883,
             None => 1883,
         };
-        Ok((host.to_owned(), port))
+        Ok((host.to_owned(), port, tls))
     }
 
     /// `<prefix>/<node>/availability`: `online` while connected, `offline` otherwise (last
@@ -306,6 +312,15 @@ pub fn run(o: Options, counters: Arc<Counters>, stop: Arc<AtomicBool>) -> Result
     opts.set_keep_alive(Duration::from_secs(10));
     if let Some((user, password)) = &target.credentials {
         opts.set_credentials(user.clone(), password.clone());
+    }
+    if let Some(ca) = &target.tls_ca {
+        // One process-wide provider; a second install is harmless. ring, though rustls now
+        // marks it deprecated for lacking post-quantum key exchange: aws-lc-rs, the
+        // alternative, needs cmake and per-target C builds on the boards' toolchains.
+        #[allow(deprecated)]
+        let provider = rustls::crypto::ring::default_provider();
+        let _ = provider.install_default();
+        opts.set_transport(rumqttc::Transport::tls(ca.clone(), None, None));
     }
     opts.set_last_will(LastWill::new(
         target.availability_topic(),
@@ -550,10 +565,12 @@ mod tests {
     #[test]
     fn mqtt_urls() {
         let p = |u: &str| MqttTarget::parse_url(u).map_err(|e| e.to_string());
-        assert_eq!(p("mqtt://broker").unwrap(), ("broker".into(), 1883));
-        assert_eq!(p("mqtt://127.0.0.1:18830").unwrap(), ("127.0.0.1".into(), 18830));
-        assert_eq!(p("mqtt://[::1]:1884/").unwrap(), ("::1".into(), 1884));
-        assert_eq!(p("mqtt://[::1]").unwrap(), ("::1".into(), 1883));
+        assert_eq!(p("mqtt://broker").unwrap(), ("broker".into(), 1883, false));
+        assert_eq!(p("mqtt://127.0.0.1:18830").unwrap(), ("127.0.0.1".into(), 18830, false));
+        assert_eq!(p("mqtt://[::1]:1884/").unwrap(), ("::1".into(), 1884, false));
+        assert_eq!(p("mqtt://[::1]").unwrap(), ("::1".into(), 1883, false));
+        assert_eq!(p("mqtts://broker").unwrap(), ("broker".into(), 8883, true));
+        assert_eq!(p("mqtts://broker:18883").unwrap(), ("broker".into(), 18883, true));
         assert!(p("tcp://broker").unwrap_err().contains("expected mqtt://"));
         assert!(p("mqtt://broker:x").unwrap_err().contains("bad port"));
         assert!(p("mqtt://").unwrap_err().contains("no host"));
@@ -569,6 +586,7 @@ mod tests {
             qos: QoS::AtMostOnce,
             retain: false,
             credentials: None,
+            tls_ca: None,
         };
         assert_eq!(t.command_camera(&t.command_topic("front_door")), Some("front_door"));
         assert_eq!(t.command_camera("prom/pi/front_door/result"), None);

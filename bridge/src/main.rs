@@ -21,7 +21,8 @@ struct Cli {
     config: Option<PathBuf>,
     #[command(flatten)]
     bus: BusArgs,
-    /// The broker, as mqtt://HOST[:PORT] [default: mqtt://127.0.0.1:1883].
+    /// The broker, as mqtt://HOST[:PORT] or, with TLS, mqtts://HOST[:PORT]
+    /// [default: mqtt://127.0.0.1:1883].
     #[arg(long, value_name = "URL")]
     mqtt: Option<String>,
     /// This machine's name in the topics (prom/NODE/...) [default: the host name].
@@ -54,6 +55,10 @@ struct Cli {
     /// File holding the broker password (its first line; never on the command line).
     #[arg(long, value_name = "PATH", requires = "username")]
     password_file: Option<PathBuf>,
+    /// With mqtts://: PEM certificates the broker's must chain to [default: the system's,
+    /// /etc/ssl/certs/ca-certificates.crt].
+    #[arg(long, value_name = "PATH")]
+    ca_file: Option<PathBuf>,
 }
 
 fn host_name() -> String {
@@ -80,7 +85,16 @@ fn options(cli: Cli) -> Result<Options, String> {
         }
     };
     let url = cli.mqtt.or(file.mqtt).unwrap_or_else(|| "mqtt://127.0.0.1:1883".into());
-    let (host, port) = MqttTarget::parse_url(&url).map_err(|e| e.to_string())?;
+    let (host, port, tls) = MqttTarget::parse_url(&url).map_err(|e| e.to_string())?;
+    let tls_ca = if tls {
+        let path = cli
+            .ca_file
+            .or(file.ca_file.map(PathBuf::from))
+            .unwrap_or_else(|| PathBuf::from("/etc/ssl/certs/ca-certificates.crt"));
+        Some(std::fs::read(&path).map_err(|e| format!("ca_file {}: {e}", path.display()))?)
+    } else {
+        None
+    };
     let qos = match cli.qos.or(file.qos).unwrap_or(0) {
         0 => QoS::AtMostOnce,
         1 => QoS::AtLeastOnce,
@@ -117,6 +131,7 @@ fn options(cli: Cli) -> Result<Options, String> {
             qos,
             retain: cli.retain || file.retain.unwrap_or(false),
             credentials,
+            tls_ca,
         },
         queue: cli.queue.map(|q| q as usize).or(file.queue).unwrap_or(256),
         stats_interval: std::time::Duration::from_secs_f64(stats),

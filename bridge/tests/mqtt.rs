@@ -601,3 +601,87 @@ fn cameras_that_come_and_go_are_announced_and_withdrawn() {
         withdrawn |= topic == label("front_door") && payload.is_empty();
     }
 }
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new(program("openssl")).current_dir(dir).args(args).output().unwrap();
+    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn tls_to_a_broker_whose_certificate_chains_to_the_given_ca_only() {
+    let dir = tmpdir("tls");
+    let (bus_proc, bus) = start_private_bus(&dir).unwrap();
+    let _bus = Proc(bus_proc);
+    // A CA and a server certificate for 127.0.0.1; a second CA that signed nothing.
+    for ca in ["ca", "other"] {
+        let (key, pem, subj) = (format!("{ca}.key"), format!("{ca}.pem"), format!("/CN={ca}"));
+        let args = ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"];
+        openssl(&dir, &[&args[..], &["-keyout", &key, "-out", &pem, "-subj", &subj]].concat());
+    }
+    openssl(
+        &dir,
+        &["req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key"]
+            .into_iter()
+            .chain(["-out", "server.csr", "-subj", "/CN=127.0.0.1"])
+            .collect::<Vec<_>>(),
+    );
+    std::fs::write(dir.join("san.cnf"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    openssl(
+        &dir,
+        &["x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key"]
+            .into_iter()
+            .chain(["-CAcreateserial", "-out", "server.pem", "-days", "2", "-extfile", "san.cnf"])
+            .collect::<Vec<_>>(),
+    );
+    // mosquitto drops root for its own user before it reads the key (a test key).
+    use std::os::unix::fs::PermissionsExt;
+    let key = dir.join("server.key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    // The broker: TLS for the bridge, plain for the test's subscriber.
+    let (plain, tls) = (free_port(), free_port());
+    let conf = dir.join("tls.conf");
+    let file = |name: &str| dir.join(name).display().to_string();
+    std::fs::write(
+        &conf,
+        format!(
+            "allow_anonymous true\nlistener {plain} 127.0.0.1\nlistener {tls} 127.0.0.1\n\
+             cafile {}\ncertfile {}\nkeyfile {}\n",
+            file("ca.pem"),
+            file("server.pem"),
+            file("server.key")
+        ),
+    )
+    .unwrap();
+    let _broker = Proc(
+        Command::new(program("mosquitto"))
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let until = Instant::now() + WAIT;
+    while [plain, tls].iter().any(|p| std::net::TcpStream::connect(("127.0.0.1", *p)).is_err()) {
+        assert!(Instant::now() < until, "mosquitto did not listen");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (_sub, rx) = subscribe(plain, "prom/testnode/availability");
+    let url = format!("mqtts://127.0.0.1:{tls}");
+    let with_ca = |ca: &str| {
+        let child = Command::new(target_bin("prom-bridge"))
+            .args(["--bus-address", &bus, "--mqtt", &url, "--node", "testnode"])
+            .args(["--ca-file", &file(ca)])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("bridge.log")).unwrap())
+            .spawn()
+            .unwrap();
+        Proc(child)
+    };
+    // A CA that did not sign the broker's certificate: no connection.
+    let wrong = with_ca("other.pem");
+    assert!(rx.recv_timeout(Duration::from_secs(2)).is_err(), "connected to an untrusted broker");
+    drop(wrong);
+    let _right = with_ca("ca.pem");
+    assert_eq!(next(&rx, "online over TLS", &dir).1, "online");
+}
