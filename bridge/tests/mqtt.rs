@@ -59,16 +59,21 @@ fn tmpdir(name: &str) -> PathBuf {
 fn broker(dir: &Path, port: u16) -> Proc {
     let conf = dir.join(format!("mosquitto-{port}.conf"));
     std::fs::write(&conf, format!("listener {port} 127.0.0.1\nallow_anonymous true\n")).unwrap();
+    mosquitto(&conf, &[port])
+}
+
+/// mosquitto with the configuration file `conf`, once it listens on every one of `ports`.
+fn mosquitto(conf: &Path, ports: &[u16]) -> Proc {
     let child = Command::new(program("mosquitto"))
         .arg("-c")
-        .arg(&conf)
+        .arg(conf)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
     let until = Instant::now() + WAIT;
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < until, "mosquitto did not listen on {port}");
+    while ports.iter().any(|p| std::net::TcpStream::connect(("127.0.0.1", *p)).is_err()) {
+        assert!(Instant::now() < until, "mosquitto did not listen on {ports:?}");
         std::thread::sleep(Duration::from_millis(20));
     }
     Proc(child)
@@ -515,20 +520,7 @@ fn a_broker_with_passwords_takes_the_right_one_only() {
         ),
     )
     .unwrap();
-    let _broker = Proc(
-        Command::new(program("mosquitto"))
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let until = Instant::now() + WAIT;
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < until, "mosquitto did not listen");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let _broker = mosquitto(&conf, &[port]);
     let topic = "prom/testnode/availability";
     let (_s, rx) = subscribe_with(port, topic, &["-u", "bridge", "-P", "s3cret word"]);
     let good = dir.join("good");
@@ -652,20 +644,7 @@ fn tls_to_a_broker_whose_certificate_chains_to_the_given_ca_only() {
         ),
     )
     .unwrap();
-    let _broker = Proc(
-        Command::new(program("mosquitto"))
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let until = Instant::now() + WAIT;
-    while [plain, tls].iter().any(|p| std::net::TcpStream::connect(("127.0.0.1", *p)).is_err()) {
-        assert!(Instant::now() < until, "mosquitto did not listen");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let _broker = mosquitto(&conf, &[plain, tls]);
     let (_sub, rx) = subscribe(plain, "prom/testnode/availability");
     let url = format!("mqtts://127.0.0.1:{tls}");
     let with_ca = |ca: &str| {
