@@ -69,22 +69,15 @@ fn main() {
             None => unmatched += 1,
         }
     }
-    latencies_us.sort_unstable();
-    let q = |f: f64| {
-        let i = ((f * latencies_us.len() as f64).ceil() as usize).clamp(1, latencies_us.len());
-        latencies_us[i - 1] as f64 / 1e3
-    };
     if latencies_us.is_empty() {
         eprintln!("no results matched");
         std::process::exit(1);
     }
+    let matched = latencies_us.len();
+    let mut q = |f: f64| prom_bridge::quantile_ms(&mut latencies_us, f).unwrap_or(0.0);
+    let (p50, p90, p99, max) = (q(0.5), q(0.9), q(0.99), q(1.0));
     println!(
-        "results {} (unmatched {unmatched}) over {seconds} s; D-Bus signal -> MQTT subscriber ms: \
-         p50 {:.3} p90 {:.3} p99 {:.3} max {:.3}",
-        latencies_us.len(),
-        q(0.5),
-        q(0.9),
-        q(0.99),
-        q(1.0)
+        "results {matched} (unmatched {unmatched}) over {seconds} s; D-Bus signal -> MQTT \
+         subscriber ms: p50 {p50:.3} p90 {p90:.3} p99 {p99:.3} max {max:.3}"
     );
 }

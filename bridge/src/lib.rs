@@ -261,7 +261,7 @@ struct Window {
 }
 
 /// The `q`-quantile (0..=1) of `v` by the nearest-rank rule, in milliseconds.
-fn quantile_ms(v: &mut [u64], q: f64) -> Option<f64> {
+pub fn quantile_ms(v: &mut [u64], q: f64) -> Option<f64> {
     if v.is_empty() {
         return None;
     }
@@ -270,10 +270,16 @@ fn quantile_ms(v: &mut [u64], q: f64) -> Option<f64> {
     Some(v[rank - 1] as f64 / 1e3)
 }
 
-fn unix_us() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
+/// `map[key]`, inserted as the default first; the key is copied only then (once per
+/// camera, not per result).
+fn slot<'m, V: Default>(
+    map: &'m mut std::collections::BTreeMap<String, V>,
+    key: &str,
+) -> &'m mut V {
+    if !map.contains_key(key) {
+        map.insert(key.to_owned(), V::default());
+    }
+    map.get_mut(key).expect("inserted above")
 }
 
 /// Pauses (`on` false) or resumes a camera over D-Bus; returns its `State` afterwards.
@@ -468,16 +474,15 @@ pub fn run(o: Options, counters: Arc<Counters>, stop: Arc<AtomicBool>) -> Result
         if let Ok(c) = rx.recv_timeout(Duration::from_millis(100)) {
             let payload = serde_json::to_vec(&ResultMessage::from_signal(&c))?;
             let topic = target.result_topic(&c.camera);
-            let window = windows.entry(c.camera.clone()).or_default();
             match client.try_publish(topic, target.qos, target.retain, payload) {
                 Ok(()) => {
                     counters.published.fetch_add(1, Ordering::Relaxed);
-                    let latency_us = unix_us().saturating_sub(c.capture_timestamp_us);
+                    let now = prom_daemon::sources::unix_us(std::time::SystemTime::now());
+                    let latency_us = now.saturating_sub(c.capture_timestamp_us);
+                    let window = slot(&mut windows, &c.camera);
                     window.latencies_us.push(latency_us);
                     window.published += 1;
-                    metrics::lock(&shared.latency)
-                        .entry(c.camera.clone())
-                        .or_default()
+                    slot(&mut metrics::lock(&shared.latency), &c.camera)
                         .observe(latency_us as f64 / 1e6);
                 }
                 Err(_) => {
@@ -539,7 +544,9 @@ pub fn run(o: Options, counters: Arc<Counters>, stop: Arc<AtomicBool>) -> Result
                     true,
                     serde_json::to_vec(&s)?,
                 );
-                *w = Window::default();
+                // Emptied, not replaced: the buffer is reused next interval.
+                w.latencies_us.clear();
+                w.published = 0;
             }
             let _ = client.try_publish(
                 target.bridge_stats_topic(),
