@@ -8,6 +8,7 @@ The same commands run on a CPU, one GPU, or many processes under `torchrun`
 from __future__ import annotations
 
 import argparse
+import copy
 import glob
 import json
 import math
@@ -214,6 +215,40 @@ def evaluate(model, loader, d: Dist, title: str, show: bool = True) -> dict[str,
 # -- training ------------------------------------------------------------------------------------
 
 
+class WeightAverage:
+    """An exponential moving average of a model's weights (Polyak averaging), updated after
+    every optimizer step. Under QAT the latent float weights move a little every step and
+    each step can flip some ternary weights, so the accuracy of the live weights jumps by
+    tenths of a point from one epoch to the next; the average is a smoother point of the
+    same trajectory. Buffers (batch-norm statistics, activation ranges) are averaged the
+    same way; integer buffers are copied."""
+
+    def __init__(self, model: torch.nn.Module, decay: float, state: dict | None = None):
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"--ema {decay}: expected a decay between 0 and 1")
+        self.decay = decay
+        source = state if state is not None else model.state_dict()
+        self.shadow = {k: v.detach().clone() for k, v in source.items()}
+        if self.shadow.keys() != model.state_dict().keys():
+            raise ValueError("the saved weight average does not match the model")
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        for k, v in model.state_dict().items():
+            s = self.shadow[k]
+            if s.is_floating_point():
+                s.lerp_(v.detach(), 1.0 - self.decay)
+            else:
+                s.copy_(v)
+
+    def averaged(self, model: PromMobileNetV2) -> PromMobileNetV2:
+        """A copy of `model` holding the averaged weights."""
+        twin = copy.deepcopy(model)
+        twin.load_state_dict(self.shadow)
+        twin.set_observing(False)
+        return twin
+
+
 def train(args, phase: str) -> str:
     """Float fine-tuning (`phase == "float"`) or QAT; returns the final checkpoint path."""
     d = Dist(args.device)
@@ -348,6 +383,13 @@ def train(args, phase: str) -> str:
         sched.load_state_dict(resume["scheduler"])
         start_epoch, best, history = resume["epoch"], resume["best"], resume["history"]
         torch.set_rng_state(resume["rng"])
+    average = None
+    saved = resume.get("ema") if resume is not None else None
+    if resume is not None and (saved is None) != (args.ema <= 0):
+        before = resume["args"].get("ema") or 0
+        raise ValueError(f"{last_path} was trained with --ema {before}; resume it with the same")
+    if args.ema > 0:
+        average = WeightAverage(model, args.ema, saved)
     aug = torch.Generator()
     for epoch in range(start_epoch, args.epochs):
         observing = phase == "qat" and epoch < args.freeze_observers_epoch
@@ -386,6 +428,8 @@ def train(args, phase: str) -> str:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip_grad)
             opt.step()
             sched.step()
+            if average is not None:
+                average.update(model)
             seen += len(labels)
             loss_t += loss.detach().double() * len(labels)
             correct_t += (logits.detach().argmax(1) == labels).sum()
@@ -402,15 +446,24 @@ def train(args, phase: str) -> str:
         )
         model.set_observing(False)
         t_eval = time.time()
+        # With --ema the average is what is evaluated and written as the result; the live
+        # weights' validation accuracy is logged beside it.
+        judged = average.averaged(model) if average is not None else model
+        live_val = None
         if val_loader is not None:
-            val = evaluate(model, val_loader, d, f"{phase} val   {epoch + 1}/{args.epochs}")
-        result = evaluate(model, test_loader, d, f"{phase} test  {epoch + 1}/{args.epochs}")
+            val = evaluate(judged, val_loader, d, f"{phase} val   {epoch + 1}/{args.epochs}")
+            if average is not None:
+                live_val = evaluate(
+                    model, val_loader, d, f"{phase} live  {epoch + 1}/{args.epochs}"
+                )
+        result = evaluate(judged, test_loader, d, f"{phase} test  {epoch + 1}/{args.epochs}")
         train_loss, train_correct, train_seen = d.sum([loss_sum, correct, seen])
         record = {
             "epoch": epoch + 1,
             "train_loss": train_loss / max(train_seen, 1),
             "train_accuracy": 100.0 * train_correct / max(train_seen, 1),
             **({"val_accuracy": val["accuracy"]} if val_loader is not None else {}),
+            **({"live_val_accuracy": live_val["accuracy"]} if live_val is not None else {}),
             "test_accuracy": result["accuracy"],
             "test_loss": result["loss"],
             "seconds": seconds,
@@ -434,11 +487,13 @@ def train(args, phase: str) -> str:
                 "history": history,
                 "rng": torch.get_rng_state(),
                 "args": vars(args),
+                **({"ema": average.shadow} if average is not None else {}),
             }
             save_checkpoint(last_path, payload)
         d.barrier()
     if d.main:
-        final = {"phase": phase, "config": cfg, "model": model.state_dict(), "history": history}
+        weights = average.shadow if average is not None else model.state_dict()
+        final = {"phase": phase, "config": cfg, "model": weights, "history": history}
         save_checkpoint(final_path, final)
         d.log(f"wrote {final_path}")
     d.barrier()
@@ -678,6 +733,15 @@ def add_common(p: argparse.ArgumentParser, training: bool = True) -> None:
             "only)",
         )
         p.add_argument("--temperature", type=float, default=2.0, help="distillation temperature")
+        p.add_argument(
+            "--ema",
+            type=float,
+            default=0.0,
+            metavar="DECAY",
+            help="keep an exponential moving average of the weights with this decay per step "
+            "(e.g. 0.995); it is what is evaluated each epoch and written as the result "
+            "(0: off)",
+        )
         p.add_argument(
             "--teacher",
             help="QAT: float checkpoint to distil from (default: --from, when it is float)",

@@ -72,6 +72,49 @@ def test_qat_from_a_qat_checkpoint_keeps_its_batch_norm_and_ranges(run, tmp_path
     assert any(not torch.equal(before[k], after[k]) for k in before if k.endswith("conv.weight"))
 
 
+def test_weight_average_is_the_average_of_the_steps():
+    layer = torch.nn.BatchNorm1d(3)
+    with torch.no_grad():
+        layer.weight.fill_(1.0)
+    average = cli.WeightAverage(layer, 0.75)
+    with torch.no_grad():
+        layer.weight.fill_(5.0)
+        layer.num_batches_tracked.fill_(7)
+    average.update(layer)
+    assert torch.allclose(average.shadow["weight"], torch.full((3,), 0.75 * 1.0 + 0.25 * 5.0))
+    assert int(average.shadow["num_batches_tracked"]) == 7
+    average.update(layer)
+    assert torch.allclose(average.shadow["weight"], torch.full((3,), 0.75 * 2.0 + 0.25 * 5.0))
+    with pytest.raises(ValueError, match="decay"):
+        cli.WeightAverage(layer, 1.0)
+
+
+def test_qat_with_a_weight_average_writes_and_resumes_the_average(run, tmp_path, capsys):
+    out = str(tmp_path / "averaged")
+    args = ["qat", "--from", os.path.join(run["dir"], "qat.pt"), "--out", out, *COMMON]
+    args += ["--int8-pointwise", "5", "--lr", "1e-3", "--holdout", "100", "--ema", "0.5"]
+    assert cli.main([*args, "--epochs", "1"]) == 0
+    assert cli.main([*args, "--epochs", "2", "--resume"]) == 0
+    last = torch.load(os.path.join(out, "qat-last.pt"), map_location="cpu")
+    final = torch.load(os.path.join(out, "qat.pt"), map_location="cpu")
+    weights = [k for k in final["model"] if k.endswith("conv.weight")]
+    for key in weights:
+        assert torch.equal(final["model"][key], last["ema"][key]), key
+    # The average lags the live weights.
+    assert any(not torch.equal(last["model"][k], last["ema"][k]) for k in weights)
+    assert [h["epoch"] for h in final["history"]] == [1, 2]
+    assert all("live_val_accuracy" in h for h in final["history"])
+    # A run with an average is not resumed as one without, nor the other way round.
+    capsys.readouterr()
+    assert cli.main([*args[:-2], "--epochs", "3", "--resume"]) == 2
+    assert "trained with --ema 0.5; resume it with the same" in capsys.readouterr().err
+    plain = [a.replace("averaged", "plain") for a in args[:-2]]
+    assert cli.main([*plain, "--epochs", "1"]) == 0
+    capsys.readouterr()
+    assert cli.main([*plain, "--epochs", "2", "--resume", "--ema", "0.5"]) == 2
+    assert "trained with --ema 0; resume it with the same" in capsys.readouterr().err
+
+
 def test_holdout_is_a_fixed_disjoint_split(fashion_dir):
     spec = datasets.DataSpec.parse("fashion-mnist", fashion_dir)
     train = spec.dataset("train", 32, holdout=1000)
