@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
 """Writes the machine-readable (DEP-5) copyright file of the prom-daemon package.
 
-usage: gen-copyright.py METADATA.json TRIPLE > copyright
+usage: gen-copyright.py METADATA.json TRIPLE [PACKAGE] > copyright
+
+PACKAGE is prom-daemon (the default) or prom-bridge.
 
 METADATA.json is `cargo metadata --format-version 1 --filter-platform TRIPLE`. The crates
 listed are exactly those linked into /usr/bin/prom-daemon and /usr/bin/promctl for that
 target: the resolve graph walked from prom-daemon over normal (not build or dev)
-dependencies, leaving out proc-macro crates, which run in the compiler and put no code of
+dependencies (from prom-bridge for its package: /usr/bin/prom-bridge), leaving out proc-macro crates, which run in the compiler and put no code of
 their own into the binaries. Called by scripts/package.sh once per architecture, so the
 file changes whenever Cargo.lock does.
 """
@@ -151,9 +153,12 @@ def field_text(text):
 
 def main():
     meta_path, triple = sys.argv[1], sys.argv[2]
+    package = sys.argv[3] if len(sys.argv) > 3 else "prom-daemon"
+    if package not in ("prom-daemon", "prom-bridge"):
+        sys.exit(f"gen-copyright: unknown package {package} (prom-daemon, prom-bridge)")
     with open(meta_path, encoding="utf-8") as fh:
         meta = json.load(fh)
-    linked, root = linked_packages(meta, "prom-daemon")
+    linked, root = linked_packages(meta, package)
     ours = [p for p in linked if p["source"] is None]
     crates = sorted(
         (p for p in linked if p["source"] is not None),
@@ -173,23 +178,31 @@ def main():
     authors = ", ".join(root.get("authors") or ["prom-daemon developers"])
     years = project_years()
     workspace = sorted(p["name"] for p in ours)
-    out.append(
-        "Files: *\n"
-        f"Copyright: {years} {authors}\n"
-        f"License: {dep5_expression(root['license'])}\n"
-        f"Comment: The workspace crates {', '.join(workspace)}, and the Fashion-MNIST model\n"
+    models = (
+        ", and the Fashion-MNIST model\n"
         " /usr/share/prom/models/fashion-mnist-prom.prom (trained by the project on the\n"
         " MIT-licensed Fashion-MNIST data set from torchvision's BSD-3-Clause initial weights)."
     )
     out.append(
-        "Files: usr/share/prom/models/mobilenetv2-imagenet-int8.prom\n"
-        f"Copyright: {TORCHVISION}\n"
-        "License: BSD-3-Clause\n"
-        "Comment: torchvision's MobileNetV2 IMAGENET1K_V1 weights, quantized to int8 by the\n"
-        " project (models/make-imagenet-int8.sh); a derived work under torchvision's licence."
+        "Files: *\n"
+        f"Copyright: {years} {authors}\n"
+        f"License: {dep5_expression(root['license'])}\n"
+        f"Comment: The workspace crates {', '.join(workspace)}"
+        + (models if package == "prom-daemon" else ".")
     )
+    if package == "prom-daemon":
+        out.append(
+            "Files: usr/share/prom/models/mobilenetv2-imagenet-int8.prom\n"
+            f"Copyright: {TORCHVISION}\n"
+            "License: BSD-3-Clause\n"
+            "Comment: torchvision's MobileNetV2 IMAGENET1K_V1 weights, quantized to int8 by "
+            "the\n project (models/make-imagenet-int8.sh); a derived work under torchvision's "
+            "licence."
+        )
 
-    used = {"BSD-3-Clause"} | short_names(root["license"])
+    used = short_names(root["license"]) | (
+        {"BSD-3-Clause"} if package == "prom-daemon" else set()
+    )
     for p in crates:
         spdx = p.get("license")
         if not spdx:

@@ -1,17 +1,17 @@
 #!/usr/bin/env bash
-# Builds the Debian packages of prom-daemon (amd64 on this host, arm64 cross-built with
-# Debian's gcc-aarch64-linux-gnu) and a signed apt repository of them. docs/PACKAGING.md
-# explains the result.
+# Builds the Debian packages prom-daemon and prom-bridge (amd64 on this host, arm64
+# cross-built with Debian's gcc-aarch64-linux-gnu) and a signed apt repository of them.
+# docs/PACKAGING.md explains the result.
 #
-#   scripts/package.sh              build both .debs, run lintian, write target/apt-repo/
+#   scripts/package.sh              build the four .debs, run lintian, write target/apt-repo/
 #   PROM_PACKAGE_ARCHES=amd64 ...   only these architectures (amd64, arm64)
 #   PROM_PACKAGE_LINTIAN=0 ...      skip lintian
 #
 # Steps: (1) tools: cargo-deb, apt-ftparchive, lintian, gpg, installed when missing;
-# (2) prom-gendoc (daemon crate, feature gendoc) writes the man pages and completions into
-# target/gendoc/; (3) per architecture, packaging/gen-copyright.py writes the DEP-5
-# copyright from `cargo metadata --filter-platform`, and cargo-deb builds the release
-# binaries and the package into target/debian/; (4) lintian: no errors and no warnings
+# (2) prom-gendoc (gendoc/) writes the man pages and completions into
+# target/gendoc/<package>/; (3) per architecture and package, packaging/gen-copyright.py
+# writes the DEP-5 copyright from `cargo metadata --filter-platform`, and cargo-deb builds
+# the release binaries and the package into target/debian/; (4) lintian: no errors and no warnings
 # beyond packaging/lintian-overrides; (5) apt-ftparchive indexes target/apt-repo/ (pool/
 # and dists/bookworm/), signed with the repository key (InRelease, Release.gpg), whose
 # public half is target/apt-repo/prom-archive-keyring.gpg.
@@ -85,7 +85,7 @@ gendoc="$target_dir/gendoc"
 log "prom-gendoc -> $gendoc"
 # The dev profile: a doc generator needs no optimisation, and it shares artifacts with
 # the test builds.
-cargo build --locked -q -p prom-daemon --features gendoc --bin prom-gendoc
+cargo build --locked -q -p prom-gendoc
 rm -rf "$gendoc.new"
 "$target_dir/debug/prom-gendoc" "$gendoc.new"
 rm -rf "$gendoc"
@@ -94,22 +94,26 @@ mv "$gendoc.new" "$gendoc"
 # ---- (3) packages ------------------------------------------------------------------------
 mkdir -p "$target_dir/debian"
 debs=()
+packages=(prom-daemon prom-bridge)
 for arch in "${arches[@]}"; do
   triple=$(rust_triple "$arch")
   cargo metadata --format-version 1 --locked --filter-platform "$triple" >"$gendoc/metadata-$arch.json"
-  python3 packaging/gen-copyright.py "$gendoc/metadata-$arch.json" "$triple" >"$gendoc/copyright"
-  deb="$target_dir/debian/prom-daemon_${version}-${revision}_${arch}.deb"
-  args=(deb --locked -p prom-daemon --deb-revision "$revision" --strip --output "$deb")
-  env=()
-  if [ "$arch" != amd64 ]; then
-    args+=(--target "$triple")
-    # Debian's cross binutils strip the cross-built binaries (cargo-deb's STRIP_<triple>).
-    env=("STRIP_$triple=aarch64-linux-gnu-strip" "OBJCOPY_$triple=aarch64-linux-gnu-objcopy")
-  fi
-  log "cargo ${args[*]}"
-  env "${env[@]}" cargo "${args[@]}" >&2
-  cp "$gendoc/copyright" "$gendoc/copyright-$arch"
-  debs+=("$deb")
+  for package in "${packages[@]}"; do
+    python3 packaging/gen-copyright.py "$gendoc/metadata-$arch.json" "$triple" "$package" \
+      >"$gendoc/$package/copyright"
+    deb="$target_dir/debian/${package}_${version}-${revision}_${arch}.deb"
+    args=(deb --locked -p "$package" --deb-revision "$revision" --strip --output "$deb")
+    env=()
+    if [ "$arch" != amd64 ]; then
+      args+=(--target "$triple")
+      # Debian's cross binutils strip the cross-built binaries (cargo-deb's STRIP_<triple>).
+      env=("STRIP_$triple=aarch64-linux-gnu-strip" "OBJCOPY_$triple=aarch64-linux-gnu-objcopy")
+    fi
+    log "cargo ${args[*]}"
+    env "${env[@]}" cargo "${args[@]}" >&2
+    cp "$gendoc/$package/copyright" "$gendoc/$package/copyright-$arch"
+    debs+=("$deb")
+  done
 done
 
 # ---- (4) lintian -------------------------------------------------------------------------

@@ -36,6 +36,30 @@ else
   fail "reload: MainPID $pid1 -> $pid_after, $(systemctl is-active prom-daemon)"
   journalctl -u prom-daemon --no-pager -o cat | tail -n 20
 fi
+# prom-bridge under systemd: installed (enabled and started: the default broker address
+# has none, so it retries), pointed at the host's broker, restarted; Type=notify, as its
+# own dynamic user; what it publishes lands in /root/mqtt.txt (mosquitto_sub on the host).
+bprop() { systemctl show -P "$1" prom-bridge; }
+apt-get install -y -q prom-bridge >/root/install-bridge.log 2>&1 || { cat /root/install-bridge.log; fail "install prom-bridge"; }
+[ "$(systemctl is-enabled prom-bridge)" = enabled ] && ok "prom-bridge enabled" || fail "prom-bridge not enabled"
+sed -i "s|^#mqtt = .*|mqtt = \"mqtt://127.0.0.1:$(cat /root/mqtt-port)\"|; s|^#node = .*|node = \"booted\"|" \
+  /etc/prom/prom-bridge.toml
+systemctl restart prom-bridge || fail "systemctl restart prom-bridge"
+for _ in $(seq 100); do grep -q '^prom/booted/availability online' /root/mqtt.txt 2>/dev/null && break; sleep 0.1; done
+if [ "$(systemctl is-active prom-bridge)" = active ] && grep -q '^prom/booted/availability online' /root/mqtt.txt; then
+  buid=$(awk '/^Uid:/{print $2}' "/proc/$(bprop MainPID)/status")
+  ok "prom-bridge started by systemd (Type=$(bprop Type)): $(bprop ActiveState)/$(bprop SubState), uid $buid, online at the broker"
+  [ "$buid" -ge 61184 ] && [ "$buid" -le 65519 ] && ok "prom-bridge runs as a dynamic user ($buid)" || fail "prom-bridge uid $buid is not a dynamic user"
+else
+  fail "prom-bridge: $(systemctl is-active prom-bridge); $(journalctl -u prom-bridge --no-pager -o cat | tail -n 5)"
+fi
+for _ in $(seq 100); do grep -q '^homeassistant/sensor/prom_booted/cam0_label/config ' /root/mqtt.txt && break; sleep 0.1; done
+grep -q '^homeassistant/sensor/prom_booted/cam0_label/config ' /root/mqtt.txt \
+  && ok "Home Assistant discovery for the daemon's camera cam0 published" \
+  || fail "no discovery of cam0: $(grep -c . /root/mqtt.txt) messages"
+systemd-analyze security prom-bridge --no-pager | tail -n 1
+apt-get remove -y -q prom-bridge >/root/remove-bridge.log 2>&1 || fail "remove prom-bridge"
+[ "$(systemctl is-active prom-bridge)" != active ] && ok "remove stopped prom-bridge" || fail "prom-bridge active after remove"
 apt-get install -y -q /root/prom-daemon_upgrade_amd64.deb >/root/upgrade.log 2>&1 || { cat /root/upgrade.log; fail "upgrade"; }
 wait_active || fail "not active after the upgrade"
 pid2=$(prop MainPID)

@@ -41,16 +41,24 @@ mkdir -p "$cache"
 if [ "${PROM_PACKAGES_BUILT:-0}" != 1 ]; then
   scripts/package.sh
 fi
-newest() { ls -1 target/debian/prom-daemon_*_"$1".deb 2>/dev/null | sort -V | tail -n1; }
-deb_amd64=$(newest amd64)
-deb_arm64=$(newest arm64)
-[ -n "$deb_amd64" ] || die "no amd64 package in target/debian"
-[ -n "$deb_arm64" ] || die "no arm64 package in target/debian"
+newest() { ls -1 target/debian/"$1"_*_"$2".deb 2>/dev/null | sort -V | tail -n1; }
+deb_amd64=$(newest prom-daemon amd64)
+deb_arm64=$(newest prom-daemon arm64)
+bridge_amd64=$(newest prom-bridge amd64)
+bridge_arm64=$(newest prom-bridge arm64)
+[ -n "$deb_amd64" ] && [ -n "$bridge_amd64" ] || die "no amd64 packages in target/debian"
+[ -n "$deb_arm64" ] && [ -n "$bridge_arm64" ] || die "no arm64 packages in target/debian"
 [ -f target/apt-repo/dists/bookworm/InRelease ] || die "no signed repository in target/apt-repo"
-log "packages: $(du -h "$deb_amd64" | cut -f1) $deb_amd64, $(du -h "$deb_arm64" | cut -f1) $deb_arm64"
+for deb in "$deb_amd64" "$deb_arm64" "$bridge_amd64" "$bridge_arm64"; do
+  log "package: $(du -h "$deb" | cut -f1) $deb"
+done
 
 work=$(mktemp -d /tmp/prom-packaging.XXXXXX)
-cleanup() { rm -rf "$work"; }
+broker=""
+cleanup() {
+  [ -z "$broker" ] || kill "$broker" 2>/dev/null || true
+  rm -rf "$work"
+}
 trap cleanup EXIT
 
 # ---- 2. the installed unit ----------------------------------------------------------------
@@ -70,6 +78,21 @@ exposure=$(systemd-analyze security --offline=true "$unit" 2>&1 \
 log "systemd-analyze security exposure of the installed unit: $exposure"
 python3 -c "import sys; sys.exit(0 if float('$exposure') <= 0.5 else 1)" \
   || die "exposure $exposure > 0.5"
+
+# The bridge's unit, from the amd64 prom-bridge package: network allowed, so a looser bound
+# (issue 14: <= 2.0).
+dpkg-deb -x "$bridge_amd64" "$work/bridge"
+bridge_unit=$(find "$work/bridge" -name prom-bridge.service -path '*systemd/system*' | head -n1)
+[ -n "$bridge_unit" ] || die "the prom-bridge package has no prom-bridge.service"
+sed "s|^ExecStart=/usr/bin/prom-bridge|ExecStart=$work/bridge/usr/bin/prom-bridge|" "$bridge_unit" \
+  >"$work/prom-bridge.service"
+verify_out=$(systemd-analyze verify "$work/prom-bridge.service" 2>&1) || die "verify prom-bridge: $verify_out"
+[ -z "$verify_out" ] || die "systemd-analyze verify prom-bridge.service is not clean: $verify_out"
+exposure=$(systemd-analyze security --offline=true "$bridge_unit" 2>&1 \
+  | sed -n 's/.*Overall exposure level for .*: \([0-9.]*\).*/\1/p')
+log "systemd-analyze security exposure of the installed prom-bridge unit: $exposure"
+python3 -c "import sys; sys.exit(0 if float('$exposure') <= 2.0 else 1)" \
+  || die "prom-bridge exposure $exposure > 2.0"
 
 # ---- 2b. logs reach the journal ------------------------------------------------------------
 # No systemd here, but journald runs on its own: in a private mount namespace (its sockets
@@ -218,6 +241,43 @@ ok "ReloadModel, Pause and Resume allowed to root"
 ok "the daemon stayed up through the checks"
 kill "$daemon"; wait "$daemon" || true
 
+# prom-bridge from the same repository: its files, then the installed bridge (as alice, an
+# ordinary user under the installed bus policy) publishing the installed daemon's results
+# (a test pattern camera) to the host's mosquitto on loopback, which writes what it
+# receives to /root/mqtt.txt (mosquitto_sub outside this system; the port is in
+# /root/mqtt-port).
+apt-get install -y -q prom-bridge >/root/install-bridge.log 2>&1 \
+  || { cat /root/install-bridge.log; fail "apt-get install prom-bridge"; }
+for f in /usr/bin/prom-bridge /etc/prom/prom-bridge.toml /usr/share/man/man1/prom-bridge.1.gz \
+  /usr/share/man/man5/prom-bridge.toml.5.gz /usr/share/bash-completion/completions/prom-bridge \
+  /usr/share/zsh/vendor-completions/_prom-bridge /usr/share/fish/vendor_completions.d/prom-bridge.fish \
+  /usr/share/doc/prom-bridge/copyright /usr/share/doc/prom-bridge/BRIDGE.md; do
+  [ -e "$f" ] || fail "missing $f"
+done
+dpkg -L prom-bridge | grep -q '/systemd/system/prom-bridge.service$' || fail "no prom-bridge unit"
+grep -qx /etc/prom/prom-bridge.toml /var/lib/dpkg/info/prom-bridge.conffiles \
+  || fail "/etc/prom/prom-bridge.toml is not a conffile"
+grep -q "rumqttc" /usr/share/doc/prom-bridge/copyright || fail "the bridge's copyright does not list rumqttc"
+ok "apt-get install prom-bridge $(dpkg-query -W -f '${Version}' prom-bridge): binary, conffile, unit, man pages, completions, copyright"
+runuser -u prom -- prom-daemon --source testpattern --fps 20 >/root/daemon2.log 2>&1 &
+daemon=$!
+for _ in $(seq 100); do promctl status >/dev/null 2>&1 && break; sleep 0.1; done
+runuser -u alice -- prom-bridge --mqtt "mqtt://127.0.0.1:$(cat /root/mqtt-port)" --node pkgtest \
+  --stats-interval 1 >/root/bridge.log 2>&1 &
+bridge=$!
+got=""
+for _ in $(seq 100); do
+  if grep -q '^prom/pkgtest/cam0/result ' /root/mqtt.txt 2>/dev/null \
+    && grep -q '^prom/pkgtest/availability online' /root/mqtt.txt; then got=1; break; fi
+  sleep 0.1
+done
+[ -n "$got" ] || { cat /root/bridge.log /root/mqtt.txt; fail "no result from the installed bridge at the broker"; }
+grep -m1 '^prom/pkgtest/cam0/result ' /root/mqtt.txt
+grep -q '"label"' /root/mqtt.txt || fail "the result carries no label"
+kill "$bridge"; wait "$bridge" || true
+kill "$daemon"; wait "$daemon" || true
+ok "the installed prom-bridge (as alice) published the installed daemon's results to MQTT"
+
 # The upgrade keeps a modified conffile (dpkg does: the packaged file did not change).
 sed -i 's/^#threads = "auto"$/threads = 1/' /etc/prom/prom-daemon.toml
 grep -qx 'threads = 1' /etc/prom/prom-daemon.toml || fail "could not modify the conffile"
@@ -231,18 +291,37 @@ grep -q '^threads: 1 (1)' /root/check2.txt || fail "the modified config is not u
 ok "upgrade $version -> $new kept the modified conffile"
 
 kill "$(cat /run/dbus/test.pid)" 2>/dev/null || true
-apt-get purge -y -q prom-daemon >/root/purge.log 2>&1 || { cat /root/purge.log; fail "purge"; }
-dpkg-query -W prom-daemon 2>/dev/null | grep -q . && [ "$(dpkg-query -W -f '${db:Status-Status}' prom-daemon)" != not-installed ] \
-  && fail "still installed after purge"
+apt-get purge -y -q prom-daemon prom-bridge >/root/purge.log 2>&1 || { cat /root/purge.log; fail "purge"; }
+for p in prom-daemon prom-bridge; do
+  dpkg-query -W "$p" 2>/dev/null | grep -q . && [ "$(dpkg-query -W -f '${db:Status-Status}' "$p")" != not-installed ] \
+    && fail "$p still installed after purge"
+done
 snapshot >/root/after.txt
 # adduser added alice (the test's own user) and her home.
 left=$(comm -13 /root/before.txt /root/after.txt | grep -v -e '^/home/alice' -e '^/etc/\(passwd\|group\|shadow\|gshadow\|subuid\|subgid\)-\?$' || true)
 [ -z "$left" ] || fail "purge left: $left"
 [ ! -e /etc/prom ] || fail "purge left /etc/prom"
-ok "apt-get purge: nothing of the package left (users prom and alice stay in /etc/passwd, as Debian policy keeps system users)"
+ok "apt-get purge prom-daemon prom-bridge: nothing of the packages left (users prom and alice stay in /etc/passwd, as Debian policy keeps system users)"
 echo "in-system: PASSED"
 EOS
 chmod +x "$work/in-system.sh"
+
+# A broker on the host's loopback for the installed prom-bridge (the chroot and the
+# systemd-nspawn container share the host's network); mosquitto_sub writes what it
+# receives into the system under test (/root/mqtt.txt there).
+command -v mosquitto >/dev/null && command -v mosquitto_sub >/dev/null \
+  || die "mosquitto and mosquitto_sub not found (scripts/install-prereqs.sh installs them)"
+mqtt_port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+printf '%s\n' "listener $mqtt_port 127.0.0.1" "allow_anonymous true" "persistence false" >"$work/mosquitto.conf"
+mosquitto -c "$work/mosquitto.conf" >"$work/mosquitto.log" 2>&1 &
+broker=$!
+for _ in $(seq 50); do (exec 3<>"/dev/tcp/127.0.0.1/$mqtt_port") 2>/dev/null && break; sleep 0.1; done
+log "mosquitto on 127.0.0.1:$mqtt_port for the bridge tests"
+# listen SYS: records every message on prom/# and homeassistant/# into SYS/root/mqtt.txt.
+listen() {
+  mosquitto_sub -h 127.0.0.1 -p "$mqtt_port" -v -t 'prom/#' -t 'homeassistant/#' >"$1/root/mqtt.txt" 2>&1 &
+  listener=$!
+}
 
 # prepare_system NAME PACKAGES: a fresh Debian 12 with PACKAGES (comma list) in
 # $work/system$NAME, with our repository as its only apt source; sets $sys.
@@ -271,6 +350,7 @@ prepare_system() {
   install -m 0644 models/demo/fashion-mnist/t10k-00000_9.png "$sys/root/boot.png"
 
   install -m 0755 "$work/in-system.sh" "$sys/root/in-system.sh"
+  echo "$mqtt_port" >"$sys/root/mqtt-port"
   install -m 0644 "$work/prom-daemon_upgrade_amd64.deb" "$sys/root/"
 }
 
@@ -278,6 +358,7 @@ prepare_system() {
 system_test() {
   local include=$2
   prepare_system "$1" "$2"
+  listen "$sys"
   log "installing into a clean Debian 12 system ($include) through apt (chroot in a private mount namespace)"
   unshare --mount --fork -- bash -euc '
     sys=$1
@@ -288,7 +369,8 @@ system_test() {
     mount -t tmpfs tmpfs "$sys/tmp"
     cp /etc/resolv.conf "$sys/etc/resolv.conf" 2>/dev/null || true
     chroot "$sys" /root/in-system.sh
-  ' _ "$sys" || die "the install test in the clean system failed"
+  ' _ "$sys" || { kill "$listener"; die "the install test in the clean system failed"; }
+  kill "$listener"
 }
 
 # Two systems: without systemd (the user comes from adduser, as in containers) and with
@@ -309,13 +391,15 @@ if command -v systemd-nspawn >/dev/null; then
     >"$sys/etc/systemd/system/prom-package-test.service"
   ln -s /etc/systemd/system/prom-package-test.service \
     "$sys/etc/systemd/system/multi-user.target.wants/prom-package-test.service"
-  log "booting the system with systemd (systemd-nspawn) to test the service under systemd"
+  listen "$sys"
+  log "booting the system with systemd (systemd-nspawn) to test the services under systemd"
   timeout 300 unshare --mount --fork -- bash -euc '
     mount --make-rprivate /
     mkdir -p /run/systemd/nspawn
     mount -t tmpfs tmpfs /run/systemd/nspawn
     systemd-nspawn -q -D "$1" --register=no --keep-unit --boot --console=pipe >/dev/null 2>&1
   ' _ "$sys" || die "systemd-nspawn failed"
+  kill "$listener"
   cat "$sys/root/systemd-test.log" 2>/dev/null || die "the booted test left no log"
   grep -q '^in-systemd: PASSED$' "$sys/root/systemd-test.log" || die "the test under systemd failed"
 else
@@ -326,6 +410,9 @@ fi
 list() { dpkg-deb -c "$1" | awk '{print $6}' | sed 's|^\./|/|' | sort; }
 diff <(list "$deb_amd64") <(list "$deb_arm64") >"$work/lists.diff" \
   || { cat "$work/lists.diff"; die "amd64 and arm64 packages hold different files"; }
+diff <(list "$bridge_amd64") <(list "$bridge_arm64") >"$work/lists.diff" \
+  || { cat "$work/lists.diff"; die "amd64 and arm64 prom-bridge packages hold different files"; }
+[ "$(dpkg-deb -f "$bridge_arm64" Architecture)" = arm64 ] || die "arm64 prom-bridge: wrong Architecture"
 [ "$(dpkg-deb -f "$deb_arm64" Architecture)" = arm64 ] || die "arm64 package: wrong Architecture"
 dpkg-deb -x "$deb_arm64" "$work/arm64"
 python3 -c 'import sys; h = open(sys.argv[1], "rb").read(20); sys.exit(h[:4] != b"\x7fELF" or int.from_bytes(h[18:20], "little") != 183)' \
@@ -340,5 +427,23 @@ qemu "$work/arm64/usr/bin/prom-daemon" --check-config \
   --config "$work/arm64/etc/prom/prom-daemon.toml" \
   --model "$work/arm64/usr/share/prom/models/fashion-mnist-prom.prom" | tee "$work/check-arm64.txt"
 grep -q "fashion-mnist" "$work/check-arm64.txt" || die "arm64 prom-daemon --check-config"
-log "arm64: same files as amd64; promctl benchmark (NEON) and prom-daemon --check-config run under qemu-aarch64"
+dpkg-deb -x "$bridge_arm64" "$work/arm64"
+# The arm64 bridge under qemu, between the packaged amd64 daemon (test pattern) on a private
+# bus and the broker: a result must arrive.
+dbus-daemon --session --address="unix:path=$work/arm-bus" --nofork --nopidfile >/dev/null 2>&1 &
+arm_bus=$!
+for _ in $(seq 50); do [ -S "$work/arm-bus" ] && break; sleep 0.1; done
+"$work/amd64/usr/bin/prom-daemon" --bus-address "unix:path=$work/arm-bus" --embedded-model \
+  --source testpattern --fps 20 >"$work/arm-daemon.log" 2>&1 &
+arm_daemon=$!
+qemu "$work/arm64/usr/bin/prom-bridge" --config "$work/arm64/etc/prom/prom-bridge.toml" \
+  --bus-address "unix:path=$work/arm-bus" --mqtt "mqtt://127.0.0.1:$mqtt_port" --node arm64 \
+  >"$work/arm-bridge.log" 2>&1 &
+arm_bridge=$!
+arm_result=$(timeout 60 mosquitto_sub -h 127.0.0.1 -p "$mqtt_port" -C 1 -t prom/arm64/cam0/result) || true
+kill "$arm_bridge" "$arm_daemon" "$arm_bus" 2>/dev/null || true
+wait "$arm_bridge" "$arm_daemon" "$arm_bus" 2>/dev/null || true
+echo "$arm_result" | grep -q '"top_k"' || { cat "$work/arm-bridge.log"; die "arm64 prom-bridge published no result"; }
+log "arm64 prom-bridge (qemu) published: ${arm_result:0:120}..."
+log "arm64: same files as amd64 in both packages; promctl benchmark (NEON), prom-daemon --check-config and prom-bridge run under qemu-aarch64"
 log "PASSED"

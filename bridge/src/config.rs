@@ -8,6 +8,12 @@ use serde::Deserialize;
 /// Where the configuration lives unless `--config` says otherwise.
 pub const DEFAULT_PATH: &str = "/etc/prom/prom-bridge.toml";
 
+/// The commented example configuration (packaging/prom-bridge.toml, installed as
+/// /etc/prom/prom-bridge.toml): every key with its default, commented out (`#key = value`).
+pub fn example() -> &'static str {
+    include_str!("../../packaging/prom-bridge.toml")
+}
+
 /// The file's keys (see the example for their meaning).
 #[derive(Deserialize, Debug, Default, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -15,6 +21,8 @@ pub struct FileConfig {
     /// `system`, `session` or a D-Bus address.
     pub bus: Option<String>,
     pub mqtt: Option<String>,
+    /// `3.1.1` or `5`.
+    pub mqtt_version: Option<String>,
     pub node: Option<String>,
     pub prefix: Option<String>,
     pub qos: Option<u8>,
@@ -53,6 +61,9 @@ impl FileConfig {
                 return Err(format!("qos: {q} is not an MQTT QoS (0, 1 or 2)"));
             }
         }
+        if let Some(v) = &c.mqtt_version {
+            crate::mqtt::Version::parse(v)?;
+        }
         if let Some(s) = c.stats_interval {
             if !(0.1..=86400.0).contains(&s) {
                 return Err(format!("stats_interval: {s} is not between 0.1 and 86400 seconds"));
@@ -78,13 +89,12 @@ mod tests {
 
     #[test]
     fn the_shipped_example_parses_and_sets_nothing_unexpected() {
-        let example = include_str!("../../packaging/prom-bridge.toml");
-        let c = FileConfig::parse(example).unwrap();
+        let c = FileConfig::parse(example()).unwrap();
         assert_eq!(c, FileConfig::default(), "the example keeps every key commented out");
         // Uncommented, every key of the example is valid.
-        let uncommented: String = example
+        let uncommented: String = example()
             .lines()
-            .map(|l| l.strip_prefix("# ").filter(|l| l.contains(" = ")).unwrap_or(""))
+            .map(|l| l.strip_prefix('#').filter(|l| l.contains(" = ")).unwrap_or(""))
             .collect::<Vec<_>>()
             .join("\n");
         let c = FileConfig::parse(&uncommented).unwrap();
@@ -101,6 +111,8 @@ mod tests {
             ("queue = 0", "queue"),
             ("metrics = \"nowhere\"", "metrics"),
             ("brokr = \"x\"", "brokr"),
+            ("mqtt_version = \"4.0\"", "mqtt_version"),
+            ("mqtt_version = 5", "mqtt_version"),
         ] {
             let e = FileConfig::parse(text).unwrap_err();
             assert!(e.contains(key), "{text:?}: {e}");

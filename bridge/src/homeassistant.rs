@@ -144,6 +144,7 @@ mod tests {
             retain: false,
             credentials: None,
             tls_ca: None,
+            version: Default::default(),
         };
         let topics: Vec<String> = discovery(&t, "door").into_iter().map(|(t, _)| t).collect();
         assert_eq!(

@@ -17,9 +17,12 @@
 //! Every `stats_interval` the publisher also sends each camera's figures (the daemon's
 //! properties and the capture-to-publish latency it measured) and the bridge's counters.
 
+pub mod cli;
 pub mod config;
+pub mod events;
 pub mod homeassistant;
 pub mod metrics;
+pub mod mqtt;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -27,7 +30,7 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use prom_daemon::client::{watch_signals, BusArgs, Classified};
-use rumqttc::{Client, Event, LastWill, MqttOptions, Packet, QoS};
+use rumqttc::QoS;
 use serde::Serialize;
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
@@ -48,6 +51,8 @@ pub struct MqttTarget {
     pub credentials: Option<(String, String)>,
     /// TLS (`mqtts://`): the PEM certificates the broker's must chain to.
     pub tls_ca: Option<Vec<u8>>,
+    /// MQTT 3.1.1 or 5.
+    pub version: mqtt::Version,
 }
 
 impl MqttTarget {
@@ -310,36 +315,16 @@ pub fn run(o: Options, counters: Arc<Counters>, stop: Arc<AtomicBool>) -> Result
             .name("metrics".into())
             .spawn(move || metrics::serve(listener, shared))?;
     }
-    let mut opts = MqttOptions::new(
+    let (client, connection) = mqtt::connect(
+        &target,
         format!("prom-bridge-{}-{}", target.node, std::process::id()),
-        target.host.clone(),
-        target.port,
+        (target.availability_topic(), "offline"),
+        o.queue.max(10),
     );
-    opts.set_keep_alive(Duration::from_secs(10));
-    if let Some((user, password)) = &target.credentials {
-        opts.set_credentials(user.clone(), password.clone());
-    }
-    if let Some(ca) = &target.tls_ca {
-        // One process-wide provider; a second install is harmless. ring, though rustls now
-        // marks it deprecated for lacking post-quantum key exchange: aws-lc-rs, the
-        // alternative, needs cmake and per-target C builds on the boards' toolchains.
-        #[allow(deprecated)]
-        let provider = rustls::crypto::ring::default_provider();
-        let _ = provider.install_default();
-        opts.set_transport(rumqttc::Transport::tls(ca.clone(), None, None));
-    }
-    opts.set_last_will(LastWill::new(
-        target.availability_topic(),
-        "offline",
-        QoS::AtLeastOnce,
-        true,
-    ));
-    let (client, mut connection) = Client::new(opts, o.queue.max(10));
-    // Each result is a small message sent on its own: without TCP_NODELAY, Nagle's algorithm
-    // holds one back until the previous one is acknowledged (up to a delayed ACK, 40 ms).
-    let mut network = rumqttc::NetworkOptions::new();
-    network.set_tcp_nodelay(true);
-    connection.eventloop.set_network_options(network);
+
+    // The daemon's notifications (and new broker connections) for the publisher.
+    let (change_tx, change_rx) = crossbeam_channel::bounded::<events::Change>(64);
+    events::spawn(&o.bus, change_tx.clone())?;
 
     // Commands from MQTT (`<camera>/set`), carried out over D-Bus by their own thread so the
     // event loop never waits for the bus.
@@ -358,7 +343,7 @@ pub fn run(o: Options, counters: Arc<Counters>, stop: Arc<AtomicBool>) -> Result
                 match set_camera(c, &camera, on) {
                     Ok(state) => {
                         let topic = target.state_topic(&camera);
-                        let _ = client.try_publish(topic, QoS::AtLeastOnce, true, state);
+                        client.try_publish(topic, QoS::AtLeastOnce, true, state);
                     }
                     Err(e) => {
                         // The bus policy decides who may pause a camera.
@@ -382,42 +367,40 @@ pub fn run(o: Options, counters: Arc<Counters>, stop: Arc<AtomicBool>) -> Result
         let counters = counters.clone();
         let stop = stop.clone();
         let availability = target.availability_topic();
+        let changes = change_tx;
         std::thread::Builder::new().name("mqtt".into()).spawn(move || {
             let mut backoff = Duration::from_millis(100);
-            for event in connection.iter() {
+            connection.run(|event| {
                 match event {
-                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    Ok(mqtt::Incoming::Connected) => {
                         counters.connections.fetch_add(1, Ordering::Relaxed);
                         backoff = Duration::from_millis(100);
                         tracing::info!("connected to the MQTT broker");
-                        let _ = client.try_publish(
-                            availability.as_str(),
-                            QoS::AtLeastOnce,
-                            true,
-                            "online",
-                        );
+                        client.try_publish(availability.as_str(), QoS::AtLeastOnce, true, "online");
                         let set = format!("{}/{}/+/set", target.prefix, target.node);
-                        let _ = client.try_subscribe(set, QoS::AtLeastOnce);
+                        client.try_subscribe(set, QoS::AtLeastOnce);
+                        // Announce the cameras again now: the broker may have lost them.
+                        let _ = changes.try_send(events::Change::Cameras);
                     }
-                    Ok(Event::Incoming(Packet::Publish(p))) => {
-                        let Some(camera) = target.command_camera(&p.topic) else { continue };
-                        let on = match &p.payload[..] {
+                    Ok(mqtt::Incoming::Message { topic, payload }) => {
+                        let Some(camera) = target.command_camera(&topic) else { return true };
+                        let on = match &payload[..] {
                             b"ON" => true,
                             b"OFF" => false,
                             other => {
                                 let text = String::from_utf8_lossy(other);
-                                tracing::warn!("{}: ignoring {text:?} (ON or OFF)", p.topic);
-                                continue;
+                                tracing::warn!("{topic}: ignoring {text:?} (ON or OFF)");
+                                return true;
                             }
                         };
                         if commands.try_send((camera.to_owned(), on)).is_err() {
-                            tracing::warn!("{}: too many commands at once, ignored", p.topic);
+                            tracing::warn!("{topic}: too many commands at once, ignored");
                         }
                     }
-                    Ok(_) => {}
+                    Ok(mqtt::Incoming::Other) => {}
                     Err(e) => {
                         if stop.load(Ordering::Relaxed) {
-                            return;
+                            return false;
                         }
                         counters.connection_errors.fetch_add(1, Ordering::Relaxed);
                         tracing::warn!("MQTT: {e}; reconnecting in {backoff:?}");
@@ -425,7 +408,8 @@ pub fn run(o: Options, counters: Arc<Counters>, stop: Arc<AtomicBool>) -> Result
                         backoff = (backoff * 2).min(Duration::from_secs(10));
                     }
                 }
-            }
+                true
+            });
         })?;
     }
 
@@ -469,13 +453,27 @@ pub fn run(o: Options, counters: Arc<Counters>, stop: Arc<AtomicBool>) -> Result
     let mut totals: std::collections::BTreeMap<String, u64> = Default::default();
     let mut announced = std::collections::BTreeSet::new();
     let mut announced_for = 0;
-    let mut next_stats = std::time::Instant::now() + o.stats_interval;
+    // The cameras are read at once (the daemon may be up already), then every interval and
+    // whenever the daemon reports a change.
+    let mut next_stats = std::time::Instant::now();
     while !stop.load(Ordering::Relaxed) {
-        if let Ok(c) = rx.recv_timeout(Duration::from_millis(100)) {
+        let mut result = None;
+        crossbeam_channel::select! {
+            recv(rx) -> c => result = c.ok(),
+            recv(change_rx) -> change => match change {
+                Ok(events::Change::State { camera, state }) => {
+                    client.try_publish(target.state_topic(&camera), QoS::AtLeastOnce, true, state);
+                }
+                Ok(events::Change::Cameras) => next_stats = std::time::Instant::now(),
+                Err(_) => {}
+            },
+            default(Duration::from_millis(100)) => {}
+        }
+        if let Some(c) = result {
             let payload = serde_json::to_vec(&ResultMessage::from_signal(&c))?;
             let topic = target.result_topic(&c.camera);
             match client.try_publish(topic, target.qos, target.retain, payload) {
-                Ok(()) => {
+                true => {
                     counters.published.fetch_add(1, Ordering::Relaxed);
                     let now = prom_daemon::sources::unix_us(std::time::SystemTime::now());
                     let latency_us = now.saturating_sub(c.capture_timestamp_us);
@@ -485,7 +483,7 @@ pub fn run(o: Options, counters: Arc<Counters>, stop: Arc<AtomicBool>) -> Result
                     slot(&mut metrics::lock(&shared.latency), &c.camera)
                         .observe(latency_us as f64 / 1e6);
                 }
-                Err(_) => {
+                false => {
                     counters.dropped.fetch_add(1, Ordering::Relaxed);
                 }
             }
@@ -507,7 +505,7 @@ pub fn run(o: Options, counters: Arc<Counters>, stop: Arc<AtomicBool>) -> Result
                     announced.iter().filter(|c| !view.cameras.contains_key(*c)).cloned().collect();
                 for camera in gone {
                     for (topic, _) in homeassistant::discovery(&target, &camera) {
-                        let _ = client.try_publish(topic, QoS::AtLeastOnce, true, Vec::new());
+                        client.try_publish(topic, QoS::AtLeastOnce, true, Vec::new());
                     }
                     announced.remove(&camera);
                     windows.remove(&camera);
@@ -518,7 +516,7 @@ pub fn run(o: Options, counters: Arc<Counters>, stop: Arc<AtomicBool>) -> Result
             for camera in &cameras {
                 if view.cameras.contains_key(camera) && announced.insert(camera.clone()) {
                     for (topic, config) in homeassistant::discovery(&target, camera) {
-                        let _ = client.try_publish(topic, QoS::AtLeastOnce, true, config);
+                        client.try_publish(topic, QoS::AtLeastOnce, true, config);
                     }
                 }
                 let w = windows.entry(camera.clone()).or_default();
@@ -536,9 +534,9 @@ pub fn run(o: Options, counters: Arc<Counters>, stop: Arc<AtomicBool>) -> Result
                 };
                 if let Some(state) = &s.state {
                     let topic = target.state_topic(camera);
-                    let _ = client.try_publish(topic, QoS::AtLeastOnce, true, state.clone());
+                    client.try_publish(topic, QoS::AtLeastOnce, true, state.clone());
                 }
-                let _ = client.try_publish(
+                client.try_publish(
                     target.camera_stats_topic(camera),
                     target.qos,
                     true,
@@ -548,7 +546,7 @@ pub fn run(o: Options, counters: Arc<Counters>, stop: Arc<AtomicBool>) -> Result
                 w.latencies_us.clear();
                 w.published = 0;
             }
-            let _ = client.try_publish(
+            client.try_publish(
                 target.bridge_stats_topic(),
                 target.qos,
                 true,
@@ -558,9 +556,9 @@ pub fn run(o: Options, counters: Arc<Counters>, stop: Arc<AtomicBool>) -> Result
     }
     notifier.send("STOPPING=1");
     // A clean exit is announced (the last will covers the others).
-    let _ = client.try_publish(target.availability_topic(), QoS::AtLeastOnce, true, "offline");
+    client.try_publish(target.availability_topic(), QoS::AtLeastOnce, true, "offline");
     std::thread::sleep(Duration::from_millis(200));
-    let _ = client.try_disconnect();
+    client.try_disconnect();
     std::thread::sleep(Duration::from_millis(100));
     Ok(())
 }
@@ -594,6 +592,7 @@ mod tests {
             retain: false,
             credentials: None,
             tls_ca: None,
+            version: Default::default(),
         };
         assert_eq!(t.command_camera(&t.command_topic("front_door")), Some("front_door"));
         assert_eq!(t.command_camera("prom/pi/front_door/result"), None);

@@ -58,17 +58,21 @@ fn tmpdir(name: &str) -> PathBuf {
 /// mosquitto on 127.0.0.1:`port` only, no persistence.
 fn broker(dir: &Path, port: u16) -> Proc {
     let conf = dir.join(format!("mosquitto-{port}.conf"));
-    std::fs::write(&conf, format!("listener {port} 127.0.0.1\nallow_anonymous true\n")).unwrap();
+    // The log (mosquitto-PORT.log, see `mosquitto`) names each client's protocol version:
+    // "(p2, ..." is 3.1.1, "(p5, ..." is 5.
+    let text = format!("listener {port} 127.0.0.1\nallow_anonymous true\nlog_dest stderr\n");
+    std::fs::write(&conf, text).unwrap();
     mosquitto(&conf, &[port])
 }
 
-/// mosquitto with the configuration file `conf`, once it listens on every one of `ports`.
+/// mosquitto with the configuration file `conf`, once it listens on every one of `ports`;
+/// its log goes to `conf` with the extension `.log`.
 fn mosquitto(conf: &Path, ports: &[u16]) -> Proc {
     let child = Command::new(program("mosquitto"))
         .arg("-c")
         .arg(conf)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(conf.with_extension("log")).unwrap())
         .spawn()
         .unwrap();
     let until = Instant::now() + WAIT;
@@ -210,6 +214,7 @@ fn results_reach_mqtt_equal_to_the_dbus_signals_with_availability() {
     let mut bridge_proc = bridge(dir, bus, port);
     let (topic, payload) = next(rx, "availability", dir);
     assert_eq!((topic.as_str(), payload.as_str()), ("prom/testnode/availability", "online"));
+    assert_eq!(bridge_protocol(dir, port), "p2", "MQTT 3.1.1 unless asked for 5");
 
     // D-Bus signals, read by the test as any client would.
     let (sig_tx, sig_rx) = mpsc::channel();
@@ -232,6 +237,9 @@ fn results_reach_mqtt_equal_to_the_dbus_signals_with_availability() {
     while matched < 20 {
         assert!(Instant::now() < until, "only {matched} results matched within {WAIT:?}");
         let (topic, payload) = next(rx, "result", dir);
+        if !topic.ends_with("/result") {
+            continue; // state and stats, published when the daemon's camera appears
+        }
         assert_eq!(topic, "prom/testnode/front_door/result");
         let got: serde_json::Value = serde_json::from_str(&payload).unwrap();
         let seq = got["sequence"].as_u64().unwrap();
@@ -255,6 +263,39 @@ fn results_reach_mqtt_equal_to_the_dbus_signals_with_availability() {
             break;
         }
     }
+}
+
+/// The protocol level the broker logged for the bridge's connection ("p2": 3.1.1, "p5": 5).
+fn bridge_protocol(dir: &Path, port: u16) -> String {
+    let log = std::fs::read_to_string(dir.join(format!("mosquitto-{port}.log"))).unwrap();
+    let line = log
+        .lines()
+        .rfind(|l| l.contains("as prom-bridge-testnode-"))
+        .unwrap_or_else(|| panic!("no bridge connection in the broker's log:\n{log}"));
+    let start = line.rfind(" (").expect("(pN, cN, kN)") + 2;
+    line[start..].split(',').next().unwrap().to_owned()
+}
+
+#[test]
+fn mqtt_5_results_pause_switch_and_last_will() {
+    let rig = Rig::start("mqtt5", "#");
+    let (dir, bus, port, rx) = (&rig.dir, rig.bus.as_str(), rig.port, &rig.rx);
+    let mut bridge_proc =
+        bridge_with(dir, bus, port, &["--mqtt-version", "5", "--stats-interval", "1"]);
+    let _daemon = daemon(dir, bus);
+    assert_eq!(text_on(rx, "prom/testnode/availability", dir), "online");
+    assert_eq!(bridge_protocol(dir, port), "p5", "the bridge spoke MQTT 5");
+    let result = wait_for(rx, "prom/testnode/front_door/result", dir, |_| true);
+    assert!(!result["top_k"].as_array().unwrap().is_empty(), "{result}");
+    // Commands arrive through a version 5 subscription too.
+    publish(port, "prom/testnode/front_door/set", "OFF");
+    while text_on(rx, "prom/testnode/front_door/state", dir) != "paused" {}
+    publish(port, "prom/testnode/front_door/set", "ON");
+    while text_on(rx, "prom/testnode/front_door/state", dir) != "running" {}
+    // The will, registered in the version 5 CONNECT.
+    bridge_proc.0.kill().unwrap();
+    bridge_proc.0.wait().unwrap();
+    assert_eq!(text_on(rx, "prom/testnode/availability", dir), "offline");
 }
 
 #[test]
@@ -572,7 +613,8 @@ fn the_bridge_reconnects_when_the_bus_restarts() {
 fn cameras_that_come_and_go_are_announced_and_withdrawn() {
     let rig = Rig::start("come-and-go", "homeassistant/#");
     let (dir, bus, port, rx) = (&rig.dir, rig.bus.as_str(), rig.port, &rig.rx);
-    let _bridge = bridge_with(dir, bus, port, &["--stats-interval", "0.5"]);
+    // Stats only every hour: what follows is driven by the daemon's signals alone.
+    let _bridge = bridge_with(dir, bus, port, &["--stats-interval", "3600"]);
     let label = |camera: &str| format!("homeassistant/sensor/prom_testnode/{camera}_label/config");
     let mut first = daemon_with_camera(dir, bus, "front_door");
     assert!(!text_on(rx, &label("front_door"), dir).is_empty());
@@ -592,6 +634,29 @@ fn cameras_that_come_and_go_are_announced_and_withdrawn() {
         garden |= topic == label("garden") && !payload.is_empty();
         withdrawn |= topic == label("front_door") && payload.is_empty();
     }
+}
+
+#[test]
+fn the_state_topic_follows_pauses_by_other_clients_at_once() {
+    let rig = Rig::start("events", "prom/testnode/#");
+    let (dir, bus, port, rx) = (&rig.dir, rig.bus.as_str(), rig.port, &rig.rx);
+    // Stats only every hour: the state can only come from the daemon's PropertiesChanged.
+    let _bridge = bridge_with(dir, bus, port, &["--stats-interval", "3600"]);
+    let _daemon = daemon(dir, bus);
+    let state = "prom/testnode/front_door/state";
+    // "starting", then "running", as the daemon reports them.
+    while text_on(rx, state, dir) != "running" {}
+    // Paused and resumed by another client on the bus, as promctl does.
+    let conn = zbus::blocking::connection::Builder::address(bus).unwrap().build().unwrap();
+    let camera = prom_daemon::dbus::Camera1ProxyBlocking::builder(&conn)
+        .path(prom_daemon::dbus::camera_path("front_door"))
+        .unwrap()
+        .build()
+        .unwrap();
+    camera.pause().unwrap();
+    assert_eq!(text_on(rx, state, dir), "paused");
+    camera.resume().unwrap();
+    assert_eq!(text_on(rx, state, dir), "running");
 }
 
 fn openssl(dir: &Path, args: &[&str]) {
