@@ -86,7 +86,9 @@ bridge_unit=$(find "$work/bridge" -name prom-bridge.service -path '*systemd/syst
 [ -n "$bridge_unit" ] || die "the prom-bridge package has no prom-bridge.service"
 sed "s|^ExecStart=/usr/bin/prom-bridge|ExecStart=$work/bridge/usr/bin/prom-bridge|" "$bridge_unit" \
   >"$work/prom-bridge.service"
-verify_out=$(systemd-analyze verify "$work/prom-bridge.service" 2>&1) || die "verify prom-bridge: $verify_out"
+# Documentation=man:prom-bridge(1) must resolve: to the package's own page.
+verify_out=$(MANPATH="$work/bridge/usr/share/man" systemd-analyze verify "$work/prom-bridge.service" 2>&1) \
+  || die "verify prom-bridge: $verify_out"
 [ -z "$verify_out" ] || die "systemd-analyze verify prom-bridge.service is not clean: $verify_out"
 exposure=$(systemd-analyze security --offline=true "$bridge_unit" 2>&1 \
   | sed -n 's/.*Overall exposure level for .*: \([0-9.]*\).*/\1/p')

@@ -42,19 +42,38 @@ CONF
 sleep 0.5
 target/release/prom-daemon --config "$dir/daemon.toml" --bus-address "$bus" 2>"$dir/daemon.log" &
 pids+=($!)
+metrics_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 target/release/prom-bridge --bus-address "$bus" --mqtt "mqtt://127.0.0.1:$port" --node bench \
-  2>"$dir/bridge.log" &
+  --metrics "127.0.0.1:$metrics_port" 2>"$dir/bridge.log" &
 bridge=$!
 pids+=("$bridge")
 sleep 2
-# The bridge's resident memory once a second.
+# The bridge's resident memory (KiB) and live heap (bytes, prom_bridge_heap_bytes, counted
+# by its allocator) once a second.
 ( while kill -0 "$bridge" 2>/dev/null; do
-    awk '/^VmRSS/ {print $2}' "/proc/$bridge/status" 2>/dev/null; sleep 1
-  done ) >"$dir/rss.txt" &
+    rss=$(awk '/^VmRSS/ {print $2}' "/proc/$bridge/status" 2>/dev/null)
+    heap=$(curl -s "http://127.0.0.1:$metrics_port/metrics" | awk '/^prom_bridge_heap_bytes/ {print $2}')
+    echo "$rss ${heap:-0}" >>"$dir/rss.txt"; sleep 1
+  done ) &
 pids+=($!)
 target/release/examples/bridge_latency "$bus" "$port" bench "$secs" || { echo "daemon log:"; cat "$dir/daemon.log"; echo "bridge log:"; cat "$dir/bridge.log"; exit 1; }
-sort -n "$dir/rss.txt" | awk 'NR==1 {min=$1} {max=$1; last=$1} END {
-  printf "bridge RSS: min %.1f MiB, max %.1f MiB over %d samples\n", min/1024, max/1024, NR }'
 awk '/^VmHWM/ {printf "bridge peak RSS (VmHWM): %.1f MiB\n", $2/1024}' "/proc/$bridge/status"
-head -n 3 "$dir/rss.txt" | tr '\n' ' ' | sed 's/^/first RSS samples (KiB): /'; echo
-tail -n 3 "$dir/rss.txt" | tr '\n' ' ' | sed 's/^/last RSS samples (KiB): /'; echo
+# Per minute: RSS and live heap (min, max); growth is judged after the first minute, once
+# every buffer has reached its working size.
+python3 - "$dir/rss.txt" <<'PY'
+import sys
+rows = [tuple(map(int, l.split())) for l in open(sys.argv[1]) if len(l.split()) == 2]
+print(f"bridge RSS: min {min(r for r, _ in rows) / 1024:.1f} MiB, max {max(r for r, _ in rows) / 1024:.1f} MiB over {len(rows)} samples")
+print("minute  RSS KiB (min-max)  heap bytes (min-max)")
+for m in range(0, len(rows), 60):
+    part = rows[m:m + 60]
+    rss = [r for r, _ in part]; heap = [h for _, h in part]
+    print(f"{m // 60 + 1:6d}  {min(rss):7d}-{max(rss):<7d}  {min(heap):9d}-{max(heap):<9d}")
+after = rows[60:]
+if len(after) >= 120:
+    first, last = after[:60], after[-60:]
+    mean = lambda xs: sum(xs) / len(xs)
+    for name, i, unit in (("RSS", 0, "KiB"), ("heap", 1, "bytes")):
+        a, b = mean([r[i] for r in first]), mean([r[i] for r in last])
+        print(f"{name}: minute 2 mean {a:.0f} {unit}, last minute mean {b:.0f} {unit}, change {b - a:+.0f} ({100 * (b - a) / a:+.2f}%)")
+PY

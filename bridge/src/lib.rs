@@ -20,6 +20,7 @@
 pub mod cli;
 pub mod config;
 pub mod events;
+pub mod heap;
 pub mod homeassistant;
 pub mod metrics;
 pub mod mqtt;

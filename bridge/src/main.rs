@@ -8,6 +8,10 @@ use clap::Parser;
 use prom_bridge::cli::{options, Cli};
 use prom_bridge::Counters;
 
+/// Counts the live heap for `prom_bridge_heap_bytes` (docs/BRIDGE.md).
+#[global_allocator]
+static ALLOCATOR: prom_bridge::heap::CountingAllocator = prom_bridge::heap::CountingAllocator;
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(

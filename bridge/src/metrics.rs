@@ -208,6 +208,12 @@ pub fn render(shared: &Shared) -> String {
         family(&mut out, name, "counter", help);
         let _ = writeln!(out, "{name}{{node=\"{node}\"}} {}", value.load(Ordering::Relaxed));
     }
+    let heap = crate::heap::live_bytes();
+    if heap > 0 {
+        let name = "prom_bridge_heap_bytes";
+        family(&mut out, name, "gauge", "Heap bytes the bridge has allocated and not freed.");
+        let _ = writeln!(out, "{name}{{node=\"{node}\"}} {heap}");
+    }
     out
 }
 

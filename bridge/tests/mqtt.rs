@@ -462,6 +462,9 @@ fn metrics_are_scraped_with_curl_and_pass_promtool() {
     assert!(sample(&text, &format!("prom_camera_capture_to_publish_seconds_count{cam}")) >= 10.0);
     assert!(sample(&text, "prom_bridge_mqtt_published_total{node=\"testnode\"}") >= 10.0);
     sample(&text, "prom_bridge_mqtt_dropped_total{node=\"testnode\"}");
+    // The binary's counting allocator: some heap, far below the 15 MB RSS target.
+    let heap = sample(&text, "prom_bridge_heap_bytes{node=\"testnode\"}");
+    assert!(heap > 1000.0 && heap < 15e6, "heap {heap}");
     let info = text.lines().find(|l| l.starts_with("prom_model_info{")).expect("model info");
     assert!(info.contains("checksum=\"") && info.ends_with(" 1"), "{info}");
 }
