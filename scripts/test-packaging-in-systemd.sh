@@ -38,7 +38,7 @@ else
 fi
 # prom-bridge under systemd: installed (enabled and started: the default broker address
 # has none, so it retries), pointed at the host's broker, restarted; Type=notify, as its
-# own dynamic user; what it publishes lands in /root/mqtt.txt (mosquitto_sub on the host).
+# own user; what it publishes lands in /root/mqtt.txt (mosquitto_sub on the host).
 bprop() { systemctl show -P "$1" prom-bridge; }
 apt-get install -y -q prom-bridge >/root/install-bridge.log 2>&1 || { cat /root/install-bridge.log; fail "install prom-bridge"; }
 [ "$(systemctl is-enabled prom-bridge)" = enabled ] && ok "prom-bridge enabled" || fail "prom-bridge not enabled"
@@ -49,14 +49,14 @@ for _ in $(seq 100); do grep -q '^prom/booted/availability online' /root/mqtt.tx
 if [ "$(systemctl is-active prom-bridge)" = active ] && grep -q '^prom/booted/availability online' /root/mqtt.txt; then
   buid=$(awk '/^Uid:/{print $2}' "/proc/$(bprop MainPID)/status")
   ok "prom-bridge started by systemd (Type=$(bprop Type)): $(bprop ActiveState)/$(bprop SubState), uid $buid, online at the broker"
-  [ "$buid" -ge 61184 ] && [ "$buid" -le 65519 ] && ok "prom-bridge runs as a dynamic user ($buid)" || fail "prom-bridge uid $buid is not a dynamic user"
+  [ "$buid" = "$(id -u prom-bridge)" ] && ok "prom-bridge runs as its user prom-bridge ($buid)" || fail "prom-bridge runs as uid $buid"
 else
   fail "prom-bridge: $(systemctl is-active prom-bridge); $(journalctl -u prom-bridge --no-pager -o cat | tail -n 5)"
 fi
 for _ in $(seq 100); do grep -q '^homeassistant/sensor/prom_booted/cam0_label/config ' /root/mqtt.txt && break; sleep 0.1; done
 grep -q '^homeassistant/sensor/prom_booted/cam0_label/config ' /root/mqtt.txt \
   && ok "Home Assistant discovery for the daemon's camera cam0 published" \
-  || fail "no discovery of cam0: $(grep -c . /root/mqtt.txt) messages"
+  || { fail "no discovery of cam0: $(grep -c . /root/mqtt.txt) messages"; cut -c1-160 /root/mqtt.txt; journalctl -u prom-bridge --no-pager -o cat | tail -n 8; promctl status; }
 systemd-analyze security prom-bridge --no-pager | tail -n 1
 apt-get remove -y -q prom-bridge >/root/remove-bridge.log 2>&1 || fail "remove prom-bridge"
 [ "$(systemctl is-active prom-bridge)" != active ] && ok "remove stopped prom-bridge" || fail "prom-bridge active after remove"

@@ -205,8 +205,15 @@ for _ in $(seq 100); do
   sleep 0.1
 done
 [ -n "$up" ] || { cat /root/daemon.log; fail "the daemon did not come up on the system bus"; }
-# (no procps in a minimal system: the process table from /proc)
-pid=$(grep -lx prom-daemon /proc/[0-9]*/comm | head -n1 | cut -d/ -f3)
+# (no procps in a minimal system: the process table from /proc, which shows the host's
+# processes too: the prom-daemon whose parent is this runuser)
+pid=""
+for p in /proc/[0-9]*; do
+  if [ "$(cat "$p/comm" 2>/dev/null)" = prom-daemon ] && [ "$(awk '{print $4}' "$p/stat" 2>/dev/null)" = "$daemon" ]; then
+    pid=${p#/proc/}
+    break
+  fi
+done
 [ -n "$pid" ] || fail "no prom-daemon process"
 [ "$(awk '/^Uid:/ {print $2}' "/proc/$pid/status")" = "$(id -u prom)" ] \
   || fail "the daemon does not run as prom"
@@ -243,8 +250,8 @@ ok "ReloadModel, Pause and Resume allowed to root"
 ok "the daemon stayed up through the checks"
 kill "$daemon"; wait "$daemon" || true
 
-# prom-bridge from the same repository: its files, then the installed bridge (as alice, an
-# ordinary user under the installed bus policy) publishing the installed daemon's results
+# prom-bridge from the same repository: its files, then the installed bridge (as its user
+# prom-bridge, an ordinary user under the installed bus policy) publishing the installed daemon's results
 # (a test pattern camera) to the host's mosquitto on loopback, which writes what it
 # receives to /root/mqtt.txt (mosquitto_sub outside this system; the port is in
 # /root/mqtt-port).
@@ -253,18 +260,20 @@ apt-get install -y -q prom-bridge >/root/install-bridge.log 2>&1 \
 for f in /usr/bin/prom-bridge /etc/prom/prom-bridge.toml /usr/share/man/man1/prom-bridge.1.gz \
   /usr/share/man/man5/prom-bridge.toml.5.gz /usr/share/bash-completion/completions/prom-bridge \
   /usr/share/zsh/vendor-completions/_prom-bridge /usr/share/fish/vendor_completions.d/prom-bridge.fish \
-  /usr/share/doc/prom-bridge/copyright /usr/share/doc/prom-bridge/BRIDGE.md; do
+  /usr/share/doc/prom-bridge/copyright /usr/share/doc/prom-bridge/BRIDGE.md \
+  /usr/lib/sysusers.d/prom-bridge.conf; do
   [ -e "$f" ] || fail "missing $f"
 done
 dpkg -L prom-bridge | grep -q '/systemd/system/prom-bridge.service$' || fail "no prom-bridge unit"
 grep -qx /etc/prom/prom-bridge.toml /var/lib/dpkg/info/prom-bridge.conffiles \
   || fail "/etc/prom/prom-bridge.toml is not a conffile"
 grep -q "rumqttc" /usr/share/doc/prom-bridge/copyright || fail "the bridge's copyright does not list rumqttc"
-ok "apt-get install prom-bridge $(dpkg-query -W -f '${Version}' prom-bridge): binary, conffile, unit, man pages, completions, copyright"
+getent passwd prom-bridge >/dev/null || fail "no user prom-bridge"
+ok "apt-get install prom-bridge $(dpkg-query -W -f '${Version}' prom-bridge): binary, conffile, unit, man pages, completions, copyright; user $(id prom-bridge)"
 runuser -u prom -- prom-daemon --source testpattern --fps 20 >/root/daemon2.log 2>&1 &
 daemon=$!
 for _ in $(seq 100); do promctl status >/dev/null 2>&1 && break; sleep 0.1; done
-runuser -u alice -- prom-bridge --mqtt "mqtt://127.0.0.1:$(cat /root/mqtt-port)" --node pkgtest \
+runuser -u prom-bridge -- prom-bridge --mqtt "mqtt://127.0.0.1:$(cat /root/mqtt-port)" --node pkgtest \
   --stats-interval 1 >/root/bridge.log 2>&1 &
 bridge=$!
 got=""
@@ -278,7 +287,7 @@ grep -m1 '^prom/pkgtest/cam0/result ' /root/mqtt.txt
 grep -q '"label"' /root/mqtt.txt || fail "the result carries no label"
 kill "$bridge"; wait "$bridge" || true
 kill "$daemon"; wait "$daemon" || true
-ok "the installed prom-bridge (as alice) published the installed daemon's results to MQTT"
+ok "the installed prom-bridge (as prom-bridge) published the installed daemon's results to MQTT"
 
 # The upgrade keeps a modified conffile (dpkg does: the packaged file did not change).
 sed -i 's/^#threads = "auto"$/threads = 1/' /etc/prom/prom-daemon.toml
@@ -303,7 +312,7 @@ snapshot >/root/after.txt
 left=$(comm -13 /root/before.txt /root/after.txt | grep -v -e '^/home/alice' -e '^/etc/\(passwd\|group\|shadow\|gshadow\|subuid\|subgid\)-\?$' || true)
 [ -z "$left" ] || fail "purge left: $left"
 [ ! -e /etc/prom ] || fail "purge left /etc/prom"
-ok "apt-get purge prom-daemon prom-bridge: nothing of the packages left (users prom and alice stay in /etc/passwd, as Debian policy keeps system users)"
+ok "apt-get purge prom-daemon prom-bridge: nothing of the packages left (users prom, prom-bridge and alice stay in /etc/passwd, as Debian policy keeps system users)"
 echo "in-system: PASSED"
 EOS
 chmod +x "$work/in-system.sh"
