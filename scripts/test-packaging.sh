@@ -447,7 +447,9 @@ for _ in $(seq 50); do [ -S "$work/arm-bus" ] && break; sleep 0.1; done
 "$work/amd64/usr/bin/prom-daemon" --bus-address "unix:path=$work/arm-bus" --embedded-model \
   --source testpattern --fps 20 >"$work/arm-daemon.log" 2>&1 &
 arm_daemon=$!
-qemu "$work/arm64/usr/bin/prom-bridge" --config "$work/arm64/etc/prom/prom-bridge.toml" \
+# (qemu-aarch64 itself in the background, not the qemu function, so $! is its process)
+QEMU_LD_PREFIX=/usr/aarch64-linux-gnu QEMU_CPU=cortex-a76 qemu-aarch64 \
+  "$work/arm64/usr/bin/prom-bridge" --config "$work/arm64/etc/prom/prom-bridge.toml" \
   --bus-address "unix:path=$work/arm-bus" --mqtt "mqtt://127.0.0.1:$mqtt_port" --node arm64 \
   >"$work/arm-bridge.log" 2>&1 &
 arm_bridge=$!

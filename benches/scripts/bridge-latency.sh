@@ -48,12 +48,13 @@ target/release/prom-bridge --bus-address "$bus" --mqtt "mqtt://127.0.0.1:$port" 
 bridge=$!
 pids+=("$bridge")
 sleep 2
-# The bridge's resident memory (KiB) and live heap (bytes, prom_bridge_heap_bytes, counted
-# by its allocator) once a second.
+# The bridge's resident memory (KiB; all of it, and its anonymous part, without the
+# binary's pages that the kernel maps in as code first runs) and live heap (bytes,
+# prom_bridge_heap_bytes, counted by its allocator) once a second.
 ( while kill -0 "$bridge" 2>/dev/null; do
-    rss=$(awk '/^VmRSS/ {print $2}' "/proc/$bridge/status" 2>/dev/null)
+    rss=$(awk '/^(VmRSS|RssAnon):/ {printf "%s ", $2}' "/proc/$bridge/status" 2>/dev/null)
     heap=$(curl -s "http://127.0.0.1:$metrics_port/metrics" | awk '/^prom_bridge_heap_bytes/ {print $2}')
-    echo "$rss ${heap:-0}" >>"$dir/rss.txt"; sleep 1
+    echo "$rss${heap:-0}" >>"$dir/rss.txt"; sleep 1
   done ) &
 pids+=($!)
 target/release/examples/bridge_latency "$bus" "$port" bench "$secs" || { echo "daemon log:"; cat "$dir/daemon.log"; echo "bridge log:"; cat "$dir/bridge.log"; exit 1; }
@@ -62,18 +63,18 @@ awk '/^VmHWM/ {printf "bridge peak RSS (VmHWM): %.1f MiB\n", $2/1024}' "/proc/$b
 # every buffer has reached its working size.
 python3 - "$dir/rss.txt" <<'PY'
 import sys
-rows = [tuple(map(int, l.split())) for l in open(sys.argv[1]) if len(l.split()) == 2]
-print(f"bridge RSS: min {min(r for r, _ in rows) / 1024:.1f} MiB, max {max(r for r, _ in rows) / 1024:.1f} MiB over {len(rows)} samples")
-print("minute  RSS KiB (min-max)  heap bytes (min-max)")
+rows = [tuple(map(int, l.split())) for l in open(sys.argv[1]) if len(l.split()) == 3]
+print(f"bridge RSS: min {min(r[0] for r in rows) / 1024:.1f} MiB, max {max(r[0] for r in rows) / 1024:.1f} MiB over {len(rows)} samples")
+print("minute  RSS KiB (min-max)  anon KiB (min-max)  heap bytes (min-max)")
 for m in range(0, len(rows), 60):
     part = rows[m:m + 60]
-    rss = [r for r, _ in part]; heap = [h for _, h in part]
-    print(f"{m // 60 + 1:6d}  {min(rss):7d}-{max(rss):<7d}  {min(heap):9d}-{max(heap):<9d}")
+    cols = [[r[i] for r in part] for i in range(3)]
+    print(f"{m // 60 + 1:6d}  " + "  ".join(f"{min(c):9d}-{max(c):<9d}" for c in cols))
 after = rows[60:]
 if len(after) >= 120:
     first, last = after[:60], after[-60:]
     mean = lambda xs: sum(xs) / len(xs)
-    for name, i, unit in (("RSS", 0, "KiB"), ("heap", 1, "bytes")):
+    for name, i, unit in (("RSS", 0, "KiB"), ("anon RSS", 1, "KiB"), ("heap", 2, "bytes")):
         a, b = mean([r[i] for r in first]), mean([r[i] for r in last])
         print(f"{name}: minute 2 mean {a:.0f} {unit}, last minute mean {b:.0f} {unit}, change {b - a:+.0f} ({100 * (b - a) / a:+.2f}%)")
 PY
