@@ -72,8 +72,8 @@ fi
 cargo build --release -q -p prom-daemon --bins
 
 log "ruff"
-"$VENV/bin/ruff" format --check training scripts/test-dbus-examples.py packaging/gen-copyright.py benches/mca
-"$VENV/bin/ruff" check training scripts/test-dbus-examples.py packaging/gen-copyright.py benches/mca
+"$VENV/bin/ruff" format --check training scripts/test-dbus-examples.py packaging/gen-copyright.py benches/mca models/ternary-scale-cap.py
+"$VENV/bin/ruff" check training scripts/test-dbus-examples.py packaging/gen-copyright.py benches/mca models/ternary-scale-cap.py
 log "pytest"
 PROMCTL="$PWD/target/release/promctl" PROM_PHOTOS="$photos" \
   "$VENV/bin/python" -m pytest -q -p no:cacheprovider training/tests "$@"
