@@ -43,7 +43,9 @@ sleep 0.5
 target/release/prom-daemon --config "$dir/daemon.toml" --bus-address "$bus" 2>"$dir/daemon.log" &
 pids+=($!)
 metrics_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-target/release/prom-bridge --bus-address "$bus" --mqtt "mqtt://127.0.0.1:$port" --node bench \
+# As systemd/prom-bridge.service runs it (Environment=MALLOC_ARENA_MAX=1), unless the
+# caller's environment says otherwise.
+MALLOC_ARENA_MAX=${MALLOC_ARENA_MAX:-1} target/release/prom-bridge --bus-address "$bus" --mqtt "mqtt://127.0.0.1:$port" --node bench \
   --metrics "127.0.0.1:$metrics_port" 2>"$dir/bridge.log" &
 bridge=$!
 pids+=("$bridge")
