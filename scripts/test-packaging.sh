@@ -205,8 +205,8 @@ for _ in $(seq 100); do
   sleep 0.1
 done
 [ -n "$up" ] || { cat /root/daemon.log; fail "the daemon did not come up on the system bus"; }
-# (no procps in a minimal system: the process table from /proc, which shows the host's
-# processes too: the prom-daemon whose parent is this runuser)
+# (no procps in a minimal system: the process table from /proc; the prom-daemon whose
+# parent is this runuser)
 pid=""
 for p in /proc/[0-9]*; do
   if [ "$(cat "$p/comm" 2>/dev/null)" = prom-daemon ] && [ "$(awk '{print $4}' "$p/stat" 2>/dev/null)" = "$daemon" ]; then
@@ -370,8 +370,10 @@ system_test() {
   local include=$2
   prepare_system "$1" "$2"
   listen "$sys"
-  log "installing into a clean Debian 12 system ($include) through apt (chroot in a private mount namespace)"
-  unshare --mount --fork -- bash -euc '
+  log "installing into a clean Debian 12 system ($include) through apt (chroot in private mount and PID namespaces)"
+  # Its own PID namespace: its /proc shows only its processes, and whatever it leaves
+  # running (after a failure) ends with it.
+  unshare --mount --pid --fork -- bash -euc '
     sys=$1
     mount --make-rprivate /
     mount -t proc proc "$sys/proc"
