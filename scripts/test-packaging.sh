@@ -244,6 +244,12 @@ promctl reload || fail "root's reload"
 promctl pause cam0 || fail "root's pause"
 promctl resume cam0 || fail "root's resume"
 ok "ReloadModel, Pause and Resume allowed to root"
+# Members of group prom may control it too (how an administrator lets a user, or
+# prom-bridge's Home Assistant switch, pause cameras: docs/BRIDGE.md).
+adduser --quiet alice prom
+runuser -u alice -- promctl pause cam0 || fail "Pause as a member of group prom"
+runuser -u alice -- promctl resume cam0 || fail "Resume as a member of group prom"
+ok "Pause and Resume allowed to alice once she is in group prom"
 # Still the same process after every check above (several seconds: the daemon checks its
 # bus connection every second and must not mistake a policy refusal for a lost bus).
 [ -d "/proc/$pid" ] || { cat /root/daemon.log; fail "the daemon exited during the checks"; }
