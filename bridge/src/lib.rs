@@ -466,7 +466,8 @@ pub fn run(o: Options, counters: Arc<Counters>, stop: Arc<AtomicBool>) -> Result
                     client.try_publish(target.state_topic(&camera), QoS::AtLeastOnce, true, state);
                 }
                 Ok(events::Change::Cameras) => next_stats = std::time::Instant::now(),
-                Err(_) => {}
+                // Never while the watchers run; if they all ended, do not spin on it.
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
             },
             default(Duration::from_millis(100)) => {}
         }
