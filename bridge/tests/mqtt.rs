@@ -482,6 +482,16 @@ fn text_on(rx: &mpsc::Receiver<String>, topic: &str, dir: &Path) -> String {
     first_on(rx, topic, dir, |_| true)
 }
 
+/// The test daemon's camera, as any D-Bus client sees it (properties read afresh).
+fn front_door(conn: &zbus::blocking::Connection) -> prom_daemon::dbus::Camera1ProxyBlocking<'_> {
+    prom_daemon::dbus::Camera1ProxyBlocking::builder(conn)
+        .path(prom_daemon::dbus::camera_path("front_door"))
+        .unwrap()
+        .cache_properties(zbus::proxy::CacheProperties::No)
+        .build()
+        .unwrap()
+}
+
 #[test]
 fn home_assistant_discovery_and_the_pause_switch() {
     let rig = Rig::start("ha", "#");
@@ -526,12 +536,7 @@ fn home_assistant_discovery_and_the_pause_switch() {
 
     // The switch: OFF pauses the camera over D-Bus, ON resumes it.
     let conn = zbus::blocking::connection::Builder::address(bus).unwrap().build().unwrap();
-    let camera = prom_daemon::dbus::Camera1ProxyBlocking::builder(&conn)
-        .path(prom_daemon::dbus::camera_path("front_door"))
-        .unwrap()
-        .cache_properties(zbus::proxy::CacheProperties::No)
-        .build()
-        .unwrap();
+    let camera = front_door(&conn);
     let state = "prom/testnode/front_door/state";
     publish(port, "prom/testnode/front_door/set", "OFF");
     while text_on(rx, state, dir) != "paused" {}
@@ -651,11 +656,7 @@ fn the_state_topic_follows_pauses_by_other_clients_at_once() {
     while text_on(rx, state, dir) != "running" {}
     // Paused and resumed by another client on the bus, as promctl does.
     let conn = zbus::blocking::connection::Builder::address(bus).unwrap().build().unwrap();
-    let camera = prom_daemon::dbus::Camera1ProxyBlocking::builder(&conn)
-        .path(prom_daemon::dbus::camera_path("front_door"))
-        .unwrap()
-        .build()
-        .unwrap();
+    let camera = front_door(&conn);
     camera.pause().unwrap();
     assert_eq!(text_on(rx, state, dir), "paused");
     camera.resume().unwrap();
