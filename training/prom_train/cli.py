@@ -347,6 +347,10 @@ def train(args, phase: str) -> str:
         if args.bn_recalibration_batches > 0:
             recalibrate_bn(model, train_loader, d, args.bn_recalibration_batches)
         calibrate(model, train_loader, d, args.calibration_batches)
+    if phase == "qat":
+        # Before the optimizer, the weight average and DDP see them (batch norm and ranges
+        # are final for the start by now).
+        model.init_ternary_scales()
     net: torch.nn.Module = model
     if d.world > 1:
         ids = [d.device.index] if d.device.type == "cuda" else None
@@ -700,7 +704,8 @@ def add_common(p: argparse.ArgumentParser, training: bool = True) -> None:
             "--ternary-rule",
             choices=quant.TERNARY_RULES,
             help="QAT: which weights a ternary row keeps: twn (|w| > 0.7 mean|w|, the "
-            "default) or l2 (the exactly L2-optimal set)",
+            "default) or l2 (the exactly L2-optimal set); twn-learned-scale keeps TWN's "
+            "weights with a per-channel scale trained by gradient",
         )
         p.add_argument("--label-smoothing", type=float, default=0.1)
         p.add_argument("--clip-grad", type=float, default=2.0, help="gradient norm limit (0: none)")

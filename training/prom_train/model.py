@@ -61,21 +61,72 @@ class QConvBN(nn.Module):
 
     def folded(self) -> tuple[Tensor, Tensor]:
         """Weights and bias with the batch norm's running statistics folded in."""
-        bn = self.bn
-        gain = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        gain = self.gain()
         w = self.conv.weight * gain.view(-1, 1, 1, 1)
-        b = bn.bias - bn.running_mean * gain
+        b = self.bn.bias - self.bn.running_mean * gain
         return w, b
 
-    def quantized_weights(self, w: Tensor, in_scale: float | None = None) -> tuple[Tensor, Tensor]:
+    def gain(self) -> Tensor:
+        """The batch norm's per-channel factor that `folded` multiplies the weights by."""
+        bn = self.bn
+        return bn.weight / torch.sqrt(bn.running_var + bn.eps)
+
+    def use_ternary_rule(self, rule: str) -> None:
+        """Sets the rule; `twn-learned-scale` gives the layer a trained scale per output
+        channel, `ternary_scale`, kept relative to the batch norm's gain (the folded scale is
+        `|ternary_scale| * |gain|`, so it follows the gain as that trains). Until it is
+        loaded from a checkpoint or set by `init_ternary_scale` it holds NaN."""
+        self.ternary_rule = rule
+        learned = rule == "twn-learned-scale" and self.kind == "pointwise"
+        if learned and getattr(self, "ternary_scale", None) is None:
+            out = self.conv.weight.shape[0]
+            nan = torch.full((out,), float("nan"), device=self.conv.weight.device)
+            self.ternary_scale = nn.Parameter(nan)
+            self.scale_ready = False
+        elif not learned and getattr(self, "ternary_scale", None) is not None:
+            del self.ternary_scale
+
+    @torch.no_grad()
+    def init_ternary_scale(self) -> None:
+        """The trained scale starts as TWN's fit to the current folded weights (so the
+        network computes exactly what it did under `twn`)."""
+        if getattr(self, "ternary_scale", None) is None or self.scale_ready:
+            return
+        w, _ = self.folded()
+        _, alpha = quant.ternary_codes(w, "twn")
+        self.ternary_scale.copy_(alpha / self.gain().abs().clamp(min=quant.MIN_SCALE))
+        self.scale_ready = True
+
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, errors
+    ) -> None:
+        key = prefix + "ternary_scale"
+        present = key in state_dict
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, errors
+        )
+        if getattr(self, "ternary_scale", None) is not None:
+            self.scale_ready = present
+            # A checkpoint trained under another rule: the scale starts from TWN's fit.
+            if not present and key in missing_keys:
+                missing_keys.remove(key)
+
+    def quantized_weights(
+        self, w: Tensor, in_scale: float | None = None, trained_scale: bool = True
+    ) -> tuple[Tensor, Tensor]:
         """Quantized weights and their per-channel scales. Given the input scale, the scales
         are capped so the requantization scale `s_in * s_w / s_out` stays within the
-        contract's range (below 0.5; docs/TRAINING.md)."""
+        contract's range (below 0.5; docs/TRAINING.md). `w` are the folded weights; with
+        `trained_scale` off (unfolded weights) a learned-scale layer quantizes as TWN."""
         cap = None
         if in_scale is not None:
             cap = quant.MAX_REQUANT_SCALE * self.out_qparams()[0] / in_scale
         if self.precision == "ternary":
-            return quant.fake_quant_ternary_weight(w, cap, self.ternary_rule)
+            scale = None
+            if trained_scale and getattr(self, "ternary_scale", None) is not None:
+                self.init_ternary_scale()
+                scale = self.ternary_scale.abs() * self.gain().abs()
+            return quant.fake_quant_ternary_weight(w, cap, self.ternary_rule, scale)
         return quant.fake_quant_int8_weight(w, cap)
 
     @torch.no_grad()
@@ -84,7 +135,7 @@ class QConvBN(nn.Module):
         those of this layer's output with its weights quantized (ternary or int8 per channel
         commute with the fold's per-channel gain), averaged over the batches seen, so the
         folded network is normalised again after quantization."""
-        wq, _ = self.quantized_weights(self.conv.weight)
+        wq, _ = self.quantized_weights(self.conv.weight, trained_scale=False)
         c = self.conv
         y = F.conv2d(x, wq, None, c.stride, c.padding, c.dilation, c.groups)
         mean = y.mean(dim=(0, 2, 3))
@@ -249,7 +300,12 @@ class PromMobileNetV2(nn.Module):
         if rule not in quant.TERNARY_RULES:
             raise ValueError(f"ternary rule {rule!r} (expected one of {quant.TERNARY_RULES})")
         for layer in self.pointwise_layers():
-            layer.ternary_rule = rule
+            layer.use_ternary_rule(rule)
+
+    def init_ternary_scales(self) -> None:
+        """Starts every trained ternary scale not yet loaded or set (`init_ternary_scale`)."""
+        for layer in self.pointwise_layers():
+            layer.init_ternary_scale()
 
     def set_quantized(self, on: bool) -> None:
         self.quantized = on

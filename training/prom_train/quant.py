@@ -75,7 +75,9 @@ def fake_quant_int8_weight(w: Tensor, max_scale: float | None = None) -> tuple[T
 
 
 #: How a pointwise row's threshold is chosen (`prom-train qat --ternary-rule`).
-TERNARY_RULES = ("twn", "l2")
+#: `twn-learned-scale` keeps TWN's set of weights but trains each channel's scale by
+#: gradient (`QConvBN.ternary_scale`) instead of fitting it to the latent weights.
+TERNARY_RULES = ("twn", "l2", "twn-learned-scale")
 
 
 def ternary_codes(w: Tensor, rule: str = "twn") -> tuple[Tensor, Tensor]:
@@ -93,7 +95,7 @@ def ternary_codes(w: Tensor, rule: str = "twn") -> tuple[Tensor, Tensor]:
     """
     w = w.detach()
     a = w.abs().flatten(1)
-    if rule == "twn":
+    if rule in ("twn", "twn-learned-scale"):
         delta = TERNARY_THRESHOLD * a.mean(dim=1, keepdim=True)
         keep = (a > delta).to(w.dtype)
     elif rule == "l2":
@@ -113,16 +115,26 @@ def ternary_codes(w: Tensor, rule: str = "twn") -> tuple[Tensor, Tensor]:
 
 
 def fake_quant_ternary_weight(
-    w: Tensor, max_scale: float | None = None, rule: str = "twn"
+    w: Tensor, max_scale: float | None = None, rule: str = "twn", scale: Tensor | None = None
 ) -> tuple[Tensor, Tensor]:
     """Ternary weights `alpha[n] * t[n][k]` with a straight-through gradient to `w`; a
-    `max_scale` caps `alpha`."""
+    `max_scale` caps `alpha`.
+
+    Without `scale`, `alpha` is the rule's fit to the latent weights and carries no
+    gradient. With a trained `scale` (one per output channel), that is `alpha` instead and
+    receives the task's gradient, `sum_k dL/dwq[n][k] * t[n][k]` (the trits stay the rule's).
+    The latent weights only choose the trits, so a fit to them need not be the scale the
+    network wants."""
     trits, alpha = ternary_codes(w, rule)
+    if scale is not None:
+        alpha = scale.clamp(min=MIN_SCALE)
     if max_scale is not None:
         alpha = alpha.clamp(max=max_scale)
     shape = (-1,) + (1,) * (w.dim() - 1)
     wq = trits * alpha.view(shape)
-    return w + (wq - w).detach(), alpha
+    if scale is None:
+        return w + (wq - w).detach(), alpha
+    return wq + (w - w.detach()), alpha
 
 
 def fake_quant_bias(b: Tensor, scale: Tensor) -> Tensor:

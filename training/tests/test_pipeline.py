@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from prom_train import cli, promsim
+from prom_train import cli, promsim, quant
 from prom_train import data as datasets
 from prom_train.export import read_safetensors, write_safetensors
 
@@ -174,6 +174,46 @@ def test_fake_quant_model_agrees_with_the_engine(run, promctl, fashion_dir, tmp_
     assert report["compared_images"] == 200
     # Near chance, many logits nearly tie, so a few flips are expected; a real mismatch
     # (such as unmirrored multipliers: 64% here) fails.
+    assert report["top1_agreement"] >= 90.0, report
+
+
+def test_learned_scales_train_export_and_match_the_engine(
+    run, promctl, fashion_dir, tmp_path, capsys
+):
+    """A QAT checkpoint continued under `twn-learned-scale`: the trained scales are what
+    export writes and the engine runs."""
+    out = str(tmp_path / "learned")
+    args = ["qat", "--from", os.path.join(run["dir"], "qat.pt"), "--out", out, *COMMON]
+    args += ["--int8-pointwise", "5", "--lr", "1e-3", "--optimizer", "adamw"]
+    assert cli.main([*args, "--ternary-rule", "twn-learned-scale", "--epochs", "1"]) == 0
+    ckpt = torch.load(os.path.join(out, "qat.pt"), map_location="cpu")
+    assert ckpt["config"]["ternary_rule"] == "twn-learned-scale"
+    model = cli.model_from_checkpoint(ckpt)
+    layer = model.pointwise_layers()[0]
+    w, _ = layer.folded()
+    _, twn_alpha = quant.ternary_codes(w, "twn")
+    _, alpha = layer.quantized_weights(w)
+    assert not torch.allclose(alpha, twn_alpha), "the scales did not train"
+    interchange = os.path.join(out, "model.safetensors")
+    assert cli.main(["export", os.path.join(out, "qat.pt"), "-o", interchange]) == 0
+    tensors, _ = read_safetensors(interchange)
+    exported = [v for k, v in tensors.items() if k.endswith(".weight_scale")]
+    learned = alpha.detach().numpy()
+    assert any(v.shape == learned.shape and np.allclose(v, learned, rtol=1e-6) for v in exported)
+    packed = os.path.join(out, "model.prom")
+    subprocess.run(
+        [promctl, "pack", interchange, "--labels", run["labels"], "-o", packed], check=True
+    )
+    logits = tmp_path / "engine.bin"
+    subprocess.run(
+        [promctl, "eval", packed, fashion_dir, "--limit", "200", "--logits", str(logits)],
+        check=True,
+        capture_output=True,
+    )
+    capsys.readouterr()
+    compare = ["eval", os.path.join(out, "qat.pt"), "--eval-limit", "200"]
+    assert cli.main([*compare, "--compare-logits", str(logits)]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert report["top1_agreement"] >= 90.0, report
 
 

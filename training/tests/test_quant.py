@@ -113,3 +113,21 @@ def test_weight_scales_are_capped_for_the_contract():
     assert torch.allclose(s, torch.tensor([0.005])) and torch.allclose(
         wq, torch.tensor([[0.635, 0.5]])
     )
+
+
+def test_a_trained_ternary_scale_takes_the_task_gradient():
+    w = torch.tensor([[0.1, -0.9, 0.5, 0.02], [0.3, 0.3, -0.3, 0.0]], requires_grad=True)
+    scale = torch.tensor([0.5, 0.2], requires_grad=True)
+    wq, alpha = quant.fake_quant_ternary_weight(w, None, "twn-learned-scale", scale)
+    # TWN's trits, times the given scale.
+    trits, _ = quant.ternary_codes(w, "twn")
+    assert torch.equal(wq.detach(), trits * scale.detach().view(-1, 1))
+    assert torch.equal(alpha.detach(), scale.detach())
+    g = torch.tensor([[1.0, 2.0, 3.0, 4.0], [-1.0, 0.5, 2.0, 7.0]])
+    (wq * g).sum().backward()
+    # The scale's gradient is sum_k g * t; the latent weights' is straight through.
+    assert torch.allclose(scale.grad, (g * trits).sum(dim=1))
+    assert torch.equal(w.grad, g)
+    # The contract's cap still applies.
+    wq, alpha = quant.fake_quant_ternary_weight(w, 0.3, "twn-learned-scale", scale)
+    assert alpha.tolist() == pytest.approx([0.3, 0.2])
