@@ -73,9 +73,10 @@ class QConvBN(nn.Module):
 
     def use_ternary_rule(self, rule: str) -> None:
         """Sets the rule; `twn-learned-scale` gives the layer a trained scale per output
-        channel, `ternary_scale`, kept relative to the batch norm's gain (the folded scale is
-        `|ternary_scale| * |gain|`, so it follows the gain as that trains). Until it is
-        loaded from a checkpoint or set by `init_ternary_scale` it holds NaN."""
+        channel: `ternary_scale` is its logarithm relative to the batch norm's gain (the
+        folded scale is `exp(ternary_scale) * |gain|`, so it follows the gain as that trains,
+        and an optimizer's step changes it by a ratio, whatever its size). Until it is loaded
+        from a checkpoint or set by `init_ternary_scale` it holds NaN."""
         self.ternary_rule = rule
         learned = rule == "twn-learned-scale" and self.kind == "pointwise"
         if learned and getattr(self, "ternary_scale", None) is None:
@@ -94,7 +95,8 @@ class QConvBN(nn.Module):
             return
         w, _ = self.folded()
         _, alpha = quant.ternary_codes(w, "twn")
-        self.ternary_scale.copy_(alpha / self.gain().abs().clamp(min=quant.MIN_SCALE))
+        relative = alpha / self.gain().abs().clamp(min=quant.MIN_SCALE)
+        self.ternary_scale.copy_(torch.log(relative.clamp(min=quant.MIN_SCALE)))
         self.scale_ready = True
 
     def _load_from_state_dict(
@@ -125,7 +127,7 @@ class QConvBN(nn.Module):
             scale = None
             if trained_scale and getattr(self, "ternary_scale", None) is not None:
                 self.init_ternary_scale()
-                scale = self.ternary_scale.abs() * self.gain().abs()
+                scale = torch.exp(self.ternary_scale) * self.gain().abs()
             return quant.fake_quant_ternary_weight(w, cap, self.ternary_rule, scale)
         return quant.fake_quant_int8_weight(w, cap)
 
