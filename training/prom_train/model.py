@@ -90,7 +90,7 @@ class QConvBN(nn.Module):
     @torch.no_grad()
     def init_ternary_scale(self) -> None:
         """The trained scale starts as TWN's fit to the current folded weights (so the
-        network computes exactly what it did under `twn`)."""
+        network computes what it did under `twn`, up to float rounding of the scale)."""
         if getattr(self, "ternary_scale", None) is None or self.scale_ready:
             return
         w, _ = self.folded()
