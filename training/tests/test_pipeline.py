@@ -159,18 +159,24 @@ def test_engine_equals_the_numpy_simulator_bit_for_bit(run, promctl, fashion_dir
     assert len(np.unique(engine.argmax(1))) > 1 and engine.std() > 0
 
 
-def test_fake_quant_model_agrees_with_the_engine(run, promctl, fashion_dir, tmp_path, capsys):
+def _engine_agreement(promctl, packed, ckpt, fashion_dir, tmp_path, capsys) -> dict:
+    """`prom-train eval --compare-logits` of a checkpoint against its packed model's engine
+    logits on 200 test images."""
     logits = tmp_path / "engine.bin"
     subprocess.run(
-        [promctl, "eval", run["model"], fashion_dir, "--limit", "200", "--logits", str(logits)],
+        [promctl, "eval", packed, fashion_dir, "--limit", "200", "--logits", str(logits)],
         check=True,
         capture_output=True,
     )
-    ckpt = os.path.join(run["dir"], "qat.pt")
     capsys.readouterr()
     args = ["eval", ckpt, "--eval-limit", "200", "--compare-logits", str(logits)]
     assert cli.main(args) == 0
-    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def test_fake_quant_model_agrees_with_the_engine(run, promctl, fashion_dir, tmp_path, capsys):
+    ckpt = os.path.join(run["dir"], "qat.pt")
+    report = _engine_agreement(promctl, run["model"], ckpt, fashion_dir, tmp_path, capsys)
     assert report["compared_images"] == 200
     # Near chance, many logits nearly tie, so a few flips are expected; a real mismatch
     # (such as unmirrored multipliers: 64% here) fails.
@@ -204,16 +210,8 @@ def test_learned_scales_train_export_and_match_the_engine(
     subprocess.run(
         [promctl, "pack", interchange, "--labels", run["labels"], "-o", packed], check=True
     )
-    logits = tmp_path / "engine.bin"
-    subprocess.run(
-        [promctl, "eval", packed, fashion_dir, "--limit", "200", "--logits", str(logits)],
-        check=True,
-        capture_output=True,
-    )
-    capsys.readouterr()
-    compare = ["eval", os.path.join(out, "qat.pt"), "--eval-limit", "200"]
-    assert cli.main([*compare, "--compare-logits", str(logits)]) == 0
-    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    ckpt_path = os.path.join(out, "qat.pt")
+    report = _engine_agreement(promctl, packed, ckpt_path, fashion_dir, tmp_path, capsys)
     assert report["top1_agreement"] >= 90.0, report
 
 
